@@ -1,0 +1,35 @@
+"""Type stubs for guardian._core (the C slot table); _pycore has the same API."""
+
+from typing import Callable, Iterable, List, Optional, Tuple
+
+MAX_KEY_BYTES: int
+
+Result = Tuple[bool, int, float, float]
+
+class Table:
+    """A GCRA slot table for one limit; see _core.pyx for the slot protocol."""
+
+    capacity: int
+    slots: int
+    name: Optional[str]
+
+    def __init__(
+        self,
+        capacity: int,
+        emission_ticks: int,
+        ticks_per_ns: int,
+        slots: Optional[int] = None,
+        name: Optional[str] = None,
+        clock: Optional[Callable[[], int]] = None,
+        seed: Optional[bytes] = None,
+    ) -> None: ...
+    def try_acquire(self, key: str, cost: int = 1) -> bool: ...
+    def check(self, key: str, cost: int = 1) -> Result: ...
+    def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]: ...
+    def usage(self, key: str) -> int: ...
+    def reset(self, key: str) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+def unlink(name: str) -> bool: ...
+def siphash13(k0: int, k1: int, data: bytes) -> int: ...

@@ -1,0 +1,467 @@
+# cython: language_level=3, embedsignature=True, freethreading_compatible=True
+"""guardian's GCRA slot table in C: one {fingerprint, TAT} slot per key,
+updated with compare-and-swap, in process memory or in shared memory.
+
+Slot protocol (ARCHITECTURE.md "The core"; proven by tests/integration):
+
+* A taker reads fingerprint, TAT, fingerprint. It commits an admission with
+  one CAS on the TAT. A denial writes nothing.
+* A slot changes owner only while its TAT holds a LOCKED sentinel
+  (-1 - pid of the holder). The reclaimer CASes an expired TAT (<= now, a
+  full bucket, indistinguishable from an absent key) to LOCKED, stores the
+  new fingerprint, then CASes LOCKED to the new key's TAT, which is > now
+  and so differs from any TAT a taker read before: no ABA.
+* Inserts of one key are serialised by the stripe lock of the key's home
+  slot (a pid in the header), so one key never lands in two slots. Lookups
+  never take it; only a key that is absent (or met LOCKED) does.
+* A holder that died is detected by pid; its stripe lock is taken over and
+  its LOCKED slots are repaired to an expired tombstone. Every step a live
+  holder takes on a slot is a CAS, so a wrong takeover cannot corrupt.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
+from cpython.unicode cimport PyUnicode_Check
+from cpython.long cimport PyLong_CheckExact
+from libc.stdint cimport int64_t, uint64_t, INT64_MAX
+from libc.stdlib cimport malloc, free
+
+from guardian import _region
+from guardian._errors import ArgumentTypeError, InvalidArgumentError
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
+    bint PyBool_Check(object o)
+
+cdef extern from "_atomic.h" nogil:
+    int64_t g_load(const int64_t *p)
+    uint64_t g_load_u(const uint64_t *p)
+    void g_store(int64_t *p, int64_t v)
+    void g_store_u(uint64_t *p, uint64_t v)
+    bint g_cas(int64_t *p, int64_t expected, int64_t desired)
+    bint g_cas_u(uint64_t *p, uint64_t expected, uint64_t desired)
+    void g_count(uint64_t *p)
+    uint64_t g_read_count(const uint64_t *p)
+
+cdef extern from "_siphash.h" nogil:
+    uint64_t g_siphash13(uint64_t k0, uint64_t k1, const unsigned char *data, size_t n)
+
+cdef extern from "_table.h" nogil:
+    enum: G_STRIPES
+    enum: G_TOMB
+    ctypedef struct g_header:
+        uint64_t magic
+        uint64_t nslots
+        uint64_t seed0
+        uint64_t seed1
+        int64_t epoch_ns
+        uint64_t full_count
+        uint64_t reclaim_count
+        uint64_t stripes[G_STRIPES]
+    ctypedef struct g_slot:
+        uint64_t fp
+        int64_t tat
+    int64_t g_monotonic_ns()
+    int g_pid_alive(int64_t pid)
+    void g_pause(unsigned spins)
+
+cdef extern from "<unistd.h>" nogil:
+    int getpid()
+
+__all__ = ["Table", "unlink", "siphash13", "MAX_KEY_BYTES"]
+
+MAX_KEY_BYTES = _region.MAX_KEY_BYTES
+cdef enum:
+    MAX_KEY = 4096
+if MAX_KEY_BYTES != MAX_KEY:  # pragma: no cover
+    raise ImportError("_core.pyx and _region.py disagree on MAX_KEY_BYTES")
+
+# Outcomes of a slot lookup.
+cdef enum:
+    ABSENT = -1      # no slot holds the key
+    CONTENDED = -2   # a LOCKED slot was met: resolve under the stripe lock
+    INSERTED = -3    # the slow path placed the key and decided the take
+    FULL = -4        # every slot in the key's window holds a live bucket
+
+
+cdef struct Decision:
+    bint allowed
+    int64_t remaining
+    int64_t retry_ticks
+    int64_t reset_ticks
+
+
+cdef class Table:
+    """A GCRA slot table for one limit (capacity C, emission interval
+    T = P/Q ns stored as P ticks of 1/Q ns).
+
+    ``Table(capacity, emission_ticks, ticks_per_ns, slots=None, name=None,
+    clock=None, seed=None)``: ``name`` creates or attaches the named shared
+    table; ``clock`` (a callable returning integer nanoseconds) replaces the
+    monotonic clock for tests; ``seed`` (16 bytes) fixes the hash key.
+    """
+
+    cdef g_header *hdr
+    cdef g_slot *slots_
+    cdef uint64_t mask, k0, k1
+    cdef int64_t epoch, P, Q, tau, horizon
+    cdef double scale
+    cdef unsigned window
+    cdef object clock
+    cdef object buf
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef readonly int64_t capacity
+    cdef readonly uint64_t slots
+    cdef readonly object name
+
+    def __cinit__(self):
+        self.has_view = False
+
+    def __init__(self, int64_t capacity, int64_t emission_ticks, int64_t ticks_per_ns,
+                 slots=None, name=None, clock=None, seed=None):
+        nslots = _region.round_slots(slots if slots is not None else _region.DEFAULT_SLOTS)
+        geo = _region.Geometry(capacity, emission_ticks, ticks_per_ns, nslots, _region.IMPL_C)
+        self.clock = clock
+        epoch = clock() if clock is not None else g_monotonic_ns()
+        if name is None:
+            self.buf = _region.local_region(geo, epoch, seed)
+        else:
+            self.buf = _region.shared_region(name, geo, epoch, slots is None, seed)
+        PyObject_GetBuffer(self.buf, &self.view, PyBUF_WRITABLE | PyBUF_SIMPLE)
+        self.has_view = True
+        self.hdr = <g_header *>self.view.buf
+        cdef Py_ssize_t offset = _region.SLOTS_OFFSET
+        self.slots_ = <g_slot *>(<char *>self.view.buf + offset)
+        self.name = name
+        self.slots = self.hdr.nslots
+        self.mask = self.slots - 1
+        self.k0 = self.hdr.seed0
+        self.k1 = self.hdr.seed1
+        self.epoch = self.hdr.epoch_ns
+        self.capacity = capacity
+        self.P = emission_ticks
+        self.Q = ticks_per_ns
+        self.tau = capacity * emission_ticks
+        self.scale = <double>ticks_per_ns * 1e9
+        self.horizon = (<int64_t>1 << 62) // ticks_per_ns
+        self.window = min(_region.PROBE_WINDOW, self.slots)
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+
+    # --- the boundary: arguments checked once, then C all the way --------
+
+    cdef inline int64_t _now(self) except -1:
+        cdef int64_t ns
+        if self.clock is None:
+            ns = g_monotonic_ns() - self.epoch
+        else:
+            ns = <int64_t>self.clock() - self.epoch
+        if ns < 0:
+            ns = 0  # an injected clock may start before the epoch
+        if ns > self.horizon:
+            raise OverflowError("the table is older than its tick horizon; recreate it")
+        return ns * self.Q
+
+    cdef inline int64_t _cost(self, object cost) except -1:
+        cdef long long c
+        cdef int overflow = 0
+        if PyLong_CheckExact(cost):
+            c = PyLong_AsLongLongAndOverflow(cost, &overflow)
+            if overflow == 0 and 1 <= c <= self.capacity:
+                return c
+        return self._bad_cost(cost)
+
+    cdef int64_t _bad_cost(self, object cost) except -1:
+        if PyBool_Check(cost) or not hasattr(cost, "__index__"):
+            raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
+        c = cost.__index__()
+        if c < 1:
+            raise InvalidArgumentError(f"cost must be at least 1, got {c}")
+        if c > self.capacity:
+            raise InvalidArgumentError(
+                f"cost {c} is above the bucket's capacity {self.capacity}; it could never be allowed")
+        return c
+
+    cdef inline uint64_t _hash(self, object key) except? 0:
+        cdef Py_ssize_t n
+        cdef const char *data
+        if not PyUnicode_Check(key):
+            raise ArgumentTypeError(f"key must be a str, got {type(key).__name__}")
+        try:
+            data = PyUnicode_AsUTF8AndSize(key, &n)
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
+        if n == 0 or n > MAX_KEY:
+            self._bad_key_length(n)
+        return g_siphash13(self.k0, self.k1, <const unsigned char *>data, <size_t>n)
+
+    cdef int _bad_key_length(self, Py_ssize_t n) except -1:
+        if n == 0:
+            raise InvalidArgumentError("key must not be empty")
+        raise InvalidArgumentError(f"key is {n} bytes in UTF-8, the maximum is {MAX_KEY}")
+
+    cdef inline tuple _result(self, Decision *d):
+        return (d.allowed, d.remaining, <double>d.retry_ticks / self.scale,
+                <double>d.reset_ticks / self.scale)
+
+    # --- the Python API -------------------------------------------------------
+
+    def try_acquire(self, key, cost=1):
+        """Take ``cost`` tokens if the bucket holds them; True when taken."""
+        cdef Decision d
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t c = self._cost(cost)
+        self._take(h, c, self._now(), &d)
+        return d.allowed
+
+    def check(self, key, cost=1):
+        """(allowed, remaining, retry_after_s, reset_after_s) for one take."""
+        cdef Decision d
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t c = self._cost(cost)
+        self._take(h, c, self._now(), &d)
+        return self._result(&d)
+
+    def check_many(self, keys, cost=1):
+        """One take per key, all decided at the same instant; the loop runs
+        without the GIL. Every key is checked before any is taken."""
+        cdef tuple held = tuple(keys)  # keeps the str objects alive meanwhile
+        cdef Py_ssize_t n = len(held), i
+        cdef int64_t c = self._cost(cost)
+        cdef uint64_t *hashes = <uint64_t *>malloc(max(n, 1) * sizeof(uint64_t))
+        cdef Decision *out = <Decision *>malloc(max(n, 1) * sizeof(Decision))
+        cdef int64_t now
+        if hashes == NULL or out == NULL:
+            free(hashes)
+            free(out)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                hashes[i] = self._hash(held[i])
+            now = self._now()
+            with nogil:
+                for i in range(n):
+                    self._take(hashes[i], c, now, &out[i])
+            return [self._result(&out[i]) for i in range(n)]
+        finally:
+            free(hashes)
+            free(out)
+
+    def usage(self, key):
+        """Tokens in use: capacity minus the tokens available now."""
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t now = self._now()
+        cdef int64_t tat
+        cdef Py_ssize_t s = self._locate(h, &tat)
+        if s == CONTENDED:
+            s = self._locate_locked(h, &tat)
+        if s < 0 or tat <= now:
+            return 0
+        return self.capacity - (self.tau - (tat - now)) // self.P
+
+    def reset(self, key):
+        """Refill the key's bucket."""
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t tat
+        cdef Py_ssize_t s
+        while True:
+            s = self._locate(h, &tat)
+            if s == CONTENDED:
+                s = self._locate_locked(h, &tat)
+            if s < 0 or g_cas(&self.slots_[s].tat, tat, 0):
+                return
+
+    def stats(self):
+        """Table counters: denials because the window was full, reclaims."""
+        return {
+            "slots": self.slots,
+            "full": g_read_count(&self.hdr.full_count),
+            "reclaims": g_read_count(&self.hdr.reclaim_count),
+        }
+
+    def close(self):
+        """Detach (the shared segment stays until unlink)."""
+
+    # --- slot protocol (no Python objects below this line) ---------------
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.cdivision(True)
+    cdef void _take(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        cdef int64_t t, tat, new
+        cdef Py_ssize_t s
+        while True:
+            s = self._locate(h, &t)
+            if s < 0:
+                s = self._place(h, cost, now, &t, d)
+                if s == INSERTED or s == FULL:
+                    return
+            tat = t if t > now else now
+            new = tat + cost * self.P
+            if new - now <= self.tau:
+                if not g_cas(&self.slots_[s].tat, t, new):
+                    continue  # another taker or a reclaimer won; re-read
+                d.allowed = True
+                d.remaining = (self.tau - (new - now)) // self.P
+                d.retry_ticks = 0
+                d.reset_ticks = new - now
+            else:
+                d.allowed = False
+                d.remaining = (self.tau - (tat - now)) // self.P
+                d.retry_ticks = new - now - self.tau
+                d.reset_ticks = tat - now
+            return
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Py_ssize_t _locate(self, uint64_t h, int64_t *tat_out) noexcept nogil:
+        """The key's slot with a consistent TAT, ABSENT, or CONTENDED."""
+        cdef uint64_t fp = h | 1, f
+        cdef uint64_t home = h & self.mask
+        cdef unsigned i
+        cdef g_slot *slot
+        cdef int64_t t
+        for i in range(self.window):
+            slot = &self.slots_[(home + i) & self.mask]
+            f = g_load_u(&slot.fp)
+            if f == fp:
+                t = g_load(&slot.tat)
+                if t < 0 or g_load_u(&slot.fp) != fp:
+                    return CONTENDED
+                tat_out[0] = t
+                return <Py_ssize_t>((home + i) & self.mask)
+            if f == 0:
+                return ABSENT  # keys never lie beyond a slot never used
+        return ABSENT
+
+    cdef Py_ssize_t _locate_locked(self, uint64_t h, int64_t *tat_out) noexcept nogil:
+        cdef uint64_t stripe = (h & self.mask) % G_STRIPES
+        cdef int64_t ignored_wait
+        self._lock_stripe(stripe)
+        s = self._scan(h, 0, tat_out, &ignored_wait)
+        self._unlock_stripe(stripe)
+        return s if s >= 0 else ABSENT
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.cdivision(True)
+    cdef Py_ssize_t _place(self, uint64_t h, int64_t cost, int64_t now, int64_t *tat_out,
+                           Decision *d) noexcept nogil:
+        """Under the key's stripe lock: find the key, or claim the first
+        expired slot of its window for it and take from a full bucket."""
+        cdef uint64_t stripe = (h & self.mask) % G_STRIPES
+        cdef uint64_t fp = h | 1, old_fp
+        cdef int64_t lock = -1 - <int64_t>getpid()
+        cdef int64_t t, wait, new
+        cdef Py_ssize_t s
+        self._lock_stripe(stripe)
+        while True:
+            s = self._scan(h, now, &t, &wait)
+            if s >= 0:
+                self._unlock_stripe(stripe)
+                tat_out[0] = t
+                return s
+            if s == FULL:
+                self._unlock_stripe(stripe)
+                g_count(&self.hdr.full_count)
+                d.allowed = False
+                d.remaining = 0
+                d.retry_ticks = wait
+                d.reset_ticks = wait
+                return FULL
+            s = -10 - s  # _scan encodes a claimable slot as -10 - index
+            if not g_cas(&self.slots_[s].tat, t, lock):
+                continue  # its own key took from it meanwhile; rescan
+            old_fp = g_load_u(&self.slots_[s].fp)
+            if old_fp != 0 and old_fp != G_TOMB:
+                g_count(&self.hdr.reclaim_count)
+            g_store_u(&self.slots_[s].fp, fp)
+            new = now + cost * self.P
+            if not g_cas(&self.slots_[s].tat, lock, new):
+                continue  # taken over as if we were dead (pid reuse); start again
+            self._unlock_stripe(stripe)
+            d.allowed = True
+            d.remaining = (self.tau - cost * self.P) // self.P
+            d.retry_ticks = 0
+            d.reset_ticks = new - now
+            return INSERTED
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Py_ssize_t _scan(self, uint64_t h, int64_t now, int64_t *t_out,
+                          int64_t *wait_out) noexcept nogil:
+        """With the stripe lock held: the key's slot (>= 0, TAT in t_out),
+        else the first claimable slot as -10 - index (its TAT in t_out),
+        else FULL with the shortest wait until a slot expires."""
+        cdef uint64_t fp = h | 1, f
+        cdef uint64_t home = h & self.mask
+        cdef Py_ssize_t s, candidate = -1
+        cdef int64_t t, wait = INT64_MAX, cand_t = 0
+        cdef unsigned i = 0
+        while i < self.window:
+            s = <Py_ssize_t>((home + i) & self.mask)
+            f = g_load_u(&self.slots_[s].fp)
+            t = g_load(&self.slots_[s].tat)
+            if t < 0:
+                if not g_pid_alive(-1 - t):
+                    self._repair(s, t)
+                    continue  # look at the repaired slot again
+                i += 1  # another key is moving in; ours is inserted only under our stripe
+                continue
+            if g_load_u(&self.slots_[s].fp) != f:
+                continue  # reclaimed while we looked; read it again
+            if f == fp:
+                t_out[0] = t
+                return s
+            if t <= now:
+                if candidate < 0:
+                    candidate = s
+                    cand_t = t
+                if f == 0:
+                    break  # never used: the key cannot lie beyond
+            elif t - now < wait:
+                wait = t - now
+            i += 1
+        if candidate >= 0:
+            t_out[0] = cand_t
+            return -10 - candidate
+        wait_out[0] = wait
+        return FULL
+
+    cdef void _repair(self, Py_ssize_t s, int64_t dead) noexcept nogil:
+        """Recover a slot its holder left LOCKED when it died: the slot was
+        expired when locked, so an expired tombstone loses nothing."""
+        cdef int64_t lock = -1 - <int64_t>getpid()
+        if g_cas(&self.slots_[s].tat, dead, lock):
+            g_store_u(&self.slots_[s].fp, G_TOMB)
+            g_cas(&self.slots_[s].tat, lock, 0)
+
+    cdef void _lock_stripe(self, uint64_t stripe) noexcept nogil:
+        cdef uint64_t me = <uint64_t>getpid(), holder
+        cdef unsigned spins = 0
+        while True:
+            holder = g_load_u(&self.hdr.stripes[stripe])
+            if holder == 0:
+                if g_cas_u(&self.hdr.stripes[stripe], 0, me):
+                    return
+            elif (spins & 1023) == 1023 and not g_pid_alive(<int64_t>holder):
+                if g_cas_u(&self.hdr.stripes[stripe], holder, me):
+                    return  # the holder died inside; its LOCKED slots get repaired by _scan
+            g_pause(spins)
+            spins += 1
+
+    cdef void _unlock_stripe(self, uint64_t stripe) noexcept nogil:
+        g_store_u(&self.hdr.stripes[stripe], 0)
+
+
+unlink = _region.unlink
+
+
+def siphash13(uint64_t k0, uint64_t k1, bytes data):
+    """The table's key hash, exposed so tests can hold it to _pycore's."""
+    return g_siphash13(k0, k1, <const unsigned char *>data, <size_t>len(data))

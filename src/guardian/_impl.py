@@ -1,0 +1,35 @@
+"""Picks the core: the C extension, or its pure-Python twin when
+GUARDIAN_NO_EXTENSIONS is set, the interpreter is not CPython, or the
+extension is not built. Type checkers see the twin (one definition)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+NO_EXTENSIONS = os.environ.get("GUARDIAN_NO_EXTENSIONS", "") not in ("", "0") or (
+    sys.implementation.name != "cpython"
+)
+
+if TYPE_CHECKING:
+    from ._pycore import Table as Table
+    from ._pycore import unlink as unlink
+
+    USING_C = False
+else:
+    if NO_EXTENSIONS:
+        from ._pycore import Table, unlink
+
+        USING_C = False
+    else:
+        try:
+            from ._core import Table, unlink
+
+            USING_C = True
+        except ImportError:  # not built: a source checkout without a compiler
+            from ._pycore import Table, unlink
+
+            USING_C = False
+
+__all__ = ["Table", "unlink", "USING_C"]

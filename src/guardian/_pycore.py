@@ -1,0 +1,282 @@
+"""The pure-Python twin of ``guardian._core``: same table layout, same hash,
+same probing and the same GCRA arithmetic, so the two give identical results
+step by step (a hypothesis state machine checks this). It is the fallback
+without a compiler and the executable specification of the C core.
+
+Where the C core updates slots with compare-and-swap, this twin holds one
+lock per operation: a ``threading.Lock`` inside the process and, for shared
+tables, an ``flock`` on the segment across processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+from . import _region
+from ._errors import ArgumentTypeError, InvalidArgumentError
+
+__all__ = ["Table", "siphash13", "unlink"]
+
+_M64 = (1 << 64) - 1
+_TOMB = 2  # fingerprint of a repaired slot; real fingerprints are odd
+_PROBES = _region.PROBE_WINDOW
+
+Result = Tuple[bool, int, float, float]
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
+def siphash13(k0: int, k1: int, data: bytes) -> int:
+    """SipHash-1-3 of ``data`` under the 128-bit key (k0, k1)."""
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+    n = len(data)
+    end = n - (n % 8)
+
+    def sipround() -> None:
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & _M64; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)  # noqa: E702
+        v2 = (v2 + v3) & _M64; v3 = _rotl(v3, 16); v3 ^= v2  # noqa: E702
+        v0 = (v0 + v3) & _M64; v3 = _rotl(v3, 21); v3 ^= v0  # noqa: E702
+        v2 = (v2 + v1) & _M64; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)  # noqa: E702
+
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        sipround()
+        v0 ^= m
+    b = (n << 56) & _M64 | int.from_bytes(data[end:], "little")
+    v3 ^= b
+    sipround()
+    v0 ^= b
+    v2 ^= 0xFF
+    sipround()
+    sipround()
+    sipround()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def check_key(key: Any) -> bytes:
+    if not isinstance(key, str):
+        raise ArgumentTypeError(f"key must be a str, got {type(key).__name__}")
+    try:
+        data = key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
+    if not data:
+        raise InvalidArgumentError("key must not be empty")
+    if len(data) > _region.MAX_KEY_BYTES:
+        raise InvalidArgumentError(
+            f"key is {len(data)} bytes in UTF-8, the maximum is {_region.MAX_KEY_BYTES}"
+        )
+    return data
+
+
+def check_cost(cost: Any, capacity: int) -> int:
+    if type(cost) is not int:
+        if isinstance(cost, bool) or not hasattr(cost, "__index__"):
+            raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
+        cost = cost.__index__()
+    if cost < 1:
+        raise InvalidArgumentError(f"cost must be at least 1, got {cost}")
+    if cost > capacity:
+        raise InvalidArgumentError(
+            f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"
+        )
+    return int(cost)
+
+
+class Table:
+    """A GCRA slot table; see guardian._core.Table for the contract."""
+
+    def __init__(
+        self,
+        capacity: int,
+        emission_ticks: int,
+        ticks_per_ns: int,
+        slots: Optional[int] = None,
+        name: Optional[str] = None,
+        clock: Optional[Callable[[], int]] = None,
+        seed: Optional[bytes] = None,
+    ) -> None:
+        self._clock = clock if clock is not None else time.monotonic_ns
+        nslots = _region.round_slots(slots if slots is not None else _region.DEFAULT_SLOTS)
+        geo = _region.Geometry(capacity, emission_ticks, ticks_per_ns, nslots, _region.IMPL_PY)
+        epoch = self._clock()
+        self._lock = threading.Lock()
+        self._fd = -1
+        self.name = name
+        if name is None:
+            self._buf: Any = _region.local_region(geo, epoch, seed)
+        else:
+            self._buf = _region.shared_region(name, geo, epoch, slots is None, seed)
+            self._fd = _region.lock_fd(name)
+        words = memoryview(self._buf).cast("q")
+        self._words = words
+        header = [(w + (1 << 64)) & _M64 for w in words[: _region.HEADER_WORDS]]
+        self.slots = header[_region.W_NSLOTS]
+        self._mask = self.slots - 1
+        self._k0, self._k1 = header[_region.W_SEED0], header[_region.W_SEED1]
+        self._epoch = words[_region.W_EPOCH]
+        self.capacity = capacity
+        self._P = emission_ticks
+        self._Q = ticks_per_ns
+        self._tau = capacity * emission_ticks
+        self._scale = float(ticks_per_ns) * 1e9
+        self._horizon = (1 << 62) // ticks_per_ns
+        self._base = _region.SLOTS_OFFSET // 8
+        self._window = min(_PROBES, self.slots)
+
+    # --- locking and time -------------------------------------------------
+
+    def _enter(self) -> None:
+        self._lock.acquire()
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def _leave(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+
+    def _now(self) -> int:
+        ns = self._clock() - self._epoch
+        if ns < 0:
+            ns = 0  # an injected clock may start before the epoch; time never runs back
+        if ns > self._horizon:
+            raise OverflowError("the table is older than its tick horizon; recreate it")
+        return ns * self._Q
+
+    def _hash(self, data: bytes) -> Tuple[int, int]:
+        h = siphash13(self._k0, self._k1, data)
+        fp = h | 1
+        return fp - (1 << 64) if fp >= 1 << 63 else fp, h & self._mask
+
+    # --- probing ----------------------------------------------------------
+
+    def _find(self, fp: int, home: int) -> int:
+        w = self._words
+        for i in range(self._window):
+            s = self._base + 2 * ((home + i) & self._mask)
+            f = w[s]
+            if f == fp:
+                return s
+            if f == 0 and w[s + 1] == 0:
+                return -1
+        return -1
+
+    def _claim(self, fp: int, home: int, now: int) -> Tuple[int, int]:
+        """First empty or expired slot in the window, or (-1, shortest wait)."""
+        w = self._words
+        wait = -1
+        for i in range(self._window):
+            s = self._base + 2 * ((home + i) & self._mask)
+            f, t = w[s], w[s + 1]
+            if (f == 0 and t == 0) or t <= now:
+                return s, 0
+            if wait < 0 or t - now < wait:
+                wait = t - now
+        return -1, wait
+
+    # --- GCRA ---------------------------------------------------------------
+
+    def _take_locked(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        w = self._words
+        s = self._find(fp, home)
+        if s < 0:
+            s, wait = self._claim(fp, home, now)
+            if s < 0:
+                self._count(_region.W_FULL)
+                return False, 0, wait, wait
+            if w[s] != 0:
+                self._count(_region.W_RECLAIMS)
+            w[s] = fp
+            w[s + 1] = 0
+        tat = max(w[s + 1], now)
+        new = tat + cost * self._P
+        if new - now <= self._tau:
+            w[s + 1] = new
+            return True, (self._tau - (new - now)) // self._P, 0, new - now
+        return False, (self._tau - (tat - now)) // self._P, new - now - self._tau, tat - now
+
+    def _count(self, index: int) -> None:
+        self._words[index] = (self._words[index] + 1 + (1 << 63)) % (1 << 64) - (1 << 63)
+
+    def _result(self, r: Tuple[bool, int, int, int]) -> Result:
+        return r[0], r[1], float(r[2]) / self._scale, float(r[3]) / self._scale
+
+    def try_acquire(self, key: str, cost: int = 1) -> bool:
+        """Take ``cost`` tokens if the bucket holds them; True when taken."""
+        return self.check(key, cost)[0]
+
+    def check(self, key: str, cost: int = 1) -> Result:
+        """(allowed, remaining, retry_after_s, reset_after_s) for one take."""
+        fp, home = self._hash(check_key(key))
+        cost = check_cost(cost, self.capacity)
+        now = self._now()
+        self._enter()
+        try:
+            return self._result(self._take_locked(fp, home, cost, now))
+        finally:
+            self._leave()
+
+    def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]:
+        """One take per key, all decided at the same instant."""
+        hashed = [self._hash(check_key(k)) for k in keys]
+        cost = check_cost(cost, self.capacity)
+        now = self._now()
+        self._enter()
+        try:
+            return [self._result(self._take_locked(fp, home, cost, now)) for fp, home in hashed]
+        finally:
+            self._leave()
+
+    def usage(self, key: str) -> int:
+        """Tokens in use: capacity minus the tokens available now."""
+        fp, home = self._hash(check_key(key))
+        now = self._now()
+        self._enter()
+        try:
+            s = self._find(fp, home)
+            if s < 0:
+                return 0
+            ahead = max(self._words[s + 1] - now, 0)
+            return self.capacity - (self._tau - ahead) // self._P
+        finally:
+            self._leave()
+
+    def reset(self, key: str) -> None:
+        """Refill the key's bucket."""
+        fp, home = self._hash(check_key(key))
+        self._enter()
+        try:
+            s = self._find(fp, home)
+            if s >= 0:
+                self._words[s + 1] = 0
+        finally:
+            self._leave()
+
+    def stats(self) -> dict:
+        """Table counters: denials because the window was full, reclaims."""
+        return {
+            "slots": self.slots,
+            "full": self._words[_region.W_FULL] & _M64,
+            "reclaims": self._words[_region.W_RECLAIMS] & _M64,
+        }
+
+    def close(self) -> None:
+        """Detach (the shared segment stays until unlink)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+unlink = _region.unlink

@@ -1,0 +1,204 @@
+"""The GCRA core, on both implementations (the ``core`` fixture)."""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import pytest
+from conftest import ManualClock
+from gcra_cases import CASES
+
+from guardian import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    MAX_KEY_BYTES,
+    MemoryBackend,
+    RateLimiter,
+    TokenBucketConfig,
+)
+
+
+def make(core: ModuleType, clock: ManualClock, capacity: int, rate: float,
+         interval: float = 1.0, slots: int = 1024) -> MemoryBackend:
+    return MemoryBackend(TokenBucketConfig(capacity, rate, interval), slots=slots, clock=clock)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shared_gcra_cases(core: ModuleType, clock: ManualClock, case: str) -> None:
+    (capacity, rate, interval), steps = CASES[case]
+    backend = make(core, clock, capacity, rate, interval)
+    start = clock.ns
+    for at, op, key, cost, expected in steps:
+        clock.ns = start + round(at * 1e9)
+        if op == "usage":
+            assert backend.usage(key) == expected, (at, op, key)
+            continue
+        r = backend.take(key, cost)
+        got = (r.allowed, r.remaining, r.retry_after, r.reset_after)
+        assert got[:2] == expected[:2], (at, key, cost, got)
+        assert got[2] == pytest.approx(expected[2], abs=1e-12), (at, key, cost, got)
+        assert got[3] == pytest.approx(expected[3], abs=1e-12), (at, key, cost, got)
+        assert r.limit == capacity
+
+
+def hammer(backend: MemoryBackend, clock: ManualClock, seconds: float, step_ms: int = 1) -> int:
+    admitted = 0
+    end = clock.ns + round(seconds * 1e9)
+    while True:
+        while backend.try_take("k"):
+            admitted += 1
+        if clock.ns + step_ms * 1_000_000 > end:
+            return admitted
+        clock.advance(ns=step_ms * 1_000_000)
+
+
+def test_hammered_ten_seconds_admits_exactly_1100(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 100, 100)
+    assert hammer(backend, clock, 10.0) == 1100
+
+
+def jump_hammer(backend: MemoryBackend, clock: ManualClock, seconds: float) -> list:
+    """Ask exactly when told to retry; return the admission times (ns)."""
+    times = []
+    start = clock.ns
+    end = start + round(seconds * 1e9)
+    while clock.ns <= end:
+        r = backend.take("k")
+        if r.allowed:
+            times.append(clock.ns - start)
+        else:
+            clock.advance(ns=max(1, math.ceil(r.retry_after * 1e9 - 1e-3)))
+    return times
+
+
+def test_three_per_seven_seconds_does_not_drift_over_an_hour(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 3, 3, 7.0)
+    times = jump_hammer(backend, clock, 3600.0)
+    assert len(times) == 3 + 3600 * 3 // 7  # 1545
+    # The k-th refill lands on ceil(k * 7/3 s), to the nanosecond.
+    for k, at in enumerate(times[3:], start=1):
+        assert at == -(-k * 7_000_000_000 // 3), k
+
+
+def test_seven_per_second_exact_over_an_hour(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 5, 7)
+    assert len(jump_hammer(backend, clock, 3600.0)) == 5 + 7 * 3600
+
+
+def test_usage_and_reset(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 10, 1)
+    assert backend.usage("k") == 0
+    assert backend.take("k", 4).remaining == 6
+    assert backend.usage("k") == 4
+    backend.reset("k")
+    assert backend.usage("k") == 0
+    assert backend.take("k", 10).allowed
+    backend.reset("never-seen")  # resetting an unknown key is a no-op
+    assert backend.usage("never-seen") == 0
+
+
+def test_result_object(core: ModuleType, clock: ManualClock) -> None:
+    limiter = RateLimiter(make(core, clock, 1, 1))
+    ok = limiter.check_limit("k")
+    assert ok and ok.is_allowed() and ok.limit == 1 and ok.remaining == 0
+    no = limiter.check_limit("k")
+    assert not no and not no.is_allowed()
+    assert no.retry_after == pytest.approx(1.0)
+    assert "allowed=False" in repr(no)
+
+
+@pytest.mark.parametrize("key", ["ключ", "🔑🔑", "a\u0301", "e\u0300", "{braces}:colons", "x" * MAX_KEY_BYTES,
+                                 "é" * (MAX_KEY_BYTES // 2)])
+def test_unicode_and_long_keys_have_their_own_buckets(core: ModuleType, clock: ManualClock, key: str) -> None:
+    backend = make(core, clock, 2, 1)
+    assert backend.take(key, 2).allowed
+    assert not backend.take(key).allowed
+    assert backend.take(key[:-1] or "other").allowed  # a different key, a full bucket
+    assert backend.usage(key) == 2
+
+
+def test_normalisation_forms_are_different_keys(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 1, 1)
+    assert backend.try_take("\u00e9")  # é, composed
+    assert backend.try_take("e\u0301")  # é, decomposed: other bytes, other key
+
+
+def test_check_many_decides_each_key(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 2, 1)
+    results = backend.take_many(["a", "b", "a", "a"])
+    assert [r.allowed for r in results] == [True, True, True, False]
+    assert [r.remaining for r in results] == [1, 1, 0, 0]
+    assert backend.take_many([]) == []
+
+
+def test_table_full_denies_new_keys_and_never_over_admits(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 1, 1, 3600.0, slots=8)  # the window is the whole table
+    for i in range(8):
+        assert backend.try_take(f"k{i}")
+    r = backend.take("newcomer")
+    assert not r.allowed
+    assert r.retry_after == pytest.approx(3600.0)  # when the first slot frees up
+    assert backend.stats()["full"] == 1
+    for i in range(8):  # live keys keep their (empty) buckets
+        assert not backend.try_take(f"k{i}")
+    clock.advance(3600.0)
+    assert backend.try_take("newcomer")  # an expired slot is reclaimed...
+    assert backend.stats()["reclaims"] == 1
+    assert backend.try_take("k0")  # ...and its old key comes back full, as it was
+
+
+def test_idle_keys_never_fill_the_table(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 5, 1000, slots=64)
+    for i in range(10_000):
+        assert backend.try_take(f"key-{i}"), i
+        clock.advance(0.005)  # every bucket is full again by the next key
+    assert backend.stats()["full"] == 0
+
+
+class TestBadInput:
+    """Bad arguments raise at once, with the right class, and change nothing."""
+
+    @pytest.fixture
+    def backend(self, core: ModuleType, clock: ManualClock) -> MemoryBackend:
+        b = make(core, clock, 10, 1)
+        b.take("k", 3)
+        return b
+
+    @pytest.mark.parametrize(
+        "key, cost, error, message",
+        [
+            ("", 1, InvalidArgumentError, "must not be empty"),
+            ("x" * (MAX_KEY_BYTES + 1), 1, InvalidArgumentError, "the maximum is 4096"),
+            ("é" * (MAX_KEY_BYTES // 2 + 1), 1, InvalidArgumentError, "the maximum is 4096"),
+            ("\ud800", 1, InvalidArgumentError, "not valid Unicode"),
+            (b"k", 1, ArgumentTypeError, "key must be a str"),
+            (None, 1, ArgumentTypeError, "key must be a str"),
+            (42, 1, ArgumentTypeError, "key must be a str"),
+            ("k", 0, InvalidArgumentError, "at least 1"),
+            ("k", -1, InvalidArgumentError, "at least 1"),
+            ("k", 11, InvalidArgumentError, "above the bucket's capacity 10"),
+            ("k", 2**70, InvalidArgumentError, "above the bucket's capacity"),
+            ("k", 1.0, ArgumentTypeError, "cost must be an int"),
+            ("k", 1.5, ArgumentTypeError, "cost must be an int"),
+            ("k", float("nan"), ArgumentTypeError, "cost must be an int"),
+            ("k", True, ArgumentTypeError, "cost must be an int"),
+            ("k", "1", ArgumentTypeError, "cost must be an int"),
+        ],
+    )
+    def test_refused_without_change(self, backend: MemoryBackend, key: object, cost: object,
+                                    error: type, message: str) -> None:
+        for call in (backend.take, backend.try_take, lambda k, c: backend.take_many(["k", k], c)):
+            with pytest.raises(error, match=message):
+                call(key, cost)  # type: ignore[arg-type]
+        assert backend.usage("k") == 3
+        assert backend.stats()["full"] == 0
+        assert issubclass(error, ValueError) or issubclass(error, TypeError)
+
+    def test_bad_key_in_usage_and_reset(self, backend: MemoryBackend) -> None:
+        for call in (backend.usage, backend.reset):
+            with pytest.raises(InvalidArgumentError):
+                call("")
+            with pytest.raises(ArgumentTypeError):
+                call(7)  # type: ignore[arg-type]
+        assert backend.usage("k") == 3
