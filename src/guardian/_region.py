@@ -190,18 +190,19 @@ def shared_region(name: str, geo: Geometry, epoch_ns: int, adopt_slots: bool,
             return buf
         deadline = time.monotonic() + _ATTACH_WAIT_S
         while True:
+            expired = time.monotonic() > deadline
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:
                 size = os.fstat(fd).st_size
                 if size >= SLOTS_OFFSET:
                     buf = mmap.mmap(fd, size)
-                    if read_word(buf, W_MAGIC) == MAGIC or time.monotonic() > deadline:
+                    if read_word(buf, W_MAGIC) == MAGIC or expired:
                         _validate(buf, name, geo, adopt_slots)
                         return buf
                     buf.close()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            if time.monotonic() > deadline:
+            if expired:
                 raise SharedTableError(
                     f"shared table {name!r} exists but is empty; if no process is creating "
                     f"it, remove it with MemoryBackend.unlink({name!r})"

@@ -1,0 +1,126 @@
+"""Benchmark plumbing: builds the floor extension on first use, holds the key
+sets, and measures a subject in steady state.
+
+Run from the repository root:  python -m pytest bench/ --benchmark-only
+(``pytest tests/`` never collects this folder.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, List, Tuple
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+GUARDIAN_SRC = HERE.parent / "src" / "guardian"
+
+#: Keys are all 11 ASCII bytes long, so hashing costs the same in both shapes.
+N_KEYS = 100_000
+ONE_KEY_BATCH = 1_000
+
+Subject = Callable[[List[str]], Tuple[Callable[[], None], Callable[[], None]]]
+
+
+def _key(i: int) -> str:
+    return f"user:{i:06d}"
+
+
+def build_floor() -> ModuleType:
+    """Import bench/_floor, compiling it first when missing or stale."""
+    sources = [HERE / "_floor.pyx", GUARDIAN_SRC / "_siphash.h"]
+    built = sorted(HERE.glob("_floor*.so"))
+    if built and all(s.stat().st_mtime <= built[-1].stat().st_mtime for s in sources):
+        return _import_floor()
+    from Cython.Build import cythonize
+    from setuptools import Distribution, Extension
+
+    ext = Extension(
+        "_floor",
+        [str(HERE / "_floor.pyx")],
+        include_dirs=[str(GUARDIAN_SRC)],
+        # guardian's release flags (setup.py), so the floor is as optimised.
+        extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
+        depends=[str(GUARDIAN_SRC / "_siphash.h")],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools' own deprecation chatter
+        dist = Distribution(
+            {"ext_modules": cythonize([ext], build_dir=str(HERE / "build"), quiet=True)}
+        )
+        cmd = dist.get_command_obj("build_ext")
+        cmd.build_lib = str(HERE)  # lands as bench/_floor*.so (git-ignored)
+        cmd.build_temp = str(HERE / "build" / "temp")
+        cmd.force = True
+        cmd.ensure_finalized()
+        cmd.run()
+    return _import_floor()
+
+
+def _import_floor() -> ModuleType:
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    sys.modules.pop("_floor", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("_floor")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-warmup",
+        type=float,
+        default=1.2,
+        help="seconds each subject runs before it is measured (default 1.2: "
+        "longer than the 1 s windows of the log-based peers, so their "
+        "logs are full)",
+    )
+
+
+@pytest.fixture(scope="session")
+def floor() -> ModuleType:
+    return build_floor()
+
+
+@pytest.fixture(scope="session")
+def one_key() -> List[str]:
+    """The same key object ONE_KEY_BATCH times."""
+    return [_key(42)] * ONE_KEY_BATCH
+
+
+@pytest.fixture(scope="session")
+def many_keys() -> List[str]:
+    """N_KEYS distinct keys, visited in an order unrelated to their
+    allocation (as real traffic would), one pass per round."""
+    keys = [_key(i) for i in range(N_KEYS)]
+    step = 7919  # prime to N_KEYS, so this is a permutation
+    return [keys[(i * step) % N_KEYS] for i in range(N_KEYS)]
+
+
+@pytest.fixture
+def measure(benchmark, request: pytest.FixtureRequest):
+    """measure(subject, keys): build the subject, run it for --bench-warmup
+    seconds (every key inserted, every window filled), then benchmark one
+    pass over ``keys``. The report divides each round by ``calls``."""
+    warmup = request.config.getoption("--bench-warmup")
+    closers: List[Callable[[], None]] = []
+
+    def run(subject: Subject, keys: List[str]) -> None:
+        batch, close = subject(keys)
+        closers.append(close)
+        deadline = time.perf_counter() + warmup
+        batch()
+        while time.perf_counter() < deadline:
+            batch()
+        benchmark.extra_info["calls"] = len(keys)
+        benchmark.extra_info["pid"] = os.getpid()
+        benchmark(batch)
+
+    yield run
+    for close in closers:
+        close()
