@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Shared-table scaling and exactness across processes.
+
+    python bench/shm_scaling.py [--duration 3] [--trials 3] [--no-pin]
+
+Requirement: "Shared table: two processes hammering one key together do at
+least 1.6x the checks per second of one process".
+
+Scaling: for each limit and key layout, one process, then two, call
+``RateLimiter.try_acquire`` in a tight loop for ``--duration`` seconds on
+one shared table (a fresh one per phase, unlinked after) and count calls
+and admissions. Limits:
+
+* mostly-allowed: capacity 1e9, refill 1e9/s. Every check is admitted and
+  so writes its slot (one CAS): the worst case for a shared cache line.
+* mostly-denied: capacity 1, refill 1/hour. After the first check every
+  check is denied and writes nothing: the slot's line stays shared.
+
+Key layouts: both processes on one key (the requirement), and each process
+on its own key (slots on different cache lines, no contention).
+
+Exactness: capacity 100,000 refilled 1 per hour; two processes hammer one
+key and must admit exactly 100,000 together (a refill of at most one token
+may land meanwhile, hence +-1).
+
+Processes are forked after the table exists and attach to it by name, like
+workers of a pre-fork server; with --pin (default) process i runs on CPU i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+import uuid
+from typing import List, Optional, Sequence, Tuple
+
+from guardian import CORE, MemoryBackend, RateLimiter, TokenBucketConfig
+
+SLOTS = 2**12
+CHUNK = 1024
+CONFIGS = {
+    "mostly-allowed": TokenBucketConfig(capacity=10**9, refill_rate=10**9, refill_interval=1),
+    "mostly-denied": TokenBucketConfig(capacity=1, refill_rate=1, refill_interval=3600),
+}
+EXACT = TokenBucketConfig(capacity=100_000, refill_rate=1, refill_interval=3600)
+
+
+def _worker(name: str, config: TokenBucketConfig, key: str, cpu: Optional[int],
+            duration: float, barrier, results) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    backend = MemoryBackend(config, shared=name)  # attach; slots from the segment
+    limiter = RateLimiter(backend)
+    chunk = [key] * CHUNK
+    calls = allowed = 0
+    barrier.wait()
+    start = time.perf_counter()
+    end = start + duration
+    while True:
+        for k in chunk:
+            allowed += limiter.try_acquire(k)
+        calls += CHUNK
+        if time.perf_counter() >= end:
+            break
+    elapsed = time.perf_counter() - start
+    backend.close()
+    results.put((key, calls, allowed, elapsed))
+
+
+def run_phase(config: TokenBucketConfig, keys: Sequence[str], duration: float,
+              pin: bool) -> List[Tuple[str, int, int, float]]:
+    """One process per key, all on one fresh shared table, started together."""
+    ctx = mp.get_context("fork")
+    name = f"bench-shm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owner = MemoryBackend(config, shared=name, slots=SLOTS)
+    try:
+        barrier = ctx.Barrier(len(keys))
+        results = ctx.Queue()
+        ncpu = os.cpu_count() or 1
+        procs = [
+            ctx.Process(target=_worker, args=(name, config, key, i % ncpu if pin else None,
+                                              duration, barrier, results))
+            for i, key in enumerate(keys)
+        ]
+        for p in procs:
+            p.start()
+        out = [results.get(timeout=duration + 60) for _ in procs]
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"worker exited with {p.exitcode}")
+        return out
+    finally:
+        owner.close()
+        MemoryBackend.unlink(name)
+
+
+def _rate(rows) -> float:
+    return sum(calls / elapsed for _, calls, _, elapsed in rows)
+
+
+def scaling(duration: float, pin: bool) -> List[str]:
+    lines = [
+        "| limit | keys | 1 process: checks/s | 2 processes: checks/s | ratio | admitted (1 proc / 2 procs) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, config in CONFIGS.items():
+        for layout, two in (("one key", ["user:000042", "user:000042"]),
+                            ("a key per process", ["user:000001", "user:000002"])):
+            one = run_phase(config, two[:1], duration, pin)
+            both = run_phase(config, two, duration, pin)
+            r1, r2 = _rate(one), _rate(both)
+            a1 = sum(r[2] for r in one)
+            a2 = sum(r[2] for r in both)
+            c1 = sum(r[1] for r in one)
+            c2 = sum(r[1] for r in both)
+            lines.append(
+                f"| {label} | {layout} | {r1:,.0f} | {r2:,.0f} | **{r2 / r1:.2f}x** | "
+                f"{a1:,} of {c1:,} / {a2:,} of {c2:,} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def exactness(trials: int, duration: float, pin: bool) -> Tuple[List[str], bool]:
+    lines = [
+        "| trial | keys | admitted per process | total admitted | expected | exact (+-1) |",
+        "|---|---|---|---:|---:|:---:|",
+    ]
+    ok_all = True
+    for t in range(1, trials + 1):
+        for layout, keys in (("one key", ["user:000042"] * 2),
+                             ("a key per process", ["user:000001", "user:000002"])):
+            rows = run_phase(EXACT, keys, duration, pin)
+            per = [r[2] for r in rows]
+            expected = EXACT.capacity * len(set(keys))
+            ok = abs(sum(per) - expected) <= 1 and (
+                len(set(keys)) == 1 or all(abs(a - EXACT.capacity) <= 1 for a in per))
+            ok_all &= ok
+            lines.append(
+                f"| {t} | {layout} | {' + '.join(f'{a:,}' for a in per)} | {sum(per):,} | "
+                f"{expected:,} | {'yes' if ok else '**NO**'} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines, ok_all
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per scaling phase (default 3)")
+    parser.add_argument("--exact-duration", type=float, default=1.0,
+                        help="seconds per exactness trial (default 1)")
+    parser.add_argument("--trials", type=int, default=3, help="exactness trials (default 3)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin process i to CPU i")
+    args = parser.parse_args(argv)
+    print(f"Python {platform.python_version()}, guardian core: {CORE}, "
+          f"{os.cpu_count()} CPUs, pinned: {args.pin}, {args.duration:g} s per phase\n")
+    print("### scaling: RateLimiter.try_acquire on one shared table\n")
+    print("\n".join(scaling(args.duration, args.pin)))
+    print("\n### exactness: capacity 100,000, refill 1/hour, two processes\n")
+    lines, ok = exactness(args.trials, args.exact_duration, args.pin)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
