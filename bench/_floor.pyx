@@ -14,6 +14,7 @@ moves Cython from METH_O to FASTCALL|KEYWORDS argument parsing; the
 the gap between the floor and guardian into its parts.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport calloc, free
 
@@ -54,24 +55,41 @@ cdef class Noop:
 
 
 cdef class HashCas:
-    """Hash the key, CAS one slot of a 16-byte-slot table."""
+    """Hash the key, CAS one slot of a 16-byte-slot table.
+
+    ``HashCas(slots, buffer=None)``: the table is private memory, or the
+    given writable buffer (e.g. a MAP_SHARED mmap inherited across fork, so
+    that bench/shm_scaling.py can measure the floor's own scaling)."""
 
     cdef int64_t *words
     cdef uint64_t mask
     cdef uint64_t k0, k1
+    cdef Py_buffer view
+    cdef bint has_view
 
-    def __cinit__(self, uint64_t slots=1 << 18):
+    def __cinit__(self, uint64_t slots=1 << 18, buffer=None):
+        self.has_view = False
         if slots == 0 or slots & (slots - 1):
             raise ValueError("slots must be a power of two")
-        self.words = <int64_t *>calloc(2 * slots, sizeof(int64_t))
-        if self.words == NULL:
-            raise MemoryError()
+        if buffer is None:
+            self.words = <int64_t *>calloc(2 * slots, sizeof(int64_t))
+            if self.words == NULL:
+                raise MemoryError()
+        else:
+            PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE | PyBUF_SIMPLE)
+            self.has_view = True
+            if <size_t>self.view.len < 2 * slots * sizeof(int64_t) or <size_t>self.view.buf % 64:
+                raise ValueError("buffer too small or not 64-byte aligned")
+            self.words = <int64_t *>self.view.buf
         self.mask = slots - 1
         self.k0 = 0x0706050403020100
         self.k1 = 0x0f0e0d0c0b0a0908
 
     def __dealloc__(self):
-        free(self.words)
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+        else:
+            free(self.words)
 
     cdef inline int64_t *_slot(self, object key) except NULL:
         cdef Py_ssize_t n

@@ -7,19 +7,13 @@ Run from the repository root:  python -m pytest bench/ --benchmark-only
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import time
-import warnings
-from pathlib import Path
 from types import ModuleType
 from typing import Callable, List, Tuple
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-GUARDIAN_SRC = HERE.parent / "src" / "guardian"
+from _build import build_floor
 
 #: Keys are all 11 ASCII bytes long, so hashing costs the same in both shapes.
 N_KEYS = 100_000
@@ -30,45 +24,6 @@ Subject = Callable[[List[str]], Tuple[Callable[[], None], Callable[[], None]]]
 
 def _key(i: int) -> str:
     return f"user:{i:06d}"
-
-
-def build_floor() -> ModuleType:
-    """Import bench/_floor, compiling it first when missing or stale."""
-    sources = [HERE / "_floor.pyx", GUARDIAN_SRC / "_siphash.h"]
-    built = sorted(HERE.glob("_floor*.so"))
-    if built and all(s.stat().st_mtime <= built[-1].stat().st_mtime for s in sources):
-        return _import_floor()
-    from Cython.Build import cythonize
-    from setuptools import Distribution, Extension
-
-    ext = Extension(
-        "_floor",
-        [str(HERE / "_floor.pyx")],
-        include_dirs=[str(GUARDIAN_SRC)],
-        # guardian's release flags (setup.py), so the floor is as optimised.
-        extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
-        depends=[str(GUARDIAN_SRC / "_siphash.h")],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # setuptools' own deprecation chatter
-        dist = Distribution(
-            {"ext_modules": cythonize([ext], build_dir=str(HERE / "build"), quiet=True)}
-        )
-        cmd = dist.get_command_obj("build_ext")
-        cmd.build_lib = str(HERE)  # lands as bench/_floor*.so (git-ignored)
-        cmd.build_temp = str(HERE / "build" / "temp")
-        cmd.force = True
-        cmd.ensure_finalized()
-        cmd.run()
-    return _import_floor()
-
-
-def _import_floor() -> ModuleType:
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    sys.modules.pop("_floor", None)
-    importlib.invalidate_caches()
-    return importlib.import_module("_floor")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

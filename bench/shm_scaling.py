@@ -17,6 +17,9 @@ on a shared VM it, not guardian, can decide the ratio. Limits:
   so writes its slot (one CAS): the worst case for a shared cache line.
 * mostly-denied: capacity 1, refill 1/hour. After the first check every
   check is denied and writes nothing: the slot's line stays shared.
+* floor hash+CAS: not guardian but bench/_floor's HashCas on a MAP_SHARED
+  mapping, every call a CAS: what this machine allows for one contended
+  cache line.
 
 Key layouts: both processes on one key (the requirement), and each process
 on its own key (slots on different cache lines, no contention).
@@ -32,6 +35,7 @@ workers of a pre-fork server; with --pin (default) process i runs on CPU i.
 from __future__ import annotations
 
 import argparse
+import mmap
 import multiprocessing as mp
 import os
 import platform
@@ -41,6 +45,8 @@ import time
 import uuid
 from typing import List, Optional, Sequence, Tuple
 
+from _build import build_floor  # bench/ is sys.path[0] when run as a script
+
 from guardian import CORE, MemoryBackend, RateLimiter, TokenBucketConfig
 
 SLOTS = 2**12
@@ -48,16 +54,24 @@ CHUNK = 1024
 CONFIGS = {
     "mostly-allowed": TokenBucketConfig(capacity=10**9, refill_rate=10**9, refill_interval=1),
     "mostly-denied": TokenBucketConfig(capacity=1, refill_rate=1, refill_interval=3600),
+    # Not guardian: bench/_floor's hash + one CAS, every call a write. What
+    # the hardware allows for a contended cache line.
+    "floor hash+CAS": None,
 }
 EXACT = TokenBucketConfig(capacity=100_000, refill_rate=1, refill_interval=3600)
+_FLOOR = None  # bench/_floor, built by main() before any fork
 
 
-def _worker(name: str, config: TokenBucketConfig, key: str, cpu: Optional[int],
-            duration: float, barrier, results) -> None:
+def _worker(name: Optional[str], config: Optional[TokenBucketConfig], buf, key: str,
+            cpu: Optional[int], duration: float, barrier, results) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    backend = MemoryBackend(config, shared=name)  # attach; slots from the segment
-    limiter = RateLimiter(backend)
+    if config is None:
+        target = _FLOOR.HashCas(SLOTS, buffer=buf)  # on the inherited MAP_SHARED table
+        close = _nothing
+    else:
+        backend = MemoryBackend(config, shared=name)  # attach; slots from the segment
+        target, close = RateLimiter(backend), backend.close
     chunk = [key] * CHUNK
     calls = allowed = 0
     barrier.wait()
@@ -65,27 +79,37 @@ def _worker(name: str, config: TokenBucketConfig, key: str, cpu: Optional[int],
     end = start + duration
     while True:
         for k in chunk:
-            allowed += limiter.try_acquire(k)
+            allowed += target.try_acquire(k)
         calls += CHUNK
         if time.perf_counter() >= end:
             break
     elapsed = time.perf_counter() - start
-    backend.close()
+    close()
     results.put((key, calls, allowed, elapsed))
 
 
-def run_phase(config: TokenBucketConfig, keys: Sequence[str], duration: float,
+def _nothing() -> None:
+    pass
+
+
+def run_phase(config: Optional[TokenBucketConfig], keys: Sequence[str], duration: float,
               pin: bool) -> List[Tuple[str, int, int, float]]:
-    """One process per key, all on one fresh shared table, started together."""
+    """One process per key, all on one fresh shared table, started together.
+    ``config=None`` runs the hash+CAS floor on a shared anonymous mapping."""
     ctx = mp.get_context("fork")
-    name = f"bench-shm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    owner = MemoryBackend(config, shared=name, slots=SLOTS)
+    name: Optional[str] = None
+    buf = owner = None
+    if config is None:
+        buf = mmap.mmap(-1, SLOTS * 16, flags=mmap.MAP_SHARED)
+    else:
+        name = f"bench-shm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        owner = MemoryBackend(config, shared=name, slots=SLOTS)
     try:
         barrier = ctx.Barrier(len(keys))
         results = ctx.Queue()
         ncpu = os.cpu_count() or 1
         procs = [
-            ctx.Process(target=_worker, args=(name, config, key, i % ncpu if pin else None,
+            ctx.Process(target=_worker, args=(name, config, buf, key, i % ncpu if pin else None,
                                               duration, barrier, results))
             for i, key in enumerate(keys)
         ]
@@ -98,8 +122,11 @@ def run_phase(config: TokenBucketConfig, keys: Sequence[str], duration: float,
                 raise RuntimeError(f"worker exited with {p.exitcode}")
         return out
     finally:
-        owner.close()
-        MemoryBackend.unlink(name)
+        if owner is not None:
+            owner.close()
+            MemoryBackend.unlink(name)
+        if buf is not None:
+            buf.close()
 
 
 def _rate(rows) -> float:
@@ -178,6 +205,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--trials", type=int, default=3, help="exactness trials (default 3)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin process i to CPU i")
     args = parser.parse_args(argv)
+    global _FLOOR
+    _FLOOR = build_floor()
     print(f"Python {platform.python_version()}, guardian core: {CORE}, "
           f"{os.cpu_count()} CPUs, pinned: {args.pin}, {args.duration:g} s per phase\n")
     print("### scaling: RateLimiter.try_acquire on one shared table\n")

@@ -12,12 +12,12 @@ import os
 import sys
 import time
 import uuid
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from . import CORE, MemoryBackend, RateLimiter, TokenBucketConfig, __version__
 
 
-def _worker(name: str, config: TokenBucketConfig, seconds: float, keys: List[str], out: "multiprocessing.Queue[tuple]") -> None:
+def _worker(name: str, config: TokenBucketConfig, seconds: float, keys: List[str], out: "multiprocessing.Queue[Tuple[int, int, int]]") -> None:
     limiter = RateLimiter(MemoryBackend(config, shared=name))
     try_acquire = limiter.try_acquire
     checks = admitted = 0
@@ -38,9 +38,11 @@ def demo(args: argparse.Namespace) -> int:
     MemoryBackend(config, shared=name)  # create it before the workers attach
     try:
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(name, config, args.seconds, keys, queue))
-                 for _ in range(args.workers)]
+        queue: "multiprocessing.Queue[Tuple[int, int, int]]" = ctx.Queue()
+        procs = [
+            ctx.Process(target=_worker, args=(name, config, args.seconds, keys, queue))  # type: ignore[attr-defined]
+            for _ in range(args.workers)
+        ]
         started = time.monotonic()
         for p in procs:
             p.start()

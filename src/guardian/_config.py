@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from fractions import Fraction
-from numbers import Real
 from typing import Union
 
 from ._errors import ConfigurationError
@@ -33,15 +32,15 @@ MAX_BURST_TICKS = 2**62
 _MIN_EMISSION_NS = 1
 
 
-def _exact(value: Real, what: str) -> Fraction:
-    if isinstance(value, bool) or not isinstance(value, Real):
+def _exact(value: object, what: str) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
         raise ConfigurationError(f"{what} must be a number, got {value!r}")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConfigurationError(f"{what} must be finite, got {value!r}")
         # str() gives the shortest decimal that round-trips: 0.1 -> 1/10.
         return Fraction(str(value))
-    return Fraction(value)  # type: ignore[arg-type]
+    return Fraction(value)
 
 
 def _seconds(value: Seconds, what: str) -> Fraction:

@@ -14,7 +14,7 @@ import fcntl
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _region
 from ._errors import ArgumentTypeError, InvalidArgumentError
@@ -264,7 +264,7 @@ class Table:
         finally:
             self._leave()
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, int]:
         """Table counters: denials because the window was full, reclaims."""
         return {
             "slots": self.slots,

@@ -22,14 +22,15 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ._errors import SharedTableError
 
+_posixshmem: Any
 try:  # the C half of multiprocessing.shared_memory, without its tracker
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found,no-redef]
 except ImportError:  # pragma: no cover - Windows
-    _posixshmem = None  # type: ignore[assignment]
+    _posixshmem = None
 
 MAGIC = int.from_bytes(b"GRDNTBL1", "little")
 LAYOUT_VERSION = 1

@@ -77,28 +77,30 @@ class RateLimiter(_Policy):
     def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""
         try:
-            return self.backend.take(key, cost)
+            result: LimitResult = self.backend.take(key, cost)
+            return result
         except BackendError as exc:
             return self._failed(exc)
 
     def try_acquire(self, key: str, cost: int = 1) -> bool:
         """Take ``cost`` tokens for ``key`` if it has them; True when taken."""
         try:
-            return self.backend.try_take(key, cost)
+            return bool(self.backend.try_take(key, cost))
         except BackendError as exc:
             return self._failed(exc).allowed
 
     def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call (one round trip for Redis)."""
         try:
-            return self.backend.take_many(keys, cost)
+            results: List[LimitResult] = self.backend.take_many(keys, cost)
+            return results
         except BackendError as exc:
             return self._failed_many(exc, len(keys))
 
     def get_usage(self, key: str) -> int:
         """Tokens of ``key``'s bucket in use now (0 when full or unknown).
         Raises BackendError when the backend cannot tell."""
-        return self.backend.usage(key)
+        return int(self.backend.usage(key))
 
     def reset(self, key: str) -> None:
         """Refill ``key``'s bucket. Raises BackendError when storage fails."""
