@@ -1,4 +1,5 @@
-"""Real Redis servers, started by the suite on free loopback ports."""
+"""Fixtures for real Redis servers, started by the suite on free loopback
+ports (a plugin: tests/conftest.py lists it in pytest_plugins)."""
 
 from __future__ import annotations
 
