@@ -80,7 +80,7 @@ def is_cluster(client: Any) -> bool:
 
 def translate(exc: BaseException) -> BackendError:
     """guardian's exception for a redis-py (or socket) exception."""
-    if isinstance(exc, (rex.TimeoutError, TimeoutError)):
+    if isinstance(exc, (rex.TimeoutError, TimeoutError, BlockingIOError)):  # SO_RCVTIMEO: EAGAIN
         return BackendTimeoutError(f"Redis did not answer in time: {exc}")
     if isinstance(exc, (rex.ConnectionError, rex.ClusterError, OSError)):
         return BackendUnavailableError(f"Redis is unreachable: {exc}")

@@ -4,11 +4,15 @@ clock. Only the I/O lives here; see _redis_client / _redis_proto."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
+import hiredis
 import redis
 import redis.exceptions as rex
+from redis._parsers import BaseParser
 
 from .._config import TokenBucketConfig
 from .._result import LimitResult
@@ -26,6 +30,47 @@ def _forget_connections() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_connections)
+
+
+class _Wire:
+    """One connection of ours. redis-py opens it (TCP, TLS or unix socket,
+    AUTH, SELECT, Sentinel's master lookup); then we speak on its socket
+    with our own hiredis reader: redis-py's command path costs more than
+    the script. A plain socket gets its timeout from the kernel
+    (SO_RCVTIMEO/SO_SNDTIMEO) instead of a poll() before every read."""
+
+    __slots__ = ("conn", "sock", "reader", "buf")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        conn.connect()
+        self.sock = sock = conn._sock
+        self.reader = hiredis.Reader(replyError=BaseParser.parse_error)
+        self.buf = bytearray(16384)
+        timeout = sock.gettimeout()
+        if type(sock) is socket.socket and timeout is not None:
+            whole = int(timeout)
+            tv = struct.pack("ll", whole, int((timeout - whole) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            sock.settimeout(None)
+
+    def exchange(self, packed: bytes) -> Any:
+        """Sends ``packed`` (may be empty) and reads one reply."""
+        if packed:
+            self.sock.sendall(packed)
+        reader = self.reader
+        reply = reader.gets()
+        while reply is False:
+            n = self.sock.recv_into(self.buf)
+            if not n:
+                raise rex.ConnectionError("Redis closed the connection")
+            reader.feed(self.buf, 0, n)
+            reply = reader.gets()
+        return reply
+
+    def close(self) -> None:
+        self.conn.disconnect()
 
 
 class RedisBackend(RedisCommon):
@@ -54,46 +99,53 @@ class RedisBackend(RedisCommon):
 
     # --- I/O ------------------------------------------------------------------
 
-    def _roundtrip(self, packed: bytes, count: int = 1) -> List[Any]:
-        """Sends pre-packed commands on an idle connection of our own and
-        reads ``count`` replies; a NOSCRIPT loads the scripts and retries."""
-        idle = self._idle
+    def _wire(self) -> "_Wire":
         try:
-            conn = idle.pop()
+            return self._idle.pop()
         except IndexError:
-            conn = self._pool.make_connection()  # type: ignore[union-attr]
-        replies: List[Any] = []
-        try:
-            conn.send_packed_command((packed,), False)
-            for _ in range(count):
-                try:
-                    replies.append(conn.read_response())
-                except rex.ResponseError as exc:  # the connection stays in step
-                    replies.append(exc)
-        except BaseException:
-            conn.disconnect()
-            raise
-        idle.append(conn)
-        return self._check(replies, packed, count)
+            return _Wire(self._pool.make_connection())  # type: ignore[union-attr]
 
-    def _check(self, replies: List[Any], packed: bytes, count: int) -> List[Any]:
+    def _one(self, packed: bytes) -> Any:
+        """Sends one pre-packed command and returns its reply."""
+        wire = self._wire()
+        try:
+            reply = wire.exchange(packed)
+        except BaseException:
+            wire.close()
+            raise
+        self._idle.append(wire)
+        if type(reply) is list or not isinstance(reply, Exception):
+            return reply
+        return self._retry_error(reply, packed, 1)[0]
+
+    def _many(self, packed: bytes, count: int) -> List[Any]:
+        """Sends ``count`` pre-packed commands at once; their replies."""
+        wire = self._wire()
+        try:
+            replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
+        except BaseException:
+            wire.close()
+            raise
+        self._idle.append(wire)
         for reply in replies:
-            if isinstance(reply, rex.NoScriptError):
-                self._load_scripts()
-                replies = self._roundtrip_once(packed, count)
-                break
+            if isinstance(reply, Exception):
+                return self._retry_error(reply, packed, count)
+        return replies
+
+    def _retry_error(self, error: Exception, packed: bytes, count: int) -> List[Any]:
+        """A NOSCRIPT (script cache flushed, failover, restart) loads the
+        scripts and sends once more; any other error reply is raised."""
+        if not isinstance(error, rex.NoScriptError):
+            raise error
+        self._load_scripts()
+        wire = _Wire(self._pool.make_connection())  # type: ignore[union-attr]
+        try:
+            replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
+        finally:
+            wire.close()
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return replies
-
-    def _roundtrip_once(self, packed: bytes, count: int) -> List[Any]:
-        conn = self._pool.make_connection()  # type: ignore[union-attr]
-        try:
-            conn.send_packed_command((packed,), False)
-            replies = [conn.read_response() for _ in range(count)]
-        finally:
-            conn.disconnect()
         return replies
 
     def _load_scripts(self) -> None:
@@ -125,7 +177,7 @@ class RedisBackend(RedisCommon):
         keys = [self.packer.key(key)]
         with boundary:
             if self.direct:
-                return self._roundtrip(self.packer.command(name, keys, *extra))[0]
+                return self._one(self.packer.command(name, keys, *extra))
             return self._via_client([(name, keys, extra)])[0]
 
     # --- the Backend protocol ---------------------------------------------
@@ -134,14 +186,15 @@ class RedisBackend(RedisCommon):
         if self.direct:
             packed = self.packer.take(key, cost)
             with boundary:
-                return self.layout.result(self._roundtrip(packed)[0])
+                reply = self._one(packed)
+            return self.layout.result(reply)
         return self.layout.result(self._call("take", key, self.packer.cost(cost)))
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         if self.direct:
             packed = self.packer.take(key, cost)
             with boundary:
-                return self._roundtrip(packed)[0][0] == 1  # type: ignore[no-any-return]
+                return self._one(packed)[0] == 1  # type: ignore[no-any-return]
         return self._call("take", key, self.packer.cost(cost))[0] == 1  # type: ignore[no-any-return]
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
@@ -149,11 +202,13 @@ class RedisBackend(RedisCommon):
         bkeys = packer.keys(keys)
         c = packer.cost(cost)
         plan = self.plan_many(bkeys)
+        if not plan:
+            return []
         calls = [("take", [bkeys[i] for i in group], (c,)) for group in plan]
         with boundary:
             if self.direct:
                 packed = b"".join(packer.command(n, k, *e) for n, k, e in calls)
-                replies = self._roundtrip(packed, len(calls))
+                replies = self._many(packed, len(calls))
             else:
                 replies = self._via_client(calls)
         return self.assemble(len(bkeys), plan, replies)
@@ -173,7 +228,7 @@ class RedisBackend(RedisCommon):
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+        for wire in idle:
+            wire.close()
         if self._owns_client:
             self.client.close()
