@@ -9,18 +9,25 @@ URLs: ``redis://``, ``rediss://`` and ``unix://`` for one server;
 
 from __future__ import annotations
 
+import os
+import weakref
+from importlib import import_module
 from types import ModuleType, TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 from urllib.parse import unquote, urlsplit
 
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
+from .._config import TokenBucketConfig
 from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
+from ._redis_proto import Layout, Packer
 
-__all__ = ["make_client", "is_cluster", "boundary", "translate"]
+__all__ = ["make_client", "is_cluster", "boundary", "translate", "RedisCommon", "Call"]
+
+#: One script call: (script name, bucket keys, ARGV after the layout's).
+Call = Tuple[str, List[bytes], Tuple[bytes, ...]]
 
 
 def _timeouts(connect_timeout: float, timeout: float) -> Dict[str, Any]:
@@ -53,7 +60,8 @@ def make_client(
         raise ConfigurationError(f"not a Redis URL: {url!r}")
     if scheme in ("redis+cluster", "rediss+cluster"):
         return lib.RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
-    options.setdefault("retry", Retry(NoBackoff(), 0))
+    retry = import_module(lib.__name__ + ".retry").Retry  # redis.asyncio has its own
+    options.setdefault("retry", retry(NoBackoff(), 0))
     if scheme == "redis+sentinel":
         parts = urlsplit(url)
         path = [p for p in parts.path.split("/") if p]
@@ -72,6 +80,15 @@ def make_client(
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"unsupported Redis URL scheme {scheme!r} in {url!r}")
     return lib.Redis.from_url(url, **options)
+
+
+def first_error(replies: Sequence[Any]) -> Optional[Exception]:
+    """The first error reply; a NOSCRIPT first of all (it is retried)."""
+    errors = [r for r in replies if isinstance(r, Exception)]
+    for e in errors:
+        if isinstance(e, rex.NoScriptError):
+            return e
+    return errors[0] if errors else None
 
 
 def is_cluster(client: Any) -> bool:
@@ -116,6 +133,18 @@ class _Boundary:
 boundary = _Boundary()
 
 
+_live: "weakref.WeakSet[RedisCommon]" = weakref.WeakSet()
+
+
+def _forget_connections() -> None:
+    # A forked child must not speak on its parent's sockets.
+    for backend in list(_live):
+        backend._idle = []
+
+
+os.register_at_fork(after_in_child=_forget_connections)
+
+
 class RedisCommon:
     """Everything the sync and async backends share: validation, the
     client, the packer and the I/O plan. Subclasses only talk to Redis."""
@@ -124,20 +153,20 @@ class RedisCommon:
     #: Keys per script call in take_many (one call per chunk, pipelined).
     chunk = 256
 
+    #: ``redis`` or ``redis.asyncio``: the one thing the subclasses set.
+    lib: ModuleType
+
     def __init__(
         self,
-        lib: ModuleType,
-        config: Any,
-        url: Optional[str],
-        client: Any,
-        prefix: str,
-        connect_timeout: float,
-        timeout: float,
-        client_kwargs: Dict[str, Any],
+        config: TokenBucketConfig,
+        url: Optional[str] = None,
+        *,
+        client: Any = None,
+        prefix: str = "guardian",
+        connect_timeout: float = 0.25,
+        timeout: float = 0.25,
+        **client_kwargs: Any,
     ) -> None:
-        from .._config import TokenBucketConfig
-        from ._redis_proto import Layout, Packer
-
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
         if (url is None) == (client is None):
@@ -148,7 +177,7 @@ class RedisCommon:
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
-            client = make_client(lib, url, connect_timeout, timeout, client_kwargs)  # type: ignore[arg-type]
+            client = make_client(self.lib, url, connect_timeout, timeout, client_kwargs)  # type: ignore[arg-type]
         elif client_kwargs:
             raise ConfigurationError("client options go to the client you pass, not here")
         self.client = client
@@ -158,10 +187,32 @@ class RedisCommon:
         self.direct = not is_cluster(client)
         self._pool = client.connection_pool if self.direct else None
         self._idle: List[Any] = []
+        _live.add(self)
 
     def __repr__(self) -> str:
         where = "cluster" if not self.direct else type(self._pool).__name__
         return f"{type(self).__name__}({self.config!r}, prefix={self.prefix!r}, {where})"
+
+    def plan_call(self, name: str, key: str, *extra: bytes) -> Tuple[List[Call], bytes]:
+        """One script call on one key: the call, and its packed bytes when
+        we speak to the server directly."""
+        keys = [self.packer.key(key)]
+        packed = self.packer.command(name, keys, *extra) if self.direct else b""
+        return [(name, keys, extra)], packed
+
+    def plan_take_many(self, keys: Sequence[str], cost: int) -> Tuple[List[List[int]], List[Call], bytes]:
+        """take_many as script calls: (positions per call, calls, packed)."""
+        packer = self.packer
+        bkeys = packer.keys(keys)
+        c = packer.cost(cost)
+        plan = self.plan_many(bkeys)
+        calls: List[Call] = [("take", [bkeys[i] for i in group], (c,)) for group in plan]
+        packed = b"".join(packer.command(n, k, *e) for n, k, e in calls) if self.direct else b""
+        return plan, calls, packed
+
+    def reserved(self, reply: Sequence[int]) -> Tuple[int, int, float, float]:
+        tps = self.layout.ticks_per_second
+        return reply[0], reply[1], reply[2] / tps, reply[3] / tps
 
     def plan_many(self, keys: List[bytes]) -> List[List[int]]:
         """Positions of ``keys`` per script call: chunks in order, and on a

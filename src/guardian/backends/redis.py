@@ -3,10 +3,8 @@ clock. Only the I/O lives here; see _redis_client / _redis_proto."""
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
@@ -14,23 +12,10 @@ import redis
 import redis.exceptions as rex
 from redis._parsers import BaseParser
 
-from .._config import TokenBucketConfig
 from .._result import LimitResult
-from ._redis_client import RedisCommon, boundary
+from ._redis_client import Call, RedisCommon, boundary, first_error
 
 __all__ = ["RedisBackend"]
-
-_live: "weakref.WeakSet[RedisBackend]" = weakref.WeakSet()
-
-
-def _forget_connections() -> None:
-    # A forked child must not speak on its parent's sockets.
-    for backend in list(_live):
-        backend._idle.clear()
-
-
-os.register_at_fork(after_in_child=_forget_connections)
-
 
 class _Wire:
     """One connection of ours. redis-py opens it (TCP, TLS or unix socket,
@@ -79,34 +64,23 @@ class RedisBackend(RedisCommon):
     ``RedisBackend(config, url="redis://localhost:6379/0")``, or
     ``client=`` an existing ``redis.Redis`` / ``RedisCluster`` (Sentinel:
     ``Sentinel(...).master_for(name)``). Keys are ``{prefix}:{<key>}``.
-    ``connect_timeout`` and ``timeout`` (seconds) apply to clients built
-    from a URL; further keyword arguments go to that client.
+    ``connect_timeout`` and ``timeout`` (seconds, 0.25 by default) apply
+    to clients built from a URL; further keyword arguments go to that
+    client. URLs: see guardian.backends._redis_client.
     """
 
-    def __init__(
-        self,
-        config: TokenBucketConfig,
-        url: Optional[str] = None,
-        *,
-        client: Any = None,
-        prefix: str = "guardian",
-        connect_timeout: float = 0.25,
-        timeout: float = 0.25,
-        **client_kwargs: Any,
-    ) -> None:
-        super().__init__(redis, config, url, client, prefix, connect_timeout, timeout, client_kwargs)
-        _live.add(self)
+    lib = redis
 
     # --- I/O ------------------------------------------------------------------
 
-    def _wire(self) -> "_Wire":
+    def _wire(self) -> _Wire:
         try:
             return self._idle.pop()
         except IndexError:
             return _Wire(self._pool.make_connection())  # type: ignore[union-attr]
 
     def _one(self, packed: bytes) -> Any:
-        """Sends one pre-packed command and returns its reply."""
+        """The hot path: one pre-packed command on an idle wire, one reply."""
         wire = self._wire()
         try:
             reply = wire.exchange(packed)
@@ -114,12 +88,11 @@ class RedisBackend(RedisCommon):
             wire.close()
             raise
         self._idle.append(wire)
-        if type(reply) is list or not isinstance(reply, Exception):
-            return reply
-        return self._retry_error(reply, packed, 1)[0]
+        if isinstance(reply, Exception):
+            return self._exchange(packed, 1, reply)[0]
+        return reply
 
-    def _many(self, packed: bytes, count: int) -> List[Any]:
-        """Sends ``count`` pre-packed commands at once; their replies."""
+    def _send(self, packed: bytes, count: int) -> List[Any]:
         wire = self._wire()
         try:
             replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
@@ -127,58 +100,54 @@ class RedisBackend(RedisCommon):
             wire.close()
             raise
         self._idle.append(wire)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                return self._retry_error(reply, packed, count)
         return replies
 
-    def _retry_error(self, error: Exception, packed: bytes, count: int) -> List[Any]:
-        """A NOSCRIPT (script cache flushed, failover, restart) loads the
-        scripts and sends once more; any other error reply is raised."""
+    def _exchange(self, packed: bytes, count: int, error: Optional[Exception] = None) -> List[Any]:
+        """Sends ``count`` pre-packed commands at once and reads their
+        replies. A NOSCRIPT (cache flushed, restart, failover) loads the
+        scripts and sends once more; other error replies are raised."""
+        if error is None:
+            replies = self._send(packed, count)
+            error = first_error(replies)
+            if error is None:
+                return replies
         if not isinstance(error, rex.NoScriptError):
             raise error
-        self._load_scripts()
-        wire = _Wire(self._pool.make_connection())  # type: ignore[union-attr]
-        try:
-            replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
-        finally:
-            wire.close()
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _load_scripts(self) -> None:
         for script in self.packer.scripts.values():
             self.client.script_load(script.source)
+        replies = self._send(packed, count)
+        error = first_error(replies)
+        if error is not None:
+            raise error
+        return replies
 
-    def _via_client(self, calls: Sequence[Tuple[str, List[bytes], Tuple[bytes, ...]]]) -> List[Any]:
-        """Cluster: the client routes each call to its slot's node."""
+    def _via_client(self, calls: Sequence[Call]) -> List[Any]:
+        """Cluster: the client routes each call to its slot's node (and
+        follows MOVED/ASK); NOSCRIPT falls back to EVAL with the source."""
         packer, client = self.packer, self.client
-        if len(calls) == 1:
-            name, keys, extra = calls[0]
-            try:
-                return [client.execute_command("EVALSHA", *packer.args(name, keys, *extra))]
-            except rex.NoScriptError:
-                return [client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))]
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False) if len(calls) > 1 else client
+        replies = []
         for name, keys, extra in calls:
-            pipe.execute_command("EVALSHA", *packer.args(name, keys, *extra))
-        replies = pipe.execute(raise_on_error=False)
+            try:
+                replies.append(pipe.execute_command("EVALSHA", *packer.args(name, keys, *extra)))
+            except rex.NoScriptError as exc:
+                replies.append(exc)
+        if pipe is not client:
+            replies = pipe.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
             if isinstance(reply, rex.NoScriptError):
                 name, keys, extra = calls[i]
                 replies[i] = client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))
-            elif isinstance(reply, Exception):
-                raise reply
+        error = first_error(replies)
+        if error is not None:
+            raise error
         return list(replies)
 
-    def _call(self, name: str, key: str, *extra: bytes) -> Any:
-        keys = [self.packer.key(key)]
+    def _run(self, calls: List[Call], packed: bytes) -> List[Any]:
         with boundary:
             if self.direct:
-                return self._one(self.packer.command(name, keys, *extra))
-            return self._via_client([(name, keys, extra)])[0]
+                return self._exchange(packed, len(calls))
+            return self._via_client(calls)
 
     # --- the Backend protocol ---------------------------------------------
 
@@ -188,43 +157,29 @@ class RedisBackend(RedisCommon):
             with boundary:
                 reply = self._one(packed)
             return self.layout.result(reply)
-        return self.layout.result(self._call("take", key, self.packer.cost(cost)))
+        return self.layout.result(self._run(*self.plan_call("take", key, self.packer.cost(cost)))[0])
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         if self.direct:
             packed = self.packer.take(key, cost)
             with boundary:
                 return self._one(packed)[0] == 1  # type: ignore[no-any-return]
-        return self._call("take", key, self.packer.cost(cost))[0] == 1  # type: ignore[no-any-return]
+        return self.take(key, cost).allowed
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        packer = self.packer
-        bkeys = packer.keys(keys)
-        c = packer.cost(cost)
-        plan = self.plan_many(bkeys)
-        if not plan:
-            return []
-        calls = [("take", [bkeys[i] for i in group], (c,)) for group in plan]
-        with boundary:
-            if self.direct:
-                packed = b"".join(packer.command(n, k, *e) for n, k, e in calls)
-                replies = self._many(packed, len(calls))
-            else:
-                replies = self._via_client(calls)
-        return self.assemble(len(bkeys), plan, replies)
+        plan, calls, packed = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, self._run(calls, packed)) if calls else []
 
     def usage(self, key: str) -> int:
-        return int(self._call("usage", key))
+        return int(self._run(*self.plan_call("usage", key))[0])
 
     def reset(self, key: str) -> None:
-        self._call("reset", key)
+        self._run(*self.plan_call("reset", key))
 
     def reserve(self, key: str, tokens: int) -> Tuple[int, int, float, float]:
         """Takes up to ``tokens`` from the bucket, as many as it holds:
         (granted, remaining, retry_after_s, reset_after_s)."""
-        reply = self._call("reserve", key, self.packer.wanted(tokens))
-        tps = self.layout.ticks_per_second
-        return reply[0], reply[1], reply[2] / tps, reply[3] / tps
+        return self.reserved(self._run(*self.plan_call("reserve", key, self.packer.wanted(tokens)))[0])
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
