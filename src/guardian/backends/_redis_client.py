@@ -124,10 +124,9 @@ class _Boundary:
 
     def __exit__(
         self, tp: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
-    ) -> bool:
+    ) -> None:
         if exc is not None and isinstance(exc, _CAUGHT):
             raise translate(exc) from exc
-        return False
 
 
 boundary = _Boundary()

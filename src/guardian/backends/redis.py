@@ -24,14 +24,13 @@ class _Wire:
     the script. A plain socket gets its timeout from the kernel
     (SO_RCVTIMEO/SO_SNDTIMEO) instead of a poll() before every read."""
 
-    __slots__ = ("conn", "sock", "reader", "buf")
+    __slots__ = ("conn", "sock", "reader")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         conn.connect()
         self.sock = sock = conn._sock
         self.reader = hiredis.Reader(replyError=BaseParser.parse_error)
-        self.buf = bytearray(16384)
         timeout = sock.gettimeout()
         if type(sock) is socket.socket and timeout is not None:
             whole = int(timeout)
@@ -47,10 +46,10 @@ class _Wire:
         reader = self.reader
         reply = reader.gets()
         while reply is False:
-            n = self.sock.recv_into(self.buf)
-            if not n:
+            data = self.sock.recv(65536)
+            if not data:
                 raise rex.ConnectionError("Redis closed the connection")
-            reader.feed(self.buf, 0, n)
+            reader.feed(data)
             reply = reader.gets()
         return reply
 
@@ -75,17 +74,28 @@ class RedisBackend(RedisCommon):
 
     def _wire(self) -> _Wire:
         try:
-            return self._idle.pop()
+            wire: _Wire = self._idle.pop()
+            return wire
         except IndexError:
             return _Wire(self._pool.make_connection())  # type: ignore[union-attr]
+
+    def _discard(self, wire: _Wire, exc: BaseException) -> None:
+        """A wire that failed mid-exchange is out of step: close it. When
+        the server went away, the idle ones are dead too: close them now
+        rather than fail once on each after it returns."""
+        wire.close()
+        if isinstance(exc, (OSError, rex.ConnectionError, rex.TimeoutError)):
+            idle, self._idle = self._idle, []
+            for other in idle:
+                other.close()
 
     def _one(self, packed: bytes) -> Any:
         """The hot path: one pre-packed command on an idle wire, one reply."""
         wire = self._wire()
         try:
             reply = wire.exchange(packed)
-        except BaseException:
-            wire.close()
+        except BaseException as exc:
+            self._discard(wire, exc)
             raise
         self._idle.append(wire)
         if isinstance(reply, Exception):
@@ -96,8 +106,8 @@ class RedisBackend(RedisCommon):
         wire = self._wire()
         try:
             replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
-        except BaseException:
-            wire.close()
+        except BaseException as exc:
+            self._discard(wire, exc)
             raise
         self._idle.append(wire)
         return replies

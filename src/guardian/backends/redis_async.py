@@ -5,6 +5,7 @@ I/O differs."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
@@ -15,8 +16,8 @@ from redis._parsers import BaseParser
 from .._result import LimitResult
 from ._redis_client import Call, RedisCommon, boundary, first_error
 
-if hasattr(asyncio, "timeout"):  # 3.11+
-    _timeout = asyncio.timeout
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
 else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
     from async_timeout import timeout as _timeout
 
@@ -61,8 +62,8 @@ class _Wire:
                     reply = reader.gets()
         return reply
 
-    async def close(self) -> None:
-        await self.conn.disconnect(nowait=True)
+    async def close(self, wait: bool = False) -> None:
+        await self.conn.disconnect(nowait=not wait)
 
 
 class AsyncRedisBackend(RedisCommon):
@@ -82,8 +83,12 @@ class AsyncRedisBackend(RedisCommon):
             replies = [await wire.exchange(packed)]
             for _ in range(count - 1):
                 replies.append(await wire.exchange(b""))
-        except BaseException:  # cancelled mid-reply too: the wire is out of step
+        except BaseException as exc:  # cancelled mid-reply too: the wire is out of step
             await wire.close()
+            if isinstance(exc, (OSError, rex.ConnectionError, asyncio.TimeoutError)):
+                idle, self._idle = self._idle, []  # the server went away: all are dead
+                for other in idle:
+                    await other.close()
             raise
         self._idle.append(wire)
         return replies
@@ -157,6 +162,6 @@ class AsyncRedisBackend(RedisCommon):
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         for wire in idle:
-            await wire.close()
+            await wire.close(wait=True)
         if self._owns_client:
             await self.client.aclose()
