@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Tuple
 
 import pytest
 import redis
@@ -43,6 +43,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     cluster = Cluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+def deployment(request: pytest.FixtureRequest) -> Iterator[Tuple[str, Any]]:
+    """(url, plain client) of a single server, then of the cluster."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_server")
+        client: Any = redis.Redis(port=server.port)
+    else:
+        server = request.getfixturevalue("redis_cluster")
+        client = redis.RedisCluster(host="127.0.0.1", port=server.servers[0].port)
+    yield server.url, client
+    client.close()
 
 
 @pytest.fixture

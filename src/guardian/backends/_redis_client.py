@@ -192,6 +192,12 @@ class RedisCommon:
         where = "cluster" if not self.direct else type(self._pool).__name__
         return f"{type(self).__name__}({self.config!r}, prefix={self.prefix!r}, {where})"
 
+    def sentinels(self) -> List[Any]:
+        """The Sentinel clients of a client we built from a Sentinel URL
+        (closing the master's client leaves them open)."""
+        manager = getattr(self._pool, "sentinel_manager", None)
+        return list(manager.sentinels) if manager is not None and self._owns_client else []
+
     def plan_call(self, name: str, key: str, *extra: bytes) -> Tuple[List[Call], bytes]:
         """One script call on one key: the call, and its packed bytes when
         we speak to the server directly."""

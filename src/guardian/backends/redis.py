@@ -197,3 +197,5 @@ class RedisBackend(RedisCommon):
             wire.close()
         if self._owns_client:
             self.client.close()
+        for sentinel in self.sentinels():
+            sentinel.close()

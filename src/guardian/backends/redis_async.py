@@ -165,3 +165,5 @@ class AsyncRedisBackend(RedisCommon):
             await wire.close(wait=True)
         if self._owns_client:
             await self.client.aclose()
+        for sentinel in self.sentinels():
+            await sentinel.aclose()
