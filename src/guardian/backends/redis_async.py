@@ -71,10 +71,20 @@ class AsyncRedisBackend(RedisCommon):
     ``redis.asyncio`` client) and the same operations, as coroutines."""
 
     lib = redis.asyncio
+    #: Connections of one backend at most; more concurrent checks wait for
+    #: one (a burst of tasks must not open a connection each).
+    max_wires = 32
+    _wires: Optional[asyncio.Semaphore] = None
 
     # --- I/O ------------------------------------------------------------------
 
     async def _send(self, packed: bytes, count: int) -> List[Any]:
+        if self._wires is None:
+            self._wires = asyncio.Semaphore(self.max_wires)
+        async with self._wires:
+            return await self._send_on_a_wire(packed, count)
+
+    async def _send_on_a_wire(self, packed: bytes, count: int) -> List[Any]:
         try:
             wire = self._idle.pop()
         except IndexError:
