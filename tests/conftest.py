@@ -19,6 +19,10 @@ from guardian import _impl, _pycore
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
+# Fixtures for real redis-server processes (a plugin, not a second conftest:
+# two modules named conftest would shadow each other's imports).
+pytest_plugins = ["redis_fixtures"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

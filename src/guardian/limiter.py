@@ -1,59 +1,134 @@
 """The façade: RateLimiter and AsyncRateLimiter.
 
 They add the failure policy to a backend: when storage fails, a check is
-allowed (``fail_open=True``, the default) or denied (``fail_open=False``),
-logged at most once per ``log_interval`` seconds and counted in
-``failures``. No backend exception escapes a check. Argument errors are
-the caller's and are raised as they are.
+allowed (``fail_open=True``, the default), denied (``fail_open=False``) or
+decided by an in-process MemoryBackend with the same config
+(``fail_open="local"``) until the backend is back. A circuit breaker stops
+calling a backend that failed ``breaker_threshold`` times in a row and
+probes it again every ``breaker_cooldown`` seconds, so a dead Redis costs
+no network time per check and recovery needs no restart. Failures are
+logged at most once per ``log_interval`` seconds and counted (``errors``:
+backend calls that failed; ``failures``: checks decided by the policy).
+No backend exception escapes a check. Argument errors are the caller's
+and are raised as they are, with or without the backend.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
+from ._breaker import CircuitBreaker
 from ._errors import BackendError
+from ._pycore import check_cost, check_key
 from ._result import LimitResult
 from .backends.base import Backend
+from .backends.memory import MemoryBackend
 
 __all__ = ["RateLimiter", "AsyncRateLimiter"]
 
 log = logging.getLogger("guardian")
 
+FailOpen = Union[bool, str]
+
 
 class _Policy:
     """What both limiters share: the decision and its bookkeeping."""
 
-    def __init__(self, backend: Any, fail_open: bool, log_interval: float) -> None:
-        if not isinstance(fail_open, bool):
-            raise TypeError(f"fail_open must be a bool, got {fail_open!r}")
+    def __init__(
+        self,
+        backend: Any,
+        fail_open: FailOpen = True,
+        log_interval: float = 10.0,
+        breaker_threshold: Optional[int] = 3,
+        breaker_cooldown: float = 1.0,
+    ) -> None:
+        if not isinstance(fail_open, bool) and fail_open != "local":
+            raise TypeError(f'fail_open must be True, False or "local", got {fail_open!r}')
         self.backend = backend
         self.fail_open = fail_open
         self.log_interval = log_interval
-        #: Checks decided by policy because the backend failed.
+        #: Checks decided by policy because the backend failed or the breaker is open.
         self.failures = 0
-        self._last_log = float("-inf")
+        #: Backend calls that raised BackendError.
+        self.errors = 0
+        #: None when disabled (every check then reaches the backend).
+        self.breaker = (
+            CircuitBreaker(breaker_threshold, breaker_cooldown) if breaker_threshold is not None else None
+        )
+        self._last_log = dict.fromkeys(("error", "breaker", "recovered"), float("-inf"))
         self._limit = backend.config.capacity
+        self._local: Optional[MemoryBackend] = None
+        self._local_lock = threading.Lock()
+        self._bind(backend)
 
-    def _failed(self, exc: BaseException) -> LimitResult:
-        self.failures += 1
+    def _bind(self, backend: Any) -> None:
+        """Subclasses look at the backend once here."""
+
+    def _log(self, channel: str, level: int, msg: str, *args: Any) -> None:
+        """Logs at most once per ``log_interval`` per channel."""
         now = time.monotonic()
-        if now - self._last_log >= self.log_interval:
-            self._last_log = now
-            log.warning(
-                "guardian: backend %s failed (%s: %s); %s checks until it recovers "
-                "(%d failed checks so far)",
-                type(self.backend).__name__, type(exc).__name__, exc,
-                "allowing" if self.fail_open else "denying", self.failures,
-            )
-        return LimitResult(self.fail_open, 0, 0.0, 0.0, self._limit)
+        if now - self._last_log[channel] >= self.log_interval:
+            self._last_log[channel] = now
+            log.log(level, msg, *args)
 
-    def _failed_many(self, exc: BaseException, n: int) -> List[LimitResult]:
-        first = self._failed(exc)
-        self.failures += n - 1
-        return [first] + [LimitResult(first.allowed, 0, 0.0, 0.0, self._limit) for _ in range(n - 1)]
+    def _gate(self) -> bool:
+        """False while the breaker keeps this call off the backend."""
+        breaker = self.breaker
+        return breaker is None or not breaker.failures or breaker.allow()
+
+    def _ok(self) -> None:
+        if self.breaker is not None and self.breaker.failures and self.breaker.success():
+            self._log("recovered", logging.INFO, "guardian: backend %s is back; checks use it again",
+                      type(self.backend).__name__)
+
+    def _error(self, exc: BaseException) -> None:
+        self.errors += 1
+        name = type(self.backend).__name__
+        self._log(
+            "error", logging.WARNING,
+            "guardian: backend %s failed (%s: %s); %s checks until it recovers "
+            "(%d failed backend calls, %d checks decided by policy so far)",
+            name, type(exc).__name__, exc, self._mode(), self.errors, self.failures + 1,
+        )
+        if self.breaker is not None and self.breaker.failure():
+            self._log("breaker", logging.WARNING,
+                      "guardian: circuit breaker open after %d failures of %s in a row; "
+                      "%s checks without calling it, probing every %gs",
+                      self.breaker.threshold, name, self._mode(), self.breaker.cooldown)
+
+    def _mode(self) -> str:
+        if self.fail_open == "local":
+            return "limiting in-process"
+        return "allowing" if self.fail_open else "denying"
+
+    def _fallback(self) -> MemoryBackend:
+        if self._local is None:
+            with self._local_lock:
+                if self._local is None:
+                    self._local = MemoryBackend(self.backend.config)
+        return self._local
+
+    def _decide(self, key: str, cost: int) -> LimitResult:
+        """The policy's answer while the backend cannot give one."""
+        self.failures += 1
+        if self.fail_open == "local":
+            return self._fallback().take(key, cost)
+        check_key(key)
+        check_cost(cost, self._limit)
+        retry = 0.0 if self.fail_open or self.breaker is None else self.breaker.retry_after()
+        return LimitResult(bool(self.fail_open), 0, retry, 0.0, self._limit)
+
+    def _decide_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
+        if self.fail_open == "local":
+            self.failures += len(keys)
+            return self._fallback().take_many(keys, cost)
+        for key in keys:
+            check_key(key)
+        return [self._decide(key, cost) for key in keys] if keys else []
 
 
 class RateLimiter(_Policy):
@@ -64,8 +139,9 @@ class RateLimiter(_Policy):
     True
     """
 
-    def __init__(self, backend: Backend, fail_open: bool = True, log_interval: float = 10.0) -> None:
-        super().__init__(backend, fail_open, log_interval)
+    backend: Backend
+
+    def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
             # Nothing to guard: callers reach the backend (for MemoryBackend,
             # the C core's own method) with no Python frame in between.
@@ -76,26 +152,39 @@ class RateLimiter(_Policy):
 
     def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""
-        try:
-            result: LimitResult = self.backend.take(key, cost)
-            return result
-        except BackendError as exc:
-            return self._failed(exc)
+        if self._gate():
+            try:
+                result: LimitResult = self.backend.take(key, cost)
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return result
+        return self._decide(key, cost)
 
     def try_acquire(self, key: str, cost: int = 1) -> bool:
         """Take ``cost`` tokens for ``key`` if it has them; True when taken."""
-        try:
-            return bool(self.backend.try_take(key, cost))
-        except BackendError as exc:
-            return self._failed(exc).allowed
+        if self._gate():
+            try:
+                allowed = bool(self.backend.try_take(key, cost))
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return allowed
+        return self._decide(key, cost).allowed
 
     def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call (one round trip for Redis)."""
-        try:
-            results: List[LimitResult] = self.backend.take_many(keys, cost)
-            return results
-        except BackendError as exc:
-            return self._failed_many(exc, len(keys))
+        if self._gate():
+            try:
+                results: List[LimitResult] = self.backend.take_many(keys, cost)
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return results
+        return self._decide_many(keys, cost)
 
     def get_usage(self, key: str) -> int:
         """Tokens of ``key``'s bucket in use now (0 when full or unknown).
@@ -121,36 +210,38 @@ class AsyncRateLimiter(_Policy):
     Works with asyncio backends, and with in-process backends (whose calls
     never block) directly."""
 
-    def __init__(self, backend: Any, fail_open: bool = True, log_interval: float = 10.0) -> None:
-        super().__init__(backend, fail_open, log_interval)
+    def _bind(self, backend: Any) -> None:
         self._native = inspect.iscoroutinefunction(backend.take)
 
     async def _call(self, name: str, *args: Any) -> Any:
         method = getattr(self.backend, name)
         return await method(*args) if self._native else method(*args)
 
+    async def _guarded(self, name: str, *args: Any) -> Any:
+        """The backend's answer, or ``_decide`` (the policy's) on failure."""
+        if self._gate():
+            try:
+                result = await self._call(name, *args)
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return result
+        return self._decide_many(*args) if name == "take_many" else self._decide(*args)
+
     async def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""
-        try:
-            result: LimitResult = await self._call("take", key, cost)
-            return result
-        except BackendError as exc:
-            return self._failed(exc)
+        result: LimitResult = await self._guarded("take", key, cost)
+        return result
 
     async def try_acquire(self, key: str, cost: int = 1) -> bool:
         """Take ``cost`` tokens for ``key`` if it has them; True when taken."""
-        try:
-            return bool(await self._call("try_take", key, cost))
-        except BackendError as exc:
-            return self._failed(exc).allowed
+        return (await self.check_limit(key, cost)).allowed
 
     async def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call."""
-        try:
-            results: List[LimitResult] = await self._call("take_many", keys, cost)
-            return results
-        except BackendError as exc:
-            return self._failed_many(exc, len(keys))
+        results: List[LimitResult] = await self._guarded("take_many", keys, cost)
+        return results
 
     async def get_usage(self, key: str) -> int:
         """Tokens of ``key``'s bucket in use now."""

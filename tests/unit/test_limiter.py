@@ -63,7 +63,7 @@ class BrokenBackend:
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_failure_policy_decides_and_never_raises(fail_open: bool, caplog: pytest.LogCaptureFixture) -> None:
     backend = BrokenBackend()
-    limiter = RateLimiter(backend, fail_open=fail_open)  # type: ignore[arg-type]
+    limiter = RateLimiter(backend, fail_open=fail_open, breaker_threshold=None)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="guardian"):
         for _ in range(100):
             assert limiter.try_acquire("k") is fail_open

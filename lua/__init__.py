@@ -1,0 +1,1 @@
+"""The Redis Lua scripts, shipped as package data (see _gcra.lua)."""

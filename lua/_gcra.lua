@@ -1,0 +1,78 @@
+-- guardian GCRA prelude, prepended to every script when it is loaded.
+--
+-- Time comes from the server: redis.call('TIME'), in microseconds (NOW).
+-- The emission interval T = refill_interval / refill_rate is an exact
+-- fraction P/D us; arithmetic runs in integer *ticks* of 1/D us, so no
+-- fraction of a token is lost at any call rate.
+--   ARGV[1] P    T in ticks (integer >= 1)
+--   ARGV[2] D    ticks per microsecond (integer >= 1; 1 when T is whole us)
+--   ARGV[3] TAU  burst tolerance C*T in ticks (C = TAU / P, the capacity)
+-- One string per key, the theoretical arrival time (TAT): "<us>" or
+-- "<us>:<f>", meaning us + f/D microseconds of server time, 0 < f < D.
+-- Its PX is the time until the bucket is full again, rounded up to a ms.
+-- Exact range: Lua numbers are doubles, exact integers below 2^53. The
+-- client guarantees TAU <= 2^52 (so TAU + cost*P < 2^53); NOW stays below
+-- 2^53 us until the year 2255. Every division below is math.fmod-based,
+-- which is exact on doubles.
+local P = tonumber(ARGV[1])
+local D = tonumber(ARGV[2])
+local TAU = tonumber(ARGV[3])
+local US_PER_MS = 1000
+local fmod = math.fmod
+
+-- floor(a / b) and a mod b for integers a >= 0, b >= 1, exactly.
+local function idiv(a, b)
+  local r = fmod(a, b)
+  return (a - r) / b, r
+end
+
+local t = redis.call('TIME')
+local NOW = t[1] * 1000000 + t[2]
+local TAU_US = idiv(TAU, D)
+
+-- Ticks the key's TAT lies ahead of NOW, within [0, TAU]. A TAT beyond
+-- TAU (the server clock stepped back) counts as an empty bucket.
+local function ahead(key)
+  local v = redis.call('GET', key)
+  if not v then
+    return 0
+  end
+  local us, f = v, 0
+  local c = string.find(v, ':', 1, true)
+  if c then
+    us = string.sub(v, 1, c - 1)
+    f = tonumber(string.sub(v, c + 1))
+  end
+  us = tonumber(us)
+  if not us or not f then
+    error({err = 'GUARDIAN key ' .. key .. ' holds a value guardian did not write'})
+  end
+  local d = us - NOW
+  if d < 0 then
+    return 0
+  end
+  if d > TAU_US then
+    return TAU
+  end
+  local a = d * D + f
+  if a > TAU then
+    return TAU
+  end
+  return a
+end
+
+-- Stores TAT = NOW + new ticks (new >= 1), expiring when it is reached.
+local function store(key, new)
+  local us, f = idiv(new, D)
+  local v
+  if f == 0 then
+    v = string.format('%d', NOW + us)
+  else
+    v = string.format('%d:%d', NOW + us, f)
+  end
+  local ms, r = idiv(new, D * US_PER_MS)
+  if r > 0 then
+    ms = ms + 1
+  end
+  redis.call('SET', key, v, 'PX', string.format('%d', ms))
+end

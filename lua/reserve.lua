@@ -1,0 +1,20 @@
+-- reserve: take up to ARGV[4] tokens from one bucket, as many as it holds
+-- now (for local leases: the batching backend serves them itself).
+--   KEYS[1]   a bucket
+--   ARGV[1-3] P, D, TAU (see the prelude)
+--   ARGV[4]   tokens wanted, an integer >= 1
+-- Reply: {granted tokens (0..wanted), remaining whole tokens,
+--         retry_after in ticks until one token is available (0 when
+--         granted > 0), reset_after in ticks}.
+local a = ahead(KEYS[1])
+local avail = idiv(TAU - a, P)
+local n = tonumber(ARGV[4])
+if n > avail then
+  n = avail
+end
+if n > 0 then
+  local new = a + n * P
+  store(KEYS[1], new)
+  return {n, avail - n, 0, new}
+end
+return {0, 0, a + P - TAU, a}

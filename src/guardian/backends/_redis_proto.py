@@ -1,0 +1,166 @@
+"""What the sync and async Redis backends share and does no I/O: the Lua
+scripts, the units they compute in, key building, command packing and
+reply decoding. The backends only send bytes and read replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Dict, List, Sequence, Tuple
+
+from .._config import TokenBucketConfig
+from .._errors import ArgumentTypeError, ConfigurationError, InvalidArgumentError
+from .._pycore import check_cost, check_key
+from .._result import LimitResult
+
+__all__ = ["Script", "Layout", "Packer", "scripts", "MAX_TAU_TICKS"]
+
+#: Largest burst tolerance C*T in ticks: TAU + cost*P must stay below 2^53,
+#: where Lua's doubles stop holding every integer.
+MAX_TAU_TICKS = 2**52
+
+SCRIPT_NAMES = ("take", "usage", "reset", "reserve")
+
+
+class Script:
+    """One Lua script: its full source (prelude + body) and SHA1."""
+
+    __slots__ = ("name", "source", "sha")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def read_source(name: str) -> str:
+    """A script's source as shipped: the shared prelude, then its body."""
+    folder = resources.files("guardian.lua")
+    return folder.joinpath("_gcra.lua").read_text() + folder.joinpath(f"{name}.lua").read_text()
+
+
+@lru_cache(maxsize=None)
+def scripts() -> Dict[str, Script]:
+    """The scripts, read once per process."""
+    return {name: Script(name, read_source(name)) for name in SCRIPT_NAMES}
+
+
+class Layout:
+    """A config in the scripts' units: ticks of 1/D of the clock unit.
+
+    Redis' TIME is in microseconds (``clock_unit_ns=1000``); tests also run
+    the scripts on a nanosecond clock to replay the shared GCRA cases.
+    """
+
+    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv")
+
+    def __init__(self, config: TokenBucketConfig, clock_unit_ns: int = 1000) -> None:
+        interval = Fraction(config.emission_ticks, config.ticks_per_ns * clock_unit_ns)
+        self.capacity = config.capacity
+        self.P = interval.numerator
+        self.D = interval.denominator
+        self.tau = config.capacity * self.P
+        if self.tau > MAX_TAU_TICKS:
+            window = config.capacity * config.emission_interval
+            raise ConfigurationError(
+                f"the burst window capacity*T = {window:.6g}s is too long for the Redis "
+                f"scripts at this rate: capacity*T*{self.D} must stay under 2^52 "
+                f"{'us' if clock_unit_ns == 1000 else 'clock units'} (see docs/redis.md)"
+            )
+        self.ticks_per_second = self.D * (1_000_000_000 // clock_unit_ns)
+        self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
+
+    def result(self, reply: Sequence[int], i: int = 0) -> LimitResult:
+        """Decodes the 4 integers at ``reply[i:i+4]`` of a take reply."""
+        tps = self.ticks_per_second
+        return LimitResult(
+            reply[i] == 1, reply[i + 1], reply[i + 2] / tps, reply[i + 3] / tps, self.capacity
+        )
+
+    def results(self, reply: Sequence[int]) -> List[LimitResult]:
+        return [self.result(reply, i) for i in range(0, len(reply), 4)]
+
+
+def check_prefix(prefix: Any) -> bytes:
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigurationError(f"prefix must be a non-empty str, got {prefix!r}")
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"prefix must not contain braces (the hash tag is the key), got {prefix!r}"
+        )
+    return prefix.encode()
+
+
+def resp_bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class Packer:
+    """Builds keys and commands for one (prefix, layout). Every method
+    validates its arguments first: a bad key or cost raises before any
+    byte is sent."""
+
+    def __init__(self, prefix: str, layout: Layout) -> None:
+        self.prefix = check_prefix(prefix) + b":{"
+        self.layout = layout
+        self.scripts = scripts()
+        take = self.scripts["take"].sha.encode()
+        # EVALSHA <sha> 1 <key> P D TAU <cost>, with cost 1 pre-encoded: the
+        # hot path formats the key into this template and nothing else.
+        head = b"*8\r\n$7\r\nEVALSHA\r\n" + resp_bulk(take) + resp_bulk(b"1")
+        self._tail = b"".join(resp_bulk(a) for a in layout.argv)
+        self._take1 = head + b"$%d\r\n" + self.prefix.replace(b"%", b"%%") + b"%b}\r\n" + (
+            self._tail + resp_bulk(b"1")
+        ).replace(b"%", b"%%")
+        self._extra = len(self.prefix) + 1
+
+    def key(self, key: str) -> bytes:
+        """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
+        return self.prefix + check_key(key) + b"}"
+
+    def take1(self, key: str) -> bytes:
+        """The packed EVALSHA of take for one key at cost 1."""
+        data = check_key(key)
+        return self._take1 % (len(data) + self._extra, data)
+
+    def take(self, key: str, cost: int) -> bytes:
+        """The packed EVALSHA of take for one key at any cost."""
+        if cost == 1 and type(cost) is int:
+            return self.take1(key)
+        return self.command("take", [self.key(key)], self.cost(cost))
+
+    def cost(self, cost: Any) -> bytes:
+        return b"%d" % check_cost(cost, self.layout.capacity)
+
+    def wanted(self, tokens: Any) -> bytes:
+        """Tokens asked of reserve: any whole number >= 1 (capped by the script)."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise ArgumentTypeError(f"tokens must be an int, got {type(tokens).__name__}")
+        if tokens < 1:
+            raise InvalidArgumentError(f"tokens must be at least 1, got {tokens}")
+        return b"%d" % min(tokens, self.layout.capacity)
+
+    def args(self, name: str, keys: Sequence[bytes], *extra: bytes) -> Tuple[Any, ...]:
+        """EVALSHA arguments for a generic client call (cluster, pipelines)."""
+        return (self.scripts[name].sha, len(keys), *keys, *self.layout.argv, *extra)
+
+    def eval_args(self, name: str, keys: Sequence[bytes], *extra: bytes) -> Tuple[Any, ...]:
+        """The same call as EVAL with the source, after a NOSCRIPT."""
+        return (self.scripts[name].source, len(keys), *keys, *self.layout.argv, *extra)
+
+    def command(self, name: str, keys: Sequence[bytes], *extra: bytes, op: bytes = b"EVALSHA") -> bytes:
+        """One packed EVALSHA (or EVAL: pass ``op`` and the source is sent)."""
+        body = self.scripts[name].source.encode() if op == b"EVAL" else self.scripts[name].sha.encode()
+        parts = [op, body, b"%d" % len(keys), *keys, *self.layout.argv, *extra]
+        return b"*%d\r\n" % len(parts) + b"".join(resp_bulk(p) for p in parts)
+
+    def keys(self, keys: Sequence[str]) -> List[bytes]:
+        return [self.key(k) for k in keys]
+
+
+def chunks(items: Sequence[bytes], size: int) -> List[Sequence[bytes]]:
+    """``items`` in runs of at most ``size`` (one script call each)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,223 @@
+"""RedisBackend against a real redis-server, on the server's real clock."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+import redis
+from redis_servers import Server, free_port, wait_until
+
+from guardian import (
+    ArgumentTypeError,
+    BackendError,
+    BackendUnavailableError,
+    InvalidArgumentError,
+    TokenBucketConfig,
+)
+from guardian.backends.redis import RedisBackend
+
+pytestmark = pytest.mark.redis
+
+HELPERS = Path(__file__).parent.parent / "helpers"
+
+
+@pytest.fixture
+def make(redis_server: Server, prefix: str):
+    made: List[RedisBackend] = []
+
+    def make(capacity: int, rate: float, interval: float = 1.0, **kw: Any) -> RedisBackend:
+        kw.setdefault("url", redis_server.url)
+        backend = RedisBackend(TokenBucketConfig(capacity, rate, interval), prefix=prefix, **kw)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def hammer(backend: RedisBackend, seconds: float, key: str = "k") -> int:
+    admitted = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        admitted += backend.try_take(key)
+    return admitted
+
+
+def test_exact_with_a_real_clock(make, deployment) -> None:
+    backend = make(50, 100, url=deployment[0])
+    assert abs(hammer(backend, 2.0) - (50 + 200)) <= 4
+
+
+def test_a_slow_rate_hammered_fast_does_not_starve(make, deployment) -> None:
+    """The seed's script floored the refill on every call and starved."""
+    backend = make(1, 10, url=deployment[0])
+    admitted = hammer(backend, 1.0)
+    assert 1 + 10 - 1 <= admitted <= 1 + 10 + 1
+
+
+def test_results_and_usage_and_reset(make) -> None:
+    backend = make(3, 1)
+    first = backend.take("k", 2)
+    assert (first.allowed, first.remaining, first.retry_after, first.limit) == (True, 1, 0.0, 3)
+    assert first.reset_after == pytest.approx(2.0, abs=0.01)
+    denied = backend.take("k", 2)
+    assert not denied.allowed and denied.remaining == 1
+    assert denied.retry_after == pytest.approx(1.0, abs=0.01)
+    assert backend.usage("k") == 2
+    backend.reset("k")
+    assert backend.usage("k") == 0
+    assert backend.take("k", 3).allowed
+
+
+def test_ttl_present_and_no_longer_than_a_full_refill(make, raw: redis.Redis, prefix: str) -> None:
+    backend = make(5, 20)  # a full refill takes 250 ms
+    backend.take("k", 3)
+    ttl = raw.pttl(f"{prefix}:{{k}}")
+    assert 0 < ttl <= 150
+    backend.take("k", 2)
+    assert 150 < raw.pttl(f"{prefix}:{{k}}") <= 250
+    backend.take("k", 1)  # denied: nothing changes
+    assert raw.pttl(f"{prefix}:{{k}}") <= 250
+    wait_until(lambda: not raw.exists(f"{prefix}:{{k}}"), 1.0, "the key to expire")
+    assert backend.take("k", 5).allowed  # an expired key is a full bucket
+
+
+@pytest.mark.parametrize(
+    "key", ["{", "}", "a}b", "{a}", "::x::", "ключ-😀", "k" * 1024, "é" * 512], ids=repr
+)
+def test_any_key_is_its_own_bucket(make, raw: redis.Redis, prefix: str, key: str) -> None:
+    backend = make(1, 1, 3600)
+    assert backend.try_take(key)
+    assert not backend.try_take(key)
+    assert backend.try_take(key + "}")  # a near neighbour is another bucket
+    assert raw.exists(f"{prefix}:{{{key}}}".encode())
+
+
+def test_take_many_in_order_with_duplicates_and_chunks(make) -> None:
+    backend = make(2, 1, 3600)
+    keys = [f"k{i}" for i in range(600)] + ["k0", "k0", "k1"]
+    results = backend.take_many(keys)
+    assert [r.allowed for r in results] == [True] * 600 + [True, False, True]
+    assert results[600].remaining == 0 and results[0].remaining == 1
+    assert backend.take_many(["k1"], 1)[0].allowed is False
+    assert backend.take_many([]) == []
+
+
+def test_script_cache_flushed_is_reloaded(make, raw: redis.Redis) -> None:
+    backend = make(10, 1)
+    assert backend.try_take("k")
+    raw.script_flush()
+    assert backend.try_take("k")
+    raw.script_flush()
+    assert [r.allowed for r in backend.take_many(["a", "b"])] == [True, True]
+    raw.script_flush()
+    assert backend.usage("k") == 2
+
+
+def test_a_foreign_value_is_a_backend_error(make, raw: redis.Redis, prefix: str) -> None:
+    backend = make(10, 1)
+    raw.hset(f"{prefix}:{{h}}", "a", 1)
+    raw.set(f"{prefix}:{{s}}", "not a TAT")
+    for key in ("h", "s"):
+        with pytest.raises(BackendError, match="guardian did not write"):
+            backend.take(key)
+    assert backend.try_take("k")  # the connection is still usable
+
+
+@pytest.mark.parametrize(
+    "key, cost, error",
+    [
+        ("", 1, InvalidArgumentError),
+        ("k" * 4097, 1, InvalidArgumentError),
+        (b"k", 1, ArgumentTypeError),
+        (None, 1, ArgumentTypeError),
+        ("k", 0, InvalidArgumentError),
+        ("k", -1, InvalidArgumentError),
+        ("k", 11, InvalidArgumentError),
+        ("k", 1.0, ArgumentTypeError),
+        ("k", True, ArgumentTypeError),
+        ("k", float("nan"), ArgumentTypeError),
+    ],
+)
+def test_bad_input_raises_before_any_network_call(key: Any, cost: Any, error: type) -> None:
+    # Nothing listens on this port: any I/O would be a BackendUnavailableError.
+    backend = RedisBackend(TokenBucketConfig(10, 1), url=f"redis://127.0.0.1:{free_port()}/0")
+    for call in (lambda: backend.take(key, cost), lambda: backend.try_take(key, cost),
+                 lambda: backend.take_many(["ok", key], cost)):
+        with pytest.raises(error):
+            call()
+    if key != "k":
+        for call in (lambda: backend.usage(key), lambda: backend.reset(key)):
+            with pytest.raises(error):
+                call()
+    with pytest.raises(BackendUnavailableError):
+        backend.take("k")
+    backend.close()
+
+
+def test_an_existing_client_is_used_and_not_closed(redis_server: Server, prefix: str) -> None:
+    client = redis.Redis(port=redis_server.port)
+    backend = RedisBackend(TokenBucketConfig(1, 1, 3600), client=client, prefix=prefix)
+    assert backend.try_take("k") and not backend.try_take("k")
+    backend.close()
+    assert client.exists(f"{prefix}:{{k}}") == 1
+    client.close()
+
+
+def test_unix_socket_url(tmp_path: Path, prefix: str) -> None:
+    sock = tmp_path / "r.sock"
+    server = Server(tmp_path, args=["--unixsocket", str(sock), "--unixsocketperm", "700"]).start()
+    try:
+        backend = RedisBackend(TokenBucketConfig(1, 1, 3600), url=f"unix://{sock}", prefix=prefix)
+        assert backend.try_take("k") and not backend.try_take("k")
+        backend.close()
+    finally:
+        server.stop()
+
+
+def run_hammers(url: str, prefix: str, procs: int, **opts: Any) -> List[int]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HELPERS)] + sys.path))
+    extra = [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+    children = [
+        subprocess.Popen([sys.executable, str(HELPERS / "redis_hammer.py"), url, prefix, *extra],
+                         stdout=subprocess.PIPE, env=env, text=True)
+        for _ in range(procs)
+    ]
+    outs = [c.communicate(timeout=60)[0] for c in children]
+    assert all(c.returncode == 0 for c in children)
+    return [int(o) for o in outs]
+
+
+def test_two_processes_four_threads_never_over_admit(deployment, prefix: str) -> None:
+    start = time.monotonic()
+    counts = run_hammers(deployment[0], prefix, 2, capacity=20, rate=10, threads=4, seconds=1.0)
+    elapsed = time.monotonic() - start  # includes interpreter start-up: an upper bound
+    assert sum(counts) <= 20 + math.ceil(10 * elapsed) + 1
+    assert sum(counts) >= 20 + 10 - 1
+
+
+def test_clients_clocks_hours_apart_share_one_limit(deployment, prefix: str) -> None:
+    """Two processes whose clocks are 5 h ahead and 5 h behind take from one
+    slow bucket: together they get its capacity, and the stored TAT sits
+    just after the *server's* TIME."""
+    url, raw = deployment
+    ahead = run_hammers(url, prefix, 1, capacity=30, rate=0.01, takes=40, skew=5)
+    behind = run_hammers(url, prefix, 1, capacity=30, rate=0.01, takes=40, skew=-5)
+    assert ahead[0] + behind[0] == 30
+    assert ahead[0] == 30 and behind[0] == 0
+    key = f"{prefix}:{{k}}"
+    if isinstance(raw, redis.RedisCluster):  # the TIME of the node holding the key
+        sec, us = raw.time(target_nodes=raw.get_node_from_key(key))
+    else:
+        sec, us = raw.time()
+    tat_us = int(raw.get(key).decode().partition(":")[0])
+    window_us = 30 * 100 * 10**6
+    assert 0 < tat_us - (sec * 10**6 + us) <= window_us

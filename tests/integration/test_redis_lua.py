@@ -1,0 +1,154 @@
+"""The Lua scripts against the shared GCRA cases, on a clock the test sets.
+
+The scripts run exactly as shipped except for one line: the test copy reads
+NOW from its last ARGV instead of redis.call('TIME'). On a nanosecond
+clock (``clock_unit_ns=1``) every shared case replays to the nanosecond;
+on the production microsecond clock, at today's and at far-future server
+times, the cases whose times are whole microseconds do.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, Tuple
+
+import pytest
+import redis
+from gcra_cases import CASES
+
+from guardian import ConfigurationError, TokenBucketConfig
+from guardian.backends._redis_proto import MAX_TAU_TICKS, Layout, read_source
+
+pytestmark = pytest.mark.redis
+
+CLOCK_LINE = "local t = redis.call('TIME')\nlocal NOW = t[1] * 1000000 + t[2]\n"
+TODAY_US = 1_790_000_000 * 10**6
+YEAR_2250_US = 8_836_000_000 * 10**6
+
+
+def clocked(name: str, clock_unit_ns: int) -> str:
+    source = read_source(name)
+    assert source.count(CLOCK_LINE) == 1
+    source = source.replace(CLOCK_LINE, "local NOW = tonumber(ARGV[#ARGV])\n")
+    if clock_unit_ns == 1:
+        source = source.replace("local US_PER_MS = 1000\n", "local US_PER_MS = 1000000\n")
+    return source
+
+
+class Driver:
+    """Runs the test copies of the scripts for one config at chosen times."""
+
+    def __init__(self, client: redis.Redis, prefix: str, config: TokenBucketConfig, unit: int) -> None:
+        self.client, self.prefix = client, prefix
+        self.layout = Layout(config, clock_unit_ns=unit)
+        self.scripts = {n: client.register_script(clocked(n, unit)) for n in ("take", "usage", "reserve")}
+        self.now = 0
+
+    def _run(self, name: str, key: str, *extra: int) -> Any:
+        args = [*self.layout.argv, *extra, self.now]
+        return self.scripts[name](keys=[f"{self.prefix}:{{{key}}}"], args=args)
+
+    def take(self, key: str, cost: int) -> Tuple[bool, int, float, float]:
+        r = self.layout.result(self._run("take", key, cost))
+        return r.allowed, r.remaining, r.retry_after, r.reset_after
+
+    def usage(self, key: str) -> int:
+        return int(self._run("usage", key))
+
+    def reserve(self, key: str, n: int) -> list:
+        return list(self._run("reserve", key, n))
+
+
+def whole_us(steps: list) -> bool:
+    return all(Fraction(str(at)) * 10**6 == int(Fraction(str(at)) * 10**6) for at, *_ in steps)
+
+
+def replay(driver: Driver, steps: list, start: int, unit_ns: int) -> None:
+    for at, op, key, cost, expected in steps:
+        driver.now = start + int(Fraction(str(at)) * 10**9 / unit_ns)
+        if op == "usage":
+            assert driver.usage(key) == expected, (at, op, key)
+            continue
+        got = driver.take(key, cost)
+        assert got[:2] == expected[:2], (at, key, cost, got)
+        assert got[2] == pytest.approx(expected[2], abs=1e-12), (at, key, cost, got)
+        assert got[3] == pytest.approx(expected[3], abs=1e-12), (at, key, cost, got)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shared_cases_on_a_nanosecond_clock(raw: redis.Redis, prefix: str, case: str) -> None:
+    (capacity, rate, interval), steps = CASES[case]
+    driver = Driver(raw, prefix, TokenBucketConfig(capacity, rate, interval), unit=1)
+    replay(driver, steps, 10**9, 1)
+
+
+@pytest.mark.parametrize("start", [TODAY_US, YEAR_2250_US], ids=["today", "year2250"])
+@pytest.mark.parametrize("case", sorted(c for c in CASES if whole_us(CASES[c][1])))
+def test_shared_cases_on_the_server_clock_units(raw: redis.Redis, prefix: str, case: str, start: int) -> None:
+    (capacity, rate, interval), steps = CASES[case]
+    driver = Driver(raw, prefix, TokenBucketConfig(capacity, rate, interval), unit=1000)
+    replay(driver, steps, start, 1000)
+
+
+def test_fractional_interval_does_not_drift_over_an_hour(raw: redis.Redis, prefix: str) -> None:
+    """3 per 7 s: T = 7e6/3 us, stored as a fraction. Asking exactly when
+    told for an hour admits 3 + 3600*3//7, the k-th refill at ceil(k*T)."""
+    driver = Driver(raw, prefix, TokenBucketConfig(3, 3, 7.0), unit=1000)
+    assert (driver.layout.P, driver.layout.D) == (7_000_000, 3)
+    driver.now = TODAY_US
+    times = []
+    while driver.now <= TODAY_US + 3600 * 10**6:
+        allowed, _, retry, _ = driver.take("k", 1)
+        if allowed:
+            times.append(driver.now - TODAY_US)
+        else:
+            driver.now += -(-round(retry * 3_000_000) // 3)  # ceil(ticks / D) us
+    assert len(times) == 3 + 3600 * 3 // 7
+    for k, at in enumerate(times[3:], start=1):
+        assert at == -(-k * 7_000_000 // 3), k
+
+
+def test_a_million_per_second_at_capacity(raw: redis.Redis, prefix: str) -> None:
+    driver = Driver(raw, prefix, TokenBucketConfig(1_000_000, 1_000_000), unit=1000)
+    driver.now = YEAR_2250_US
+    assert driver.take("k", 1_000_000)[:2] == (True, 0)
+    assert driver.take("k", 1)[0] is False
+    driver.now += 1
+    assert driver.take("k", 1)[:2] == (True, 0)
+    driver.now += 999_999
+    assert driver.take("k", 999_999)[:2] == (True, 0)
+    assert driver.reserve("k", 5) == [0, 0, 1, 1_000_000]
+
+
+def test_one_per_day_cost_near_capacity(raw: redis.Redis, prefix: str) -> None:
+    driver = Driver(raw, prefix, TokenBucketConfig(50_000, 1, 86_400), unit=1000)
+    driver.now = YEAR_2250_US
+    assert driver.take("k", 49_999)[:2] == (True, 1)
+    assert driver.take("k", 2) == (False, 1, 86_400.0, 49_999 * 86_400.0)
+    driver.now += 86_400 * 10**6 - 1
+    assert driver.take("k", 2)[0] is False
+    driver.now += 1
+    assert driver.take("k", 2)[:2] == (True, 0)
+    assert driver.usage("k") == 50_000
+    # The TTL is the time until the bucket is full again.
+    assert 0 <= 50_000 * 86_400_000 - raw.pttl(f"{prefix}:{{k}}") < 1000
+
+
+def test_reserve_takes_what_the_bucket_holds(raw: redis.Redis, prefix: str) -> None:
+    driver = Driver(raw, prefix, TokenBucketConfig(10, 5), unit=1000)
+    driver.now = TODAY_US
+    assert driver.reserve("k", 4) == [4, 6, 0, 800_000]
+    assert driver.reserve("k", 100) == [6, 0, 0, 2_000_000]
+    assert driver.reserve("k", 1) == [0, 0, 200_000, 2_000_000]
+    driver.now += 600_000
+    assert driver.reserve("k", 100) == [3, 0, 0, 2_000_000]
+
+
+def test_the_range_limit_is_enforced_at_construction() -> None:
+    # One per day: 2^52 us is 142 years, so 52_124 days of burst fit...
+    Layout(TokenBucketConfig(52_124, 1, 86_400))
+    with pytest.raises(ConfigurationError, match="2\\^52"):
+        Layout(TokenBucketConfig(52_125, 1, 86_400))
+    # ...and with T = 17/16 ns, the worst denominator: 16000 ticks per us.
+    fast = Layout(TokenBucketConfig(10**9, 16, 1.7e-8))
+    assert (fast.P, fast.D) == (17, 16_000) and fast.tau <= MAX_TAU_TICKS

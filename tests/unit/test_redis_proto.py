@@ -1,0 +1,163 @@
+"""The Redis backends' pure parts: units, keys, packing, decoding, URLs,
+error translation. No server."""
+
+from __future__ import annotations
+
+import socket
+from importlib import resources
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import redis.exceptions as rex
+
+from guardian import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    TokenBucketConfig,
+)
+from guardian.backends._redis_client import make_client, translate
+from guardian.backends._redis_proto import Layout, Packer, chunks, read_source, scripts
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+
+@pytest.mark.parametrize(
+    "capacity, rate, interval, P, D",
+    [
+        (100, 100, 1.0, 10_000, 1),           # T = 10 ms
+        (3, 3, 7.0, 7_000_000, 3),            # T = 7/3 s
+        (10**6, 10**6, 1.0, 1, 1),            # T = 1 us
+        (5, 3, 1e-6, 1, 3),                   # T = 1/3 us
+        (10**9, 16, 1.7e-8, 17, 16_000),      # T = 17/16 ns: the largest D
+        (2, 1, 86_400, 86_400 * 10**6, 1),    # one per day
+    ],
+)
+def test_layout_units(capacity: int, rate: float, interval: float, P: int, D: int) -> None:
+    layout = Layout(TokenBucketConfig(capacity, rate, interval))
+    assert (layout.P, layout.D, layout.tau) == (P, D, capacity * P)
+    assert layout.ticks_per_second == D * 10**6
+    assert layout.argv == (b"%d" % P, b"%d" % D, b"%d" % (capacity * P))
+
+
+def test_nanosecond_layout_for_tests() -> None:
+    layout = Layout(TokenBucketConfig(1, 3, 7.0), clock_unit_ns=1)
+    assert (layout.P, layout.D, layout.ticks_per_second) == (7 * 10**9, 3, 3 * 10**9)
+
+
+def test_decoding() -> None:
+    layout = Layout(TokenBucketConfig(10, 5))  # T = 200_000 us
+    reply = [1, 6, 0, 800_000, 0, 0, 200_000, 2_000_000]
+    first, second = layout.results(reply)
+    assert (first.allowed, first.remaining, first.retry_after, first.reset_after, first.limit) == (
+        True, 6, 0.0, 0.8, 10)
+    assert (second.allowed, second.remaining, second.retry_after, second.reset_after) == (
+        False, 0, 0.2, 2.0)
+
+
+@pytest.mark.parametrize("key", ["k", "a}b{", "100%", "%d%b", "ключ", "x" * 4096])
+@pytest.mark.parametrize("prefix", ["guardian", "a:b", "50%"])
+def test_the_hot_path_template_packs_what_the_generic_packer_does(key: str, prefix: str) -> None:
+    packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
+    bkey = packer.key(key)
+    assert bkey == f"{prefix}:{{{key}}}".encode()
+    assert packer.take1(key) == packer.take(key, 1) == packer.command("take", [bkey], b"1")
+    assert packer.take(key, 3) == packer.command("take", [bkey], b"3")
+    expected = redis.Redis().connection_pool.make_connection().pack_command(
+        "EVALSHA", scripts()["take"].sha, 1, bkey, *packer.layout.argv, 1)
+    assert packer.take1(key) == b"".join(expected)
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "b}", None, 3])
+def test_bad_prefix(prefix: object) -> None:
+    with pytest.raises(ConfigurationError):
+        Packer(prefix, Layout(TokenBucketConfig(10, 1)))  # type: ignore[arg-type]
+
+
+def test_reserve_wants_a_positive_int_capped_at_capacity() -> None:
+    packer = Packer("p", Layout(TokenBucketConfig(10, 1)))
+    assert packer.wanted(3) == b"3" and packer.wanted(10**6) == b"10"
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError):
+            packer.wanted(bad)
+
+
+def test_chunks() -> None:
+    assert chunks([b"a", b"b", b"c"], 2) == [[b"a", b"b"], [b"c"]]
+    assert chunks([], 2) == []
+
+
+def test_scripts_read_the_server_clock_and_carry_headers() -> None:
+    for name, script in scripts().items():
+        assert script.source == read_source(name)
+        assert script.source.count("local t = redis.call('TIME')\n") == 1
+        assert "ARGV[#ARGV]" not in script.source
+        header = resources.files("guardian.lua").joinpath(f"{name}.lua").read_text().split("\n\n")[0]
+        assert all(word in header for word in ("KEYS[", "ARGV[", "Reply:")), name
+
+
+@pytest.mark.parametrize(
+    "url, kind",
+    [
+        ("redis://127.0.0.1:1/0", "Connection"),
+        ("rediss://127.0.0.1:1/0", "SSLConnection"),
+        ("unix:///tmp/nothing.sock", "UnixDomainSocketConnection"),
+        ("redis+sentinel://127.0.0.1:1,127.0.0.2:2/mymaster/2", "SentinelManagedConnection"),
+    ],
+)
+def test_urls_pick_the_client_without_connecting(url: str, kind: str) -> None:
+    client = make_client(redis, url, 0.1, 0.2, {})
+    pool = client.connection_pool
+    assert pool.connection_class.__name__ == kind
+    assert pool.connection_kwargs["socket_timeout"] == 0.2
+    assert pool.connection_kwargs["socket_connect_timeout"] == 0.1
+    if "sentinel" in url:
+        assert pool.connection_kwargs["db"] == 2
+        assert [s.connection_pool.connection_kwargs["port"] for s in pool.sentinel_manager.sentinels] == [1, 2]
+    client.close()
+
+
+@pytest.mark.parametrize("url", ["http://x", "localhost:6379", "redis+sentinel://h:1/", 42])
+def test_bad_urls(url: object) -> None:
+    with pytest.raises(ConfigurationError):
+        make_client(redis, url, 0.1, 0.1, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "1", True])
+def test_bad_timeouts(timeout: object) -> None:
+    with pytest.raises(ConfigurationError):
+        make_client(redis, "redis://h", timeout, 0.1, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (rex.TimeoutError("slow"), BackendTimeoutError),
+        (socket.timeout("slow"), BackendTimeoutError),
+        (rex.ConnectionError("refused"), BackendUnavailableError),
+        (rex.BusyLoadingError("loading"), BackendUnavailableError),
+        (rex.ClusterDownError("CLUSTERDOWN"), BackendUnavailableError),
+        (ConnectionResetError(), BackendUnavailableError),
+        (rex.ResponseError("WRONGTYPE Operation against a key"), BackendError),
+        (rex.ResponseError("OOM command not allowed"), BackendError),
+    ],
+)
+def test_translation(exc: BaseException, expected: type) -> None:
+    got = translate(exc)
+    assert type(got) is expected
+    if "WRONGTYPE" in str(exc):
+        assert "guardian did not write" in str(got)
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    root = Path(__file__).parent.parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = root / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
+    assert found | {"guardian.lua"} == listed
