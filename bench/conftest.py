@@ -7,13 +7,13 @@ Run from the repository root:  python -m pytest bench/ --benchmark-only
 
 from __future__ import annotations
 
-import os
 import time
 from types import ModuleType
 from typing import Callable, List, Tuple
 
 import pytest
 from _build import build_floor
+from _machine import Usage
 
 #: Keys are all 11 ASCII bytes long, so hashing costs the same in both shapes.
 N_KEYS = 100_000
@@ -61,7 +61,8 @@ def many_keys() -> List[str]:
 def measure(benchmark, request: pytest.FixtureRequest):
     """measure(subject, keys): build the subject, run it for --bench-warmup
     seconds (every key inserted, every window filled), then benchmark one
-    pass over ``keys``. The report divides each round by ``calls``."""
+    pass over ``keys``. The report divides each round by ``calls``; the
+    CPU share other processes used meanwhile is kept beside it."""
     warmup = request.config.getoption("--bench-warmup")
     closers: List[Callable[[], None]] = []
 
@@ -73,8 +74,12 @@ def measure(benchmark, request: pytest.FixtureRequest):
         while time.perf_counter() < deadline:
             batch()
         benchmark.extra_info["calls"] = len(keys)
-        benchmark.extra_info["pid"] = os.getpid()
+        usage = Usage()
+        usage.start()
         benchmark(batch)
+        other, stolen = usage.stop()
+        benchmark.extra_info["other_load"] = round(other, 3)
+        benchmark.extra_info["stolen"] = round(stolen, 3)
 
     yield run
     for close in closers:

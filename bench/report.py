@@ -7,7 +7,8 @@
 
 For each group (key shape): median ns per check (a round's median divided
 by the checks in the round), the ratio to the hash+CAS floor and to
-guardian's try_acquire on a local table; then the issue's targets.
+guardian's try_acquire on a local table, and how busy the machine was with
+other work meanwhile; then the issue's targets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "build" / "memory.json"
@@ -28,41 +29,50 @@ GUARDIAN = "guardian-try_acquire-local"
 PEERS = ("limits", "pyrate-limiter", "throttled-py", "token-bucket")
 
 
-def run_benchmarks(json_path: Path, extra: List[str]) -> None:
+def run_benchmarks(json_path: Path, extra: List[str]) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "pytest", "bench/", "--benchmark-only",
         f"--benchmark-json={json_path}", "-q", *extra,
     ]
     print("$", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    if json_path.exists():
+        json_path.unlink()
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        print(f"pytest exited with {code}; reporting what was measured", file=sys.stderr)
+    return code
 
 
-def load(json_path: Path) -> Dict[str, Dict[str, float]]:
-    """{group: {subject: median ns per check}}"""
+def load(json_path: Path) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float]]:
+    """({group: {subject: median ns per check}}, {group/subject: other load})"""
     data = json.loads(json_path.read_text())
     groups: Dict[str, Dict[str, float]] = {}
+    load: Dict[str, float] = {}
     for b in data["benchmarks"]:
         calls = b["extra_info"]["calls"]
         name = b["param"] or b["name"]
         groups.setdefault(b["group"], {})[name] = b["stats"]["median"] / calls * 1e9
-    return groups
+        load[f"{b['group']}/{name}"] = b["extra_info"].get("other_load", float("nan"))
+    return groups, load
 
 
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
-def table(ns: Dict[str, float]) -> List[str]:
+def table(group: str, ns: Dict[str, float], load: Dict[str, float]) -> List[str]:
     floor, guardian = ns.get(FLOOR, 0.0), ns.get(GUARDIAN, 0.0)
     lines = [
-        "| subject | median ns/check | vs floor (hash+CAS) | vs guardian try_acquire local |",
-        "|---|---:|---:|---:|",
+        "| subject | median ns/check | vs floor (hash+CAS) | vs guardian try_acquire local | other load |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, value in sorted(ns.items(), key=lambda kv: kv[1]):
         bold = "**" if name == GUARDIAN else ""
+        other = load.get(f"{group}/{name}", float("nan"))
         lines.append(
-            f"| {bold}{name}{bold} | {value:,.1f} | {_ratio(value, floor)} | {_ratio(value, guardian)} |"
+            f"| {bold}{name}{bold} | {value:,.1f} | {_ratio(value, floor)} "
+            f"| {_ratio(value, guardian)} | {100 * other:.0f}% |"
         )
     return lines
 
@@ -116,17 +126,19 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="report this --benchmark-json file instead of running")
     args = parser.parse_args(argv)
-    path = args.json
+    path, code = args.json, 0
     if path is None:
         path = DEFAULT_JSON
-        run_benchmarks(path, extra)
-    groups = load(path)
+        code = run_benchmarks(path, extra)
+    groups, other = load(path)
     out = [versions(), ""]
     for group, ns in groups.items():
-        out += [f"### {group}", "", *table(ns), ""]
+        out += [f"### {group}", "", *table(group, ns, other), ""]
+    out += ["other load: share of all CPUs' time used by other processes while the "
+            "subject was measured (noise on a shared machine).", ""]
     out += ["### targets", "", *targets(groups)]
     print("\n".join(out))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

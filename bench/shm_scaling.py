@@ -10,8 +10,9 @@ Scaling: for each limit and key layout, one process, then two, call
 ``RateLimiter.try_acquire`` in a tight loop for ``--duration`` seconds on
 one shared table (a fresh one per phase, unlinked after) and count calls
 and admissions; ``--repeat`` such pairs, interleaved, and the medians are
-compared. The share of CPU time the hypervisor stole meanwhile is shown:
-on a shared VM it, not guardian, can decide the ratio. Limits:
+compared. Next to each ratio: the share of all CPUs' time used by other
+processes meanwhile, and the share the hypervisor stole. On a shared
+machine they, not guardian, can decide the ratio. Limits:
 
 * mostly-allowed: capacity 1e9, refill 1e9/s. Every check is admitted and
   so writes its slot (one CAS): the worst case for a shared cache line.
@@ -46,6 +47,7 @@ import uuid
 from typing import List, Optional, Sequence, Tuple
 
 from _build import build_floor  # bench/ is sys.path[0] when run as a script
+from _machine import Usage
 
 from guardian import CORE, MemoryBackend, RateLimiter, TokenBucketConfig
 
@@ -133,13 +135,6 @@ def _rate(rows) -> float:
     return sum(calls / elapsed for _, calls, _, elapsed in rows)
 
 
-def _cpu_times() -> Tuple[int, int]:
-    """(steal, total) jiffies of all CPUs: how much the hypervisor took."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
-
-
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -147,26 +142,27 @@ def _median(values: Sequence[float]) -> float:
 def scaling(duration: float, repeat: int, pin: bool) -> List[str]:
     lines = [
         "| limit | keys | 1 process: checks/s | 2 processes: checks/s | ratio of medians "
-        "| ratio per repeat | admitted / checks (last 2-process run) | steal |",
+        "| ratio per repeat | admitted / checks (last 2-process run) | other load, stolen |",
         "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for label, config in CONFIGS.items():
         for layout, two in (("one key", ["user:000042", "user:000042"]),
                             ("a key per process", ["user:000001", "user:000002"])):
             r1s, r2s = [], []
-            s0, t0 = _cpu_times()
+            usage = Usage()
+            usage.start()
             for _ in range(repeat):  # interleaved, so drift hits both alike
                 r1s.append(_rate(run_phase(config, two[:1], duration, pin)))
                 both = run_phase(config, two, duration, pin)
                 r2s.append(_rate(both))
-            s1, t1 = _cpu_times()
+            foreign, stolen = usage.stop()
             r1, r2 = _median(r1s), _median(r2s)
             admitted = sum(r[2] for r in both)
             calls = sum(r[1] for r in both)
             per = ", ".join(f"{b / a:.2f}" for a, b in zip(r1s, r2s))
             lines.append(
                 f"| {label} | {layout} | {r1:,.0f} | {r2:,.0f} | **{r2 / r1:.2f}x** | {per} "
-                f"| {admitted:,} / {calls:,} | {100 * (s1 - s0) / max(t1 - t0, 1):.1f}% |"
+                f"| {admitted:,} / {calls:,} | {100 * foreign:.0f}%, {100 * stolen:.0f}% |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     return lines

@@ -169,11 +169,12 @@ for _kind in ("local", "shared", "pycore"):
 
 @subject("guardian-try_acquire-local-draining")
 def _guardian_draining(keys, floor):
-    """Buckets that never refill during the run (C = LIMIT, 1 token an hour):
-    every check is still allowed, but no slot ever expires, so no key is
-    ever moved out of its slot. The gap to guardian-try_acquire-local at
-    100k keys is the cost of reclaiming expired slots."""
-    backend = MemoryBackend(TokenBucketConfig(LIMIT, 1, 3600), slots=SLOTS)
+    """Buckets that drain (C = LIMIT, 1 token a second, far below the check
+    rate of every key): every check is still allowed, but no slot ever
+    expires, so no key is ever moved out of its slot. Its gap to
+    guardian-try_acquire-local at 100k keys is the cost of keys evicting
+    each other from expired slots and being re-inserted."""
+    backend = MemoryBackend(TokenBucketConfig(LIMIT, 1, 1), slots=SLOTS)
     limiter = RateLimiter(backend)
 
     def run():
@@ -197,8 +198,9 @@ def _limits(strategy_cls) -> Factory:
                 strategy.hit(item, k)
 
         def close() -> None:
+            storage.timer.cancel()  # its expiry thread first: it races reset()
+            storage.timer.join()
             storage.reset()
-            storage.timer.cancel()  # its expiry thread
 
         return run, close
 
@@ -309,12 +311,21 @@ def _token_bucket(keys, floor):
 # --- the benchmarks -------------------------------------------------------------
 
 
+# limits 5.8's MemoryStorage expiry thread can die of a KeyError when a hit
+# pops a key it is scanning (a race of its own): report it, don't fail on it.
+PEER_THREADS = pytest.mark.filterwarnings(
+    "default::pytest.PytestUnhandledThreadExceptionWarning"
+)
+
+
+@PEER_THREADS
 @pytest.mark.benchmark(group="1 key")
 @pytest.mark.parametrize("name", list(SUBJECTS))
 def test_one_key(measure, floor, one_key, name):
     measure(lambda keys: SUBJECTS[name](keys, floor), one_key)
 
 
+@PEER_THREADS
 @pytest.mark.benchmark(group="100k keys")
 @pytest.mark.parametrize("name", list(SUBJECTS))
 def test_100k_keys(measure, floor, many_keys, name):
