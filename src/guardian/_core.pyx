@@ -30,7 +30,10 @@ from guardian import _region
 from guardian._errors import ArgumentTypeError, InvalidArgumentError
 
 cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    # No except clause: NULL is checked by hand so that the hot path carries
+    # no try/except (Cython saves and restores exception state for one).
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size)
+    void PyErr_Clear()
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     bint PyBool_Check(object o)
 
@@ -64,10 +67,12 @@ cdef extern from "_table.h" nogil:
         int64_t tat
     int64_t g_monotonic_ns()
     int g_pid_alive(int64_t pid)
+    int64_t g_self_pid
+    int g_pid_setup()
     void g_pause(unsigned spins)
 
-cdef extern from "<unistd.h>" nogil:
-    int getpid()
+if g_pid_setup() != 0:  # pragma: no cover
+    raise ImportError("guardian: pthread_atfork failed")
 
 __all__ = ["Table", "unlink", "siphash13", "MAX_KEY_BYTES"]
 
@@ -92,6 +97,7 @@ cdef struct Decision:
     int64_t reset_ticks
 
 
+@cython.final
 cdef class Table:
     """A GCRA slot table for one limit (capacity C, emission interval
     T = P/Q ns stored as P ticks of 1/Q ns).
@@ -192,13 +198,20 @@ cdef class Table:
         cdef const char *data
         if not PyUnicode_Check(key):
             raise ArgumentTypeError(f"key must be a str, got {type(key).__name__}")
-        try:
-            data = PyUnicode_AsUTF8AndSize(key, &n)
-        except UnicodeEncodeError as exc:
-            raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
+        data = PyUnicode_AsUTF8AndSize(key, &n)
+        if data == NULL:
+            self._bad_text(key)
         if n == 0 or n > MAX_KEY:
             self._bad_key_length(n)
         return g_siphash13(self.k0, self.k1, <const unsigned char *>data, <size_t>n)
+
+    cdef int _bad_text(self, str key) except -1:
+        PyErr_Clear()
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
+        raise InvalidArgumentError("key cannot be encoded as UTF-8")
 
     cdef int _bad_key_length(self, Py_ssize_t n) except -1:
         if n == 0:
@@ -356,7 +369,7 @@ cdef class Table:
         expired slot of its window for it and take from a full bucket."""
         cdef uint64_t stripe = (h & self.mask) % G_STRIPES
         cdef uint64_t fp = h | 1, old_fp
-        cdef int64_t lock = -1 - <int64_t>getpid()
+        cdef int64_t lock = -1 - g_self_pid
         cdef int64_t t, wait, new
         cdef Py_ssize_t s
         self._lock_stripe(stripe)
@@ -436,13 +449,13 @@ cdef class Table:
     cdef void _repair(self, Py_ssize_t s, int64_t dead) noexcept nogil:
         """Recover a slot its holder left LOCKED when it died: the slot was
         expired when locked, so an expired tombstone loses nothing."""
-        cdef int64_t lock = -1 - <int64_t>getpid()
+        cdef int64_t lock = -1 - g_self_pid
         if g_cas(&self.slots_[s].tat, dead, lock):
             g_store_u(&self.slots_[s].fp, G_TOMB)
             g_cas(&self.slots_[s].tat, lock, 0)
 
     cdef void _lock_stripe(self, uint64_t stripe) noexcept nogil:
-        cdef uint64_t me = <uint64_t>getpid(), holder
+        cdef uint64_t me = <uint64_t>g_self_pid, holder
         cdef unsigned spins = 0
         while True:
             holder = g_load_u(&self.hdr.stripes[stripe])
@@ -465,3 +478,8 @@ unlink = _region.unlink
 def siphash13(uint64_t k0, uint64_t k1, bytes data):
     """The table's key hash, exposed so tests can hold it to _pycore's."""
     return g_siphash13(k0, k1, <const unsigned char *>data, <size_t>len(data))
+
+
+def _self_pid():
+    """The pid the core names its locks with (cached, refreshed on fork)."""
+    return g_self_pid

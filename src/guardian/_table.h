@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <unistd.h>
 #include <sys/types.h>
+#include <pthread.h>
 
 #define G_STRIPES 64
 #define G_TOMB 2 /* fingerprint of a repaired slot; real ones are odd */
@@ -67,6 +68,15 @@ static int g_pid_alive(int64_t pid) {
     }
 #endif
     return 1;
+}
+
+/* This process's pid, cached: getpid() is a system call on the insert path.
+ * pthread_atfork refreshes it in a forked child (os.fork runs the handler). */
+static int64_t g_self_pid;
+static void g_refresh_pid(void) { g_self_pid = (int64_t)getpid(); }
+static int g_pid_setup(void) {
+    g_refresh_pid();
+    return pthread_atfork(NULL, NULL, g_refresh_pid);
 }
 
 static inline void g_pause(unsigned spins) {

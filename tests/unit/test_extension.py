@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 
@@ -38,3 +39,25 @@ def test_memory_try_acquire_is_the_core_method() -> None:
     limiter = guardian.RateLimiter(backend)
     assert limiter.try_acquire == backend.table.try_acquire
     assert limiter.try_acquire.__self__ is backend.table
+
+
+def test_cached_pid_follows_fork() -> None:
+    """Locks name their holder by a cached pid; a forked child must not
+    name its parent (a lock it left when killed would never be recovered)."""
+    if guardian.CORE != "c":
+        pytest.skip("the pid cache is the C core's")
+    from guardian import _core
+
+    assert _core._self_pid() == os.getpid()
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns about fork with threads alive
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, str(_core._self_pid()).encode())
+        os._exit(0)
+    os.close(write)
+    seen = int(os.read(read, 64))
+    os.close(read)
+    os.waitpid(child, 0)
+    assert seen == child
