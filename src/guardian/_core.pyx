@@ -98,6 +98,7 @@ cdef struct Decision:
 
 
 @cython.final
+@cython.no_gc_clear  # the GC must not drop self.buf while self.view still exports it
 cdef class Table:
     """A GCRA slot table for one limit (capacity C, emission interval
     T = P/Q ns stored as P ticks of 1/Q ns).

@@ -202,3 +202,4 @@ class TestBadInput:
             with pytest.raises(ArgumentTypeError):
                 call(7)  # type: ignore[arg-type]
         assert backend.usage("k") == 3
+
