@@ -203,3 +203,16 @@ class TestBadInput:
                 call(7)  # type: ignore[arg-type]
         assert backend.usage("k") == 3
 
+
+
+def test_default_table_tracks_half_its_slots_at_32_bytes_per_key(core: ModuleType, clock: ManualClock) -> None:
+    """The documented budget: at the default load factor of 1/2, every live
+    key fits in its probe window and costs 32 bytes of table."""
+    backend = MemoryBackend(TokenBucketConfig(1, 1, 3600), clock=clock)  # nobody refills
+    table = backend.table
+    keys = table.slots // 2
+    results = backend.take_many([f"client-{i}" for i in range(keys)])
+    assert all(r.allowed for r in results)
+    assert backend.stats()["full"] == 0 and backend.stats()["reclaims"] == 0
+    table_bytes = 640 + 16 * table.slots
+    assert table_bytes / keys <= 32.01
