@@ -74,7 +74,7 @@ cdef extern from "_table.h" nogil:
 if g_pid_setup() != 0:  # pragma: no cover
     raise ImportError("guardian: pthread_atfork failed")
 
-__all__ = ["Table", "unlink", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 cdef enum:
@@ -95,6 +95,58 @@ cdef struct Decision:
     int64_t remaining
     int64_t retry_ticks
     int64_t reset_ticks
+
+
+@cython.final
+@cython.freelist(64)
+cdef class LimitResult:
+    """The decision for one check of ``cost`` tokens against a bucket.
+
+    ``allowed``: whether the tokens were taken. ``remaining``: whole tokens
+    left after this check. ``retry_after``: seconds until the same check
+    would be allowed (0 when allowed). ``reset_after``: seconds until the
+    bucket is full again. ``limit``: the bucket's capacity. A result is
+    truthy when allowed.
+    """
+
+    cdef readonly bint allowed
+    cdef readonly long long remaining
+    cdef readonly double retry_after
+    cdef readonly double reset_after
+    cdef readonly long long limit
+
+    def __init__(self, allowed, long long remaining, double retry_after, double reset_after,
+                 long long limit):
+        self.allowed = bool(allowed)
+        self.remaining = remaining
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+        self.limit = limit
+
+    def is_allowed(self):
+        return self.allowed
+
+    def __bool__(self):
+        return self.allowed
+
+    def __eq__(self, other):
+        if not isinstance(other, LimitResult):
+            return NotImplemented
+        cdef LimitResult o = <LimitResult>other
+        return (self.allowed == o.allowed and self.remaining == o.remaining
+                and self.retry_after == o.retry_after and self.reset_after == o.reset_after
+                and self.limit == o.limit)
+
+    __hash__ = None
+
+    def __reduce__(self):
+        return (LimitResult, (self.allowed, self.remaining, self.retry_after, self.reset_after,
+                              self.limit))
+
+    def __repr__(self):
+        return (f"LimitResult(allowed={self.allowed}, remaining={self.remaining}, "
+                f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
+                f"limit={self.limit})")
 
 
 @cython.final
@@ -240,6 +292,20 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         return self._result(&d)
+
+    def check_result(self, key, cost=1):
+        """The same take as ``check``, answered as a LimitResult built in C."""
+        cdef Decision d
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t c = self._cost(cost)
+        self._take(h, c, self._now(), &d)
+        cdef LimitResult r = LimitResult.__new__(LimitResult)
+        r.allowed = d.allowed
+        r.remaining = d.remaining
+        r.retry_after = <double>d.retry_ticks / self.scale
+        r.reset_after = <double>d.reset_ticks / self.scale
+        r.limit = self.capacity
+        return r
 
     def check_many(self, keys, cost=1):
         """One take per key, all decided at the same instant; the loop runs

@@ -228,6 +228,12 @@ class Table:
         finally:
             self._leave()
 
+    def check_result(self, key: str, cost: int = 1) -> Any:
+        """The same take as ``check``, answered as a LimitResult."""
+        from ._result import LimitResult  # here: _result imports the core selector
+
+        return LimitResult(*self.check(key, cost), self.capacity)
+
     def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]:
         """One take per key, all decided at the same instant."""
         hashed = [self._hash(check_key(k)) for k in keys]

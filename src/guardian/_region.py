@@ -41,7 +41,7 @@ STRIPES = 64
 SLOTS_OFFSET = (HEADER_WORDS + STRIPES) * 8  # 640
 SLOT_BYTES = 16
 #: Linear probing looks at most this many slots from a key's home.
-PROBE_WINDOW = 32
+PROBE_WINDOW = 128
 MIN_SLOTS = 8
 MAX_SLOTS = 1 << 32
 #: 2**17 slots = 2 MiB; tracks 65,536 live keys at the default load of 1/2.

@@ -1,11 +1,21 @@
-"""LimitResult: the answer to one check."""
+"""LimitResult: the answer to one check.
+
+With the C core loaded, ``LimitResult`` is its extension type (built in C
+on the memory hot path, no Python ``__init__``); otherwise this module's
+class. Both have the same attributes and behaviour; there is only ever one
+``LimitResult`` type in a process, whichever backend made the result.
+"""
 
 from __future__ import annotations
 
-__all__ = ["LimitResult"]
+from typing import TYPE_CHECKING
+
+from . import _impl
+
+__all__ = ["LimitResult", "PyLimitResult"]
 
 
-class LimitResult:
+class PyLimitResult:
     """The decision for one check of ``cost`` tokens against a bucket.
 
     ``allowed``: whether the tokens were taken. ``remaining``: whole tokens
@@ -33,11 +43,14 @@ class LimitResult:
         return self.allowed
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LimitResult):
+        if not isinstance(other, PyLimitResult):
             return NotImplemented
         return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:  # type: ignore[type-arg]
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))
 
     def __repr__(self) -> str:
         return (
@@ -45,3 +58,11 @@ class LimitResult:
             f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
             f"limit={self.limit})"
         )
+
+
+if TYPE_CHECKING:
+    LimitResult = PyLimitResult
+elif _impl.USING_C:
+    from ._core import LimitResult
+else:
+    LimitResult = PyLimitResult

@@ -96,9 +96,11 @@ def stalled() -> Iterator[str]:
 
 def test_a_stalled_redis_costs_one_timeout_per_probe(stalled: str, prefix: str) -> None:
     limiter = limiter_on(stalled, prefix, False, breaker_cooldown=0.5)
-    for _ in range(3):
+    for attempt in range(3):
         allowed, took = timed(lambda: limiter.try_acquire("k"))
-        assert allowed is False and TIMEOUT - 0.05 < took < TIMEOUT + 0.15
+        # The first call also makes the connection: allow a loaded CI box more.
+        slack = 0.5 if attempt == 0 else 0.15
+        assert allowed is False and TIMEOUT - 0.05 < took < TIMEOUT + slack
     _, took = timed(lambda: [limiter.try_acquire("k") for _ in range(1000)])
     assert took < 0.1
     result = limiter.check_limit("k")

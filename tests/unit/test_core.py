@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from types import ModuleType
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import ManualClock
 from gcra_cases import CASES
 
 from guardian import (
+    LimitResult,
     ArgumentTypeError,
     InvalidArgumentError,
     MAX_KEY_BYTES,
@@ -106,6 +108,11 @@ def test_result_object(core: ModuleType, clock: ManualClock) -> None:
     assert not no and not no.is_allowed()
     assert no.retry_after == pytest.approx(1.0)
     assert "allowed=False" in repr(no)
+    assert type(ok) is LimitResult  # one result type, whichever core decided
+    assert pickle.loads(pickle.dumps(no)) == no
+    assert no != ok and no == LimitResult(False, 0, no.retry_after, no.reset_after, 1)
+    with pytest.raises(TypeError):
+        hash(no)
 
 
 @pytest.mark.parametrize("key", ["ключ", "🔑🔑", "a\u0301", "e\u0300", "{braces}:colons", "x" * MAX_KEY_BYTES,

@@ -46,6 +46,13 @@ class TwinMachine(RuleBasedStateMachine):
         cost = min(cost, self.capacity)
         assert self.c.check(key, cost) == self.py.check(key, cost)
 
+    @rule(key=KEYS, cost=st.integers(1, 20))
+    def check_result(self, key: str, cost: int) -> None:
+        cost = min(cost, self.capacity)
+        c, py = self.c.check_result(key, cost), self.py.check_result(key, cost)
+        assert (c.allowed, c.remaining, c.retry_after, c.reset_after, c.limit) == (
+            py.allowed, py.remaining, py.retry_after, py.reset_after, py.limit)
+
     @rule(key=KEYS)
     def try_acquire(self, key: str) -> None:
         assert self.c.try_acquire(key) is self.py.try_acquire(key)

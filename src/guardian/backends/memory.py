@@ -49,11 +49,9 @@ class MemoryBackend:
         self.shared = shared
         # The core's own methods, bound once: no Python frame in between.
         self.try_take: Callable[..., bool] = self.table.try_acquire
+        self.take: Callable[..., LimitResult] = self.table.check_result
         self.usage: Callable[[str], int] = self.table.usage
         self.reset: Callable[[str], None] = self.table.reset
-
-    def take(self, key: str, cost: int = 1) -> LimitResult:
-        return LimitResult(*self.table.check(key, cost), self.config.capacity)
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         limit = self.config.capacity
