@@ -25,6 +25,10 @@ _MIN_T_OVER_LIFETIME = 2
 
 #: (server microseconds, ticks its TAT lay ahead): reserve's 5th and 4th.
 Reservation = Tuple[int, int]
+#: Reservations remembered per lease for giving tokens back.
+_KEEP = 4
+#: What to give back: (key, tokens, the reservation they came from).
+Returns = List[Tuple[str, int, Reservation]]
 
 
 def lease_table(capacity: int, shared: Optional[str], slots: Optional[int],
@@ -50,7 +54,7 @@ def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lea
 class Lease:
     """This process' bookkeeping for one key's lease."""
 
-    __slots__ = ("size", "low", "held_at", "at", "expires", "reservation", "granted", "busy", "lock")
+    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock")
 
     def __init__(self, lock: Any) -> None:
         self.size = 0  # tokens last asked for; 0: cold
@@ -58,8 +62,9 @@ class Lease:
         self.held_at = 0  # tokens held right after the last credit...
         self.at = 0.0  # ...at this monotonic time
         self.expires = math.inf
-        self.reservation: Optional[Reservation] = None
-        self.granted = 0  # tokens of that reservation not given back yet
+        #: The last few reservations, newest last: [us, ahead, tokens not
+        #: given back]. Each can only give back its own tokens (release.lua).
+        self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
         self.lock = lock  # one Redis reservation per key at a time
 
@@ -182,8 +187,8 @@ class LeaseBook:
         lease.held_at = table.usage(key)
         lease.at = now
         lease.expires = now + self.lifetime
-        lease.reservation = (us, ahead)
-        lease.granted = got
+        lease.reservations.append([us, ahead, fit])
+        del lease.reservations[:-_KEEP]
         return got - fit
 
     def decided(self, key: str, cost: int, left: int, reply: Sequence[int]) -> LimitResult:
@@ -199,42 +204,41 @@ class LeaseBook:
 
     # --- giving tokens back -----------------------------------------------
 
-    def take_back(self, key: str, lease: Lease) -> Tuple[int, Optional[Reservation]]:
-        """Drains the key's held tokens: (tokens to give back, reservation).
-        Only the last reservation's unreturned tokens can go back (the
-        script bounds them further); the rest are dropped."""
+    def take_back(self, key: str, lease: Lease, out: Returns) -> None:
+        """Drains the key's held tokens into ``out``, newest reservation
+        first, each at most its own unreturned tokens; the rest (older
+        than the reservations kept) are dropped."""
         drained = self.table.drain(key)
-        back = min(drained, lease.granted)
-        lease.granted -= back
-        self.counts["dropped_tokens"] += drained - back
-        return back, lease.reservation
+        for r in reversed(lease.reservations):
+            n = min(drained, r[2])
+            if n:
+                r[2] -= n
+                drained -= n
+                out.append((key, n, (r[0], r[1])))
+        self.counts["dropped_tokens"] += drained
 
-    def expired(self) -> List[Tuple[str, int, Optional[Reservation]]]:
+    def expired(self) -> Returns:
         """Leases past their lifetime, drained and forgotten (not one with
-        a refill in flight): (key, tokens to give back, reservation)."""
+        a refill in flight)."""
         now = time.monotonic()
-        out = []
+        out: Returns = []
         for key, lease in list(self.leases.items()):
             if lease.expires <= now and not lease.busy:
                 self.counts["expired_leases"] += 1
                 del self.leases[key]
-                back, reservation = self.take_back(key, lease)
-                if back:
-                    out.append((key, back, reservation))
+                self.take_back(key, lease, out)
         for key, until in list(self.denied.items()):
             if until <= now:
                 self.denied.pop(key, None)
         self.low_cap = max((lease.low for lease in self.leases.values()), default=0)
         return out
 
-    def everything(self) -> List[Tuple[str, int, Optional[Reservation]]]:
+    def everything(self) -> Returns:
         """Every lease, drained and forgotten (close, exit)."""
-        out = []
+        out: Returns = []
         for key, lease in list(self.leases.items()):
             del self.leases[key]
-            back, reservation = self.take_back(key, lease)
-            if back:
-                out.append((key, back, reservation))
+            self.take_back(key, lease, out)
         return out
 
     def forget(self, key: str) -> None:
