@@ -72,7 +72,9 @@ def test_sigkill_loses_leased_tokens_until_the_key_expires(redis_server: Server,
     assert burst <= 100 - held - admitted + 50 * (elapsed + 0.5)
     # The lost tokens come back as the bucket refills: the key expires.
     wait_until(lambda: raw.exists(f"{prefix}:{{k}}") == 0, 5.0, "the bucket key to expire")
-    assert sum(other.try_take("k") for _ in range(150)) == 100
+    t0 = time.monotonic()
+    full = sum(other.try_take("k") for _ in range(150))
+    assert 100 <= full <= 100 + 50 * (time.monotonic() - t0) + 1  # + what refilled meanwhile
     other.close()
 
 
