@@ -5,7 +5,9 @@
 --   ARGV[4]   tokens wanted, an integer >= 1
 -- Reply: {granted tokens (0..wanted), remaining whole tokens,
 --         retry_after in ticks until one token is available (0 when
---         granted > 0), reset_after in ticks}.
+--         granted > 0), reset_after in ticks, NOW in server microseconds}.
+-- NOW and reset_after (= TAT - NOW) tell release.lua which of the granted
+-- tokens may still be given back.
 local a = ahead(KEYS[1])
 local avail = idiv(TAU - a, P)
 local n = tonumber(ARGV[4])
@@ -15,6 +17,6 @@ end
 if n > 0 then
   local new = a + n * P
   store(KEYS[1], new)
-  return {n, avail - n, 0, new}
+  return {n, avail - n, 0, new, NOW}
 end
-return {0, 0, a + P - TAU, a}
+return {0, 0, a + P - TAU, a, NOW}

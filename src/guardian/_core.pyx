@@ -171,12 +171,14 @@ cdef class Table:
     cdef object buf
     cdef Py_buffer view
     cdef bint has_view
+    cdef uint64_t spends_  # successful spends by this process (atomic: free-threading)
     cdef readonly int64_t capacity
     cdef readonly uint64_t slots
     cdef readonly object name
 
     def __cinit__(self):
         self.has_view = False
+        self.spends_ = 0
 
     def __init__(self, int64_t capacity, int64_t emission_ticks, int64_t ticks_per_ns,
                  slots=None, name=None, clock=None, seed=None):
@@ -355,6 +357,51 @@ cdef class Table:
                 s = self._locate_locked(h, &tat)
             if s < 0 or g_cas(&self.slots_[s].tat, tat, 0):
                 return
+
+    # --- leases: the batching backend's local tokens ------------------------
+    # A lease table counts tokens *held*: a slot holds ceil((TAT - now) / T)
+    # tokens, so an absent or expired slot holds none (and may be reclaimed)
+    # and try_acquire(key, n) credits n. With T far longer than a lease lives,
+    # the count does not decay (docs/batched.md).
+
+    def spend(self, key, cost=1):
+        """Take ``cost`` held tokens: the tokens left, or -1 (nothing taken)
+        when the slot holds fewer. Never inserts the key."""
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t c = self._cost(cost)
+        cdef int64_t now = self._now(), t, new
+        cdef Py_ssize_t s
+        while True:
+            s = self._locate(h, &t)
+            if s == CONTENDED:
+                s = self._locate_locked(h, &t)
+            if s < 0 or t - now <= (c - 1) * self.P:
+                return -1
+            new = t - c * self.P
+            if new <= now:
+                new = 0  # empty: the slot may be reclaimed
+            if g_cas(&self.slots_[s].tat, t, new):
+                g_count(&self.spends_)
+                return (new - now + self.P - 1) // self.P if new > now else 0
+
+    @property
+    def spends(self):
+        """Successful spends made through this Table object (not shared)."""
+        return g_read_count(&self.spends_)
+
+    def drain(self, key):
+        """Take every held token of ``key`` at once; how many there were."""
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t now = self._now(), t
+        cdef Py_ssize_t s
+        while True:
+            s = self._locate(h, &t)
+            if s == CONTENDED:
+                s = self._locate_locked(h, &t)
+            if s < 0 or t <= now:
+                return 0
+            if g_cas(&self.slots_[s].tat, t, 0):
+                return (t - now + self.P - 1) // self.P
 
     def stats(self):
         """Table counters: denials because the window was full, reclaims."""

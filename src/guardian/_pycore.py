@@ -134,6 +134,8 @@ class Table:
         self._horizon = (1 << 62) // ticks_per_ns
         self._base = _region.SLOTS_OFFSET // 8
         self._window = min(_PROBES, self.slots)
+        #: Successful spends made through this Table object (not shared).
+        self.spends = 0
 
     # --- locking and time -------------------------------------------------
 
@@ -267,6 +269,41 @@ class Table:
             s = self._find(fp, home)
             if s >= 0:
                 self._words[s + 1] = 0
+        finally:
+            self._leave()
+
+    # --- leases (see _core.pyx): a slot holds ceil((TAT - now) / T) tokens --
+
+    def spend(self, key: str, cost: int = 1) -> int:
+        """Take ``cost`` held tokens: the tokens left, or -1 (nothing taken)
+        when the slot holds fewer. Never inserts the key."""
+        fp, home = self._hash(check_key(key))
+        cost = check_cost(cost, self.capacity)
+        now = self._now()
+        self._enter()
+        try:
+            s = self._find(fp, home)
+            if s < 0 or self._words[s + 1] - now <= (cost - 1) * self._P:
+                return -1
+            new = self._words[s + 1] - cost * self._P
+            self._words[s + 1] = new if new > now else 0
+            self.spends += 1
+            return -(-(new - now) // self._P) if new > now else 0
+        finally:
+            self._leave()
+
+    def drain(self, key: str) -> int:
+        """Take every held token of ``key`` at once; how many there were."""
+        fp, home = self._hash(check_key(key))
+        now = self._now()
+        self._enter()
+        try:
+            s = self._find(fp, home)
+            if s < 0 or self._words[s + 1] <= now:
+                return 0
+            held = -(-(self._words[s + 1] - now) // self._P)
+            self._words[s + 1] = 0
+            return held
         finally:
             self._leave()
 

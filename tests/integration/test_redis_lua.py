@@ -41,7 +41,7 @@ class Driver:
     def __init__(self, client: redis.Redis, prefix: str, config: TokenBucketConfig, unit: int) -> None:
         self.client, self.prefix = client, prefix
         self.layout = Layout(config, clock_unit_ns=unit)
-        self.scripts = {n: client.register_script(clocked(n, unit)) for n in ("take", "usage", "reserve")}
+        self.scripts = {n: client.register_script(clocked(n, unit)) for n in ("take", "usage", "reserve", "release")}
         self.now = 0
 
     def _run(self, name: str, key: str, *extra: int) -> Any:
@@ -56,7 +56,16 @@ class Driver:
         return int(self._run("usage", key))
 
     def reserve(self, key: str, n: int) -> list:
-        return list(self._run("reserve", key, n))
+        """The first four fields; the fifth, NOW, is checked separately."""
+        reply = list(self._run("reserve", key, n))
+        assert reply[4] == self.now
+        self.last = reply
+        return reply[:4]
+
+    def release(self, key: str, n: int, reservation: "list | None" = None) -> list:
+        """Gives back ``n`` tokens of ``reservation`` (the last by default)."""
+        r = reservation or self.last
+        return list(self._run("release", key, n, r[4], r[3]))
 
 
 def whole_us(steps: list) -> bool:
@@ -152,3 +161,62 @@ def test_the_range_limit_is_enforced_at_construction() -> None:
     # ...and with T = 17/16 ns, the worst denominator: 16000 ticks per us.
     fast = Layout(TokenBucketConfig(10**9, 16, 1.7e-8))
     assert (fast.P, fast.D) == (17, 16_000) and fast.tau <= MAX_TAU_TICKS
+
+
+def test_release_undoes_a_reservation_exactly(raw: redis.Redis, prefix: str) -> None:
+    """Reserve 10, give 4 back at once: the bucket is as after reserving 6."""
+    driver = Driver(raw, prefix, TokenBucketConfig(10, 5), unit=1000)
+    driver.now = TODAY_US
+    assert driver.reserve("k", 10) == [10, 0, 0, 2_000_000]
+    assert driver.release("k", 4) == [4, 4]
+    assert driver.take("k", 4)[:2] == (True, 0)
+    assert driver.take("k", 1)[0] is False
+    # Everything back: the key is gone, a full bucket.
+    driver.now += 10**6
+    assert driver.reserve("k", 100) == [5, 0, 0, 2_000_000]  # 5 refilled in 1 s
+    assert driver.release("k", 5) == [5, 5]
+    assert driver.usage("k") == 5
+    driver.now += 10**6
+    assert driver.reserve("k", 3) == [3, 7, 0, 600_000]
+    assert driver.release("k", 3) == [3, 10]
+    assert raw.exists(f"{prefix}:{{k}}") == 0  # a full bucket is no key
+
+
+def test_release_never_returns_tokens_that_refilled(raw: redis.Redis, prefix: str) -> None:
+    """A token whose place in the timeline has passed has refilled already:
+    giving it back would admit it twice."""
+    driver = Driver(raw, prefix, TokenBucketConfig(10, 5), unit=1000)
+    driver.now = TODAY_US
+    reservation = driver.reserve("k", 10) and driver.last
+    driver.now += 1_100_000  # 5.5 tokens refilled: 4 reserved ones still ahead
+    assert driver.release("k", 10, reservation) == [4, 9]
+    assert driver.take("k", 9)[:2] == (True, 0) and driver.take("k", 1)[0] is False
+    driver.now += 10**6 * 60  # long after: nothing to give back, nothing changes
+    assert driver.release("k", 10, reservation) == [0, 10]
+
+
+def test_release_after_others_reserved_keeps_their_tokens(raw: redis.Redis, prefix: str) -> None:
+    """Two nodes reserve; the first gives its tokens back: the second's stay
+    taken, and no more than the bucket ever held is available."""
+    driver = Driver(raw, prefix, TokenBucketConfig(10, 5), unit=1000)
+    driver.now = TODAY_US
+    first = driver.reserve("k", 6) and driver.last
+    assert driver.reserve("k", 6) == [4, 0, 0, 2_000_000]
+    assert driver.release("k", 6, first) == [6, 6]
+    assert driver.reserve("k", 100) == [6, 0, 0, 2_000_000]
+    assert driver.take("k", 1)[0] is False
+    # (The script cannot tell a reservation given back twice: the client
+    # gives back each reservation's tokens once, at most what it granted.)
+
+
+def test_release_at_the_edges_of_the_exact_range(raw: redis.Redis, prefix: str) -> None:
+    driver = Driver(raw, prefix, TokenBucketConfig(1_000_000, 1_000_000), unit=1000)
+    driver.now = YEAR_2250_US
+    assert driver.reserve("k", 1_000_000) == [1_000_000, 0, 0, 1_000_000]
+    driver.now += 1
+    assert driver.release("k", 1_000_000) == [999_999, 1_000_000]  # 1 refilled in 1 us
+    driver = Driver(raw, prefix + "d", TokenBucketConfig(50_000, 1, 86_400), unit=1000)
+    driver.now = YEAR_2250_US
+    assert driver.reserve("k", 50_000)[0] == 50_000
+    driver.now += 86_400 * 10**6 * 3 // 2  # 1.5 tokens refilled
+    assert driver.release("k", 50_000) == [49_998, 49_999]

@@ -70,6 +70,16 @@ class TwinMachine(RuleBasedStateMachine):
         self.c.reset(key)
         self.py.reset(key)
 
+    @rule(key=KEYS, cost=st.integers(1, 20))
+    def spend(self, key: str, cost: int) -> None:
+        cost = min(cost, self.capacity)
+        assert self.c.spend(key, cost) == self.py.spend(key, cost)
+        assert self.c.spends == self.py.spends
+
+    @rule(key=KEYS)
+    def drain(self, key: str) -> None:
+        assert self.c.drain(key) == self.py.drain(key)
+
     @rule(ns=st.integers(0, 3_000_000_000) | st.sampled_from([1, 333_333_333, 10**12]))
     def advance(self, ns: int) -> None:
         self.clock.advance(ns=ns)

@@ -10,9 +10,21 @@ from typing import Any
 from .base import Backend
 from .memory import MemoryBackend
 
-__all__ = ["Backend", "MemoryBackend", "RedisBackend", "AsyncRedisBackend"]
+__all__ = [
+    "Backend",
+    "MemoryBackend",
+    "RedisBackend",
+    "AsyncRedisBackend",
+    "BatchedRedisBackend",
+    "AsyncBatchedRedisBackend",
+]
 
-_LAZY = {"RedisBackend": ".redis", "AsyncRedisBackend": ".redis_async"}
+_LAZY = {
+    "RedisBackend": ".redis",
+    "AsyncRedisBackend": ".redis_async",
+    "BatchedRedisBackend": ".batched",
+    "AsyncBatchedRedisBackend": ".batched_async",
+}
 
 
 def __getattr__(name: str) -> Any:

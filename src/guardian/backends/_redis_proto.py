@@ -22,7 +22,7 @@ __all__ = ["Script", "Layout", "Packer", "scripts", "MAX_TAU_TICKS"]
 #: where Lua's doubles stop holding every integer.
 MAX_TAU_TICKS = 2**52
 
-SCRIPT_NAMES = ("take", "usage", "reset", "reserve")
+SCRIPT_NAMES = ("take", "usage", "reset", "reserve", "release")
 
 
 class Script:

@@ -1,0 +1,179 @@
+"""BatchedRedisBackend against real Redis: the global limit holds across
+nodes, leases come back, denials stay local, Redis may die. Redis calls
+are counted by the server (INFO commandstats), never by the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import redis
+from redis_servers import Server, wait_until
+
+from guardian import RateLimiter, TokenBucketConfig
+from guardian.backends import AsyncBatchedRedisBackend, BatchedRedisBackend
+from guardian.backends.redis import RedisBackend
+
+pytestmark = pytest.mark.redis
+
+NODE = str(Path(__file__).parents[1] / "helpers" / "batched_node.py")
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def node(*args: Any) -> "subprocess.Popen[str]":
+    return subprocess.Popen([sys.executable, NODE, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+@pytest.mark.slow
+def test_three_nodes_share_one_limit(redis_server: Server, prefix: str) -> None:
+    """Capacity 200, 1000/s, three processes flat out for 4 s: together
+    at most 200 + 1000*t, and at least 85% of it."""
+    seconds = 4.0
+    start = time.time() + 1.5  # all three are up and connected by then
+    procs = [node("hammer", redis_server.url, prefix, "--capacity", 200, "--rate", 1000,
+                  "--start", start, "--seconds", seconds) for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    admitted = sum(int(o[0].split()[0]) for o in outs)
+    bound = 200 + 1000 * seconds
+    # A node may finish its last loop of 100 local checks after the end.
+    assert admitted <= 200 + 1000 * (seconds + 0.01), (admitted, bound)
+    assert admitted >= 0.85 * bound, (admitted, bound)
+
+
+def test_sigkill_loses_leased_tokens_until_the_key_expires(redis_server: Server, raw: redis.Redis,
+                                                            prefix: str) -> None:
+    config = TokenBucketConfig(100, 50)  # full again 2 s after the last take
+    holder = node("hold", redis_server.url, prefix, "--capacity", 100, "--rate", 50,
+                  "--max-share", 0.5, "--takes", 20)
+    assert holder.stdout is not None
+    admitted, held = map(int, holder.stdout.readline().split())
+    assert admitted == 20 and held > 0
+    holder.send_signal(signal.SIGKILL)
+    holder.communicate()
+    other = RedisBackend(config, url=redis_server.url, prefix=prefix)
+    t0 = time.monotonic()
+    burst = sum(other.try_take("k") for _ in range(200))
+    elapsed = time.monotonic() - t0
+    # Never above the limit: the dead node's admissions and leases count.
+    assert admitted + burst <= 100 + 50 * (elapsed + 0.5)
+    assert burst <= 100 - held - admitted + 50 * (elapsed + 0.5)
+    # The lost tokens come back as the bucket refills: the key expires.
+    wait_until(lambda: raw.exists(f"{prefix}:{{k}}") == 0, 5.0, "the bucket key to expire")
+    t0 = time.monotonic()
+    full = sum(other.try_take("k") for _ in range(150))
+    assert 100 <= full <= 100 + 50 * (time.monotonic() - t0) + 1  # + what refilled meanwhile
+    other.close()
+
+
+def test_close_returns_unused_tokens(redis_server: Server, raw: redis.Redis, prefix: str) -> None:
+    config = TokenBucketConfig(100, 1, 10)  # one token per 10 s: nothing refills meanwhile
+    first = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
+    assert all(first.try_take("k") for _ in range(30))
+    time.sleep(0.1)  # a prefetch may still be landing
+    held = first.book.table.usage("k")
+    assert held > 0
+    first.close()
+    stats = first.stats()
+    assert stats["returned_tokens"] == held and stats["dropped_tokens"] == 0
+    second = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
+    assert sum(second.try_take("k") for _ in range(200)) == 70
+    second.close()
+
+
+def test_denial_flood_stays_local(redis_server: Server, raw: redis.Redis, prefix: str) -> None:
+    config = TokenBucketConfig(5, 1, 3600)
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix)
+    assert all(plain.try_take("k") for _ in range(5))
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix)
+    before = script_calls(raw)
+    assert not any(batched.try_take("k") for _ in range(50_000))
+    calls = script_calls(raw) - before
+    assert calls <= 3, calls
+    result = batched.take("k")
+    assert not result.allowed and 3500 < result.retry_after <= 3600
+    assert batched.stats()["denial_cache_hits"] >= 49_999
+    batched.close()
+    plain.close()
+
+
+def test_hot_key_makes_few_redis_calls(redis_server: Server, raw: redis.Redis, prefix: str) -> None:
+    config = TokenBucketConfig(1_000_000, 1_000_000)
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix)
+    before = script_calls(raw)
+    admitted = sum(batched.try_take("hot") for _ in range(200_000))
+    calls = script_calls(raw) - before
+    assert admitted == 200_000
+    assert admitted / calls >= 100, calls
+    batched.close()
+
+
+def test_redis_down_leases_serve_until_expiry(own_server: Server, prefix: str) -> None:
+    config = TokenBucketConfig(1000, 1, 10)
+    backend = BatchedRedisBackend(config, url=own_server.url, prefix=prefix, max_share=0.5,
+                                  lease_lifetime=1.0)
+    limiter = RateLimiter(backend, fail_open=False, breaker_cooldown=0.1, log_interval=60)
+    assert all(limiter.try_acquire("k") for _ in range(100))
+    time.sleep(0.1)
+    held = backend.book.table.usage("k")
+    assert held >= 10
+    own_server.kill()
+    killed = time.monotonic()
+    # The lease keeps serving with Redis gone...
+    assert all(limiter.try_acquire("k") for _ in range(held // 2))
+    assert time.monotonic() - killed < 0.9
+    # ...until it expires; then the failure policy (closed) decides.
+    wait_until(lambda: backend.stats()["expired_leases"] >= 1, 3.0, "the lease to expire")
+    assert not any(limiter.try_acquire("k") for _ in range(20))
+    assert limiter.errors >= 1
+    # Redis returns: recovery needs nothing but time.
+    own_server.start()
+    wait_until(lambda: limiter.try_acquire("k"), 5.0, "recovery", step=0.05)
+    backend.close()
+
+
+async def test_async_twin_serves_locally_and_returns_on_aclose(redis_server: Server, raw: redis.Redis,
+                                                               prefix: str) -> None:
+    config = TokenBucketConfig(100, 1, 10)
+    backend = AsyncBatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
+    before = script_calls(raw)
+    assert all([await backend.try_take("k") for _ in range(40)])
+    await asyncio.sleep(0.1)
+    assert script_calls(raw) - before <= 10
+    held = backend.book.table.usage("k")
+    await backend.aclose()
+    assert backend.stats()["returned_tokens"] == held
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix)
+    assert sum(plain.try_take("k") for _ in range(200)) == 60
+    plain.close()
+
+
+def test_shared_leases_serve_every_process_of_a_host(redis_server: Server, raw: redis.Redis,
+                                                     prefix: str, shm_name: str, core: Any) -> None:
+    """Two backends on one shared lease table (as two workers would be):
+    the second serves the first's lease without calling Redis."""
+    if core.__name__.endswith("_pycore"):
+        pytest.skip("one core is enough here")
+    config = TokenBucketConfig(1000, 1, 10)
+    a = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, shared=shm_name, max_share=0.5)
+    b = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, shared=shm_name, max_share=0.5)
+    assert all(a.try_take("k") for _ in range(50))
+    time.sleep(0.1)
+    held = b.book.table.usage("k")
+    before = script_calls(raw)
+    assert all(b.try_take("k") for _ in range(held // 2))
+    assert script_calls(raw) - before <= 1  # at most b's own prefetch
+    a.close()
+    b.close()
