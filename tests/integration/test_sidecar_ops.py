@@ -120,6 +120,7 @@ def test_two_workers_enforce_one_limit(tmp_path: Path) -> None:
 def test_workers_sighup_reload(tmp_path: Path) -> None:
     s = Sidecar(tmp_path, "--config", policy(tmp_path, 4), "--workers", "2").start()
     try:
+        wait_until(lambda: s.log().count("serving gRPC") == 2, 20, "both workers serving")
         policy(tmp_path, 9)
         s.signal(signal.SIGHUP)
         wait_until(lambda: s.log().count("policy reloaded") == 2, 10, "both workers reloading")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from .config import ServeOptions, add_arguments, options_from_args
@@ -33,6 +34,10 @@ def _logging(level: str) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """``guardian serve``: one server, or a supervisor of ``--workers`` servers."""
+    if WORKER_ENV in os.environ:
+        # SIGHUP's default action kills: a reload forwarded while this worker
+        # still starts must not (it reads the file when it starts anyway).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     opts = options_from_args(args)
     _logging(opts.log_level)
     try:
