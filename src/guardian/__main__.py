@@ -1,7 +1,7 @@
 """The ``guardian`` command.
 
-``guardian demo`` shows the limiter at work on the embedded memory backend
-(the sidecar, ``guardian serve``, comes with the gRPC service).
+``guardian demo`` shows the limiter at work on the embedded memory backend;
+``guardian serve`` runs the gRPC sidecar (guardian.server, the ``server`` extra).
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if admitted <= bound + args.clients else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    return serve(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="guardian", description="guardian rate limiter")
     parser.add_argument("--version", action="version", version=f"guardian {__version__} ({CORE} core)")
@@ -74,7 +80,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--workers", type=int, default=2, help="processes sharing the table (default 2)")
     d.add_argument("--seconds", type=float, default=2.0, help="how long to run (default 2)")
     d.set_defaults(run=demo)
+    s = sub.add_parser("serve", help="run the gRPC sidecar (guardian.v1, Envoy RLS v3, health, /metrics)")
+    from .server.config import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(run=_serve)
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     return int(args.run(args))
 
 

@@ -1,0 +1,134 @@
+"""The server's backends: one per (namespace, bucket config), built on first
+use and kept across policy reloads (a reload that keeps a limit keeps its
+buckets' state).
+
+In memory, each is a MemoryBackend: private with one worker, a named
+shared-memory table with ``--workers`` (named after the run id, so every
+worker of one run attaches to the same table and the supervisor removes
+them at exit). With ``--redis-url``, each is an AsyncRedisBackend on one
+shared client, wrapped in an AsyncRateLimiter with the fail policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
+from .._result import LimitResult
+from .config import ServeOptions
+
+__all__ = ["Bucket", "Buckets", "shared_table_prefix"]
+
+log = logging.getLogger("guardian.server")
+
+
+def shared_table_prefix(run_id: str) -> str:
+    return f"gs{run_id}."
+
+
+class Bucket:
+    """A backend as the services use it: ``fast`` is the in-memory ``take``
+    (cannot fail, no await); otherwise ``limiter`` applies the fail policy."""
+
+    __slots__ = ("config", "capacity", "backend", "limiter", "fast", "local")
+
+    def __init__(self, backend: Any, fail_open: Any) -> None:
+        self.config: TokenBucketConfig = backend.config
+        self.capacity = self.config.capacity
+        self.backend = backend
+        self.local = not backend.can_fail
+        self.fast = backend.take if self.local else None
+        self.limiter: Optional[AsyncRateLimiter] = (
+            None if self.local else AsyncRateLimiter(backend, fail_open=fail_open)
+        )
+
+    async def take(self, key: str, cost: int) -> LimitResult:
+        if self.fast is not None:
+            result: LimitResult = self.fast(key, cost)
+            return result
+        assert self.limiter is not None
+        return await self.limiter.check_limit(key, cost)
+
+    async def take_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
+        if self.limiter is None:
+            results: List[LimitResult] = self.backend.take_many(keys, cost)
+            return results
+        return await self.limiter.check_many(keys, cost)
+
+    async def usage(self, key: str) -> int:
+        if self.limiter is None:
+            return int(self.backend.usage(key))
+        return await self.limiter.get_usage(key)
+
+    async def reset(self, key: str) -> None:
+        if self.limiter is None:
+            self.backend.reset(key)
+        else:
+            await self.limiter.reset(key)
+
+
+class Buckets:
+    def __init__(self, opts: ServeOptions, run_id: Optional[str]) -> None:
+        self.opts = opts
+        #: Shared tables only when several workers must see one limit.
+        self.run_id = run_id if opts.workers > 1 else None
+        self._by_config: Dict[Tuple[str, int, int, int], Bucket] = {}
+        self.redis_client: Any = None
+        if opts.redis_url:
+            import redis.asyncio
+
+            from ..backends._redis_client import make_client
+
+            self.redis_client = make_client(redis.asyncio, opts.redis_url, 0.25, 0.25, {})
+
+    def get(self, namespace: str, config: TokenBucketConfig) -> Bucket:
+        ident = (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
+        bucket = self._by_config.get(ident)
+        if bucket is None:
+            bucket = self._by_config[ident] = Bucket(self._backend(ident, config), self.opts.fail_open)
+        return bucket
+
+    def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig) -> Any:
+        ns = hashlib.sha1(ident[0].encode()).hexdigest()[:10]
+        tag = f"{ns}.{ident[1]}.{ident[2]}.{ident[3]}"
+        if self.redis_client is not None:
+            from ..backends.redis_async import AsyncRedisBackend
+
+            return AsyncRedisBackend(config, client=self.redis_client, prefix=f"guardian:{tag}")
+        if self.run_id is not None:
+            return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=self.opts.slots)
+        return MemoryBackend(config, slots=self.opts.slots)
+
+    @property
+    def all(self) -> List[Bucket]:
+        return list(self._by_config.values())
+
+    def gauges(self) -> Dict[str, float]:
+        limiters = [b.limiter for b in self._by_config.values() if b.limiter is not None]
+        return {
+            "errors": float(sum(lim.errors for lim in limiters)),
+            "policy_decisions": float(sum(lim.failures for lim in limiters)),
+            "breaker_open": float(any(_breaker_open(lim) for lim in limiters)),
+        }
+
+    async def close(self) -> None:
+        for bucket in self._by_config.values():
+            if bucket.limiter is not None:
+                try:
+                    await bucket.limiter.aclose()
+                except Exception:  # noqa: BLE001 - closing is best effort at exit
+                    pass
+            else:
+                bucket.backend.close()
+        if self.redis_client is not None:
+            try:
+                await self.redis_client.aclose()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _breaker_open(limiter: AsyncRateLimiter) -> bool:
+    breaker = limiter.breaker
+    return breaker is not None and breaker.is_open
