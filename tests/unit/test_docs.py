@@ -21,8 +21,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_demo_command_runs() -> None:
-    assert readme_commands()[0] == "pip install . && guardian demo"
+def test_readme_serve_command_is_the_sidecar() -> None:
+    """The front door starts the sidecar (tests/integration/test_sidecar*.py
+    start it exactly so and talk to it)."""
+    assert readme_commands()[0] == "pip install '.[server]' && guardian serve"
+    out = subprocess.run([sys.executable, "-m", "guardian", "serve", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--grpc-port" in out.stdout
+
+
+def test_demo_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "guardian", "demo", "--seconds", "0.3", "--clients", "5"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
