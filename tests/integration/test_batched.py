@@ -160,6 +160,31 @@ async def test_async_twin_serves_locally_and_returns_on_aclose(redis_server: Ser
     plain.close()
 
 
+def test_async_twin_returns_leases_at_interpreter_exit(redis_server: Server, prefix: str) -> None:
+    """No aclose(): the tokens still go back when the interpreter exits."""
+    code = f"""
+import asyncio
+from guardian import TokenBucketConfig
+from guardian.backends import AsyncBatchedRedisBackend
+
+async def main():
+    backend = AsyncBatchedRedisBackend(TokenBucketConfig(100, 1, 10), url={redis_server.url!r},
+                                       prefix={prefix!r}, max_share=0.5)
+    assert all([await backend.try_take("k") for _ in range(30)])
+    await asyncio.sleep(0.1)  # let a prefetch land
+    print(backend.book.table.usage("k"), flush=True)
+    globals()["keep"] = backend  # alive at exit, never closed
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 0  # leased tokens were held at exit
+    plain = RedisBackend(TokenBucketConfig(100, 1, 10), url=redis_server.url, prefix=prefix)
+    assert sum(plain.try_take("k") for _ in range(200)) == 70  # 30 were spent, the rest came back
+    plain.close()
+
+
 def test_shared_leases_serve_every_process_of_a_host(redis_server: Server, raw: redis.Redis,
                                                      prefix: str, shm_name: str, core: Any) -> None:
     """Two backends on one shared lease table (as two workers would be):

@@ -4,6 +4,8 @@ book, sizing and scripts (_lease); a task instead of a thread refills."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import weakref
 from typing import Any, List, Optional, Sequence
 
 from .._errors import BackendError
@@ -17,14 +19,18 @@ __all__ = ["AsyncBatchedRedisBackend"]
 class AsyncBatchedRedisBackend(BatchedCommon):
     """BatchedRedisBackend for asyncio: the same arguments (``client=``
     takes a ``redis.asyncio`` client), the operations as coroutines.
-    Unused tokens go back in ``aclose()``; without it they come back as
-    the bucket refills."""
+    Unused tokens go back in ``aclose()``, or at interpreter exit over a
+    short-lived synchronous connection (for backends built from a URL; an
+    event loop is usually gone by then)."""
 
     redis_class = AsyncRedisBackend
     lock_class = asyncio.Lock
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: Any, url: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(config, url, **kwargs)
+        self._url = url
+        self._timeouts = {k: kwargs[k] for k in ("connect_timeout", "timeout") if k in kwargs}
+        _live.add(self)
         self._spend = self.book.table.spend
         self._queue: "Optional[asyncio.Queue[Optional[str]]]" = None
         self._worker: "Optional[asyncio.Task[None]]" = None
@@ -126,6 +132,20 @@ class AsyncBatchedRedisBackend(BatchedCommon):
                 await self._refill(key)
             await self._expire()
 
+    def _release_at_exit(self) -> None:
+        """aclose() never ran: give the leases back without an event loop."""
+        if self._closed or self._url is None:
+            return
+        self._closed = True
+        from .redis import RedisBackend
+
+        sync = RedisBackend(self.config, self._url, prefix=self.redis.prefix, **self._timeouts)
+        try:
+            for key, n, reservation in self.book.everything():
+                self.returned(sync._run(*self.release_call(key, n, reservation))[0])
+        finally:
+            sync.close()
+
     async def aclose(self) -> None:
         """Gives every unused leased token back to Redis and closes."""
         if self._closed:
@@ -139,3 +159,15 @@ class AsyncBatchedRedisBackend(BatchedCommon):
             await self._release(key, n, reservation)
         await self.redis.aclose()
         self.book.table.close()
+
+
+_live: "weakref.WeakSet[AsyncBatchedRedisBackend]" = weakref.WeakSet()
+
+
+@atexit.register
+def _release_all_at_exit() -> None:
+    for backend in list(_live):
+        try:
+            backend._release_at_exit()
+        except Exception:  # pragma: no cover - exit must not fail on one backend
+            pass
