@@ -36,6 +36,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _BODY = b"Too Many Requests\n"
+_NAMES = {n: n.lower().encode() for n in ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit",
+                                         "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")}
 
 
 def _header_lookup(scope: Scope) -> Callable[[str], Optional[str]]:
@@ -129,7 +131,7 @@ class RateLimitMiddleware:
         if not plan.headers_on_allowed:
             await self.app(scope, receive, send)
             return
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+        extra = [(_NAMES.get(k) or k.lower().encode("latin-1"), v.encode("latin-1"))
                  for k, v in plan.fields(limiter, result, policy)]
 
         async def send_with_fields(message: Message) -> None:

@@ -245,23 +245,23 @@ def _sf_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def response_headers(result: Any, policy: str, window: int, style: str) -> List[Tuple[str, str]]:
+def response_headers(result: Any, policy: str, window: int, style: str,
+                     _name: Optional[str] = None) -> List[Tuple[str, str]]:
     """The rate limit fields for one result, as (name, value) pairs."""
-    if result.allowed:
-        t = math.ceil(result.reset_after)
-    else:
-        t = retry_after_seconds(result)
+    allowed = result.allowed
+    retry = 0 if allowed else retry_after_seconds(result)
+    t = math.ceil(result.reset_after) if allowed else retry
     out: List[Tuple[str, str]] = []
-    if style in ("draft", "both"):
-        name = _sf_string(policy)
+    if style != "legacy":  # "draft" or "both"
+        name = _name or _sf_string(policy)
         out.append(("RateLimit-Policy", f"{name};q={result.limit};w={window}"))
         out.append(("RateLimit", f"{name};r={result.remaining};t={t}"))
-    if style in ("legacy", "both"):
+    if style != "draft":  # "legacy" or "both"
         out.append(("X-RateLimit-Limit", str(result.limit)))
         out.append(("X-RateLimit-Remaining", str(result.remaining)))
         out.append(("X-RateLimit-Reset", str(t)))
-    if not result.allowed:
-        out.append(("Retry-After", str(retry_after_seconds(result))))
+    if not allowed:
+        out.append(("Retry-After", str(retry)))
     return out
 
 
@@ -280,7 +280,8 @@ class Plan:
         self.policy = policy
         self.headers = headers
         self.headers_on_allowed = headers_on_allowed and headers != "none"
-        self._windows: Dict[int, int] = {}
+        #: (limiter id, policy) -> (window seconds, the policy as an sf-string)
+        self._static: Dict[Tuple[int, str], Tuple[int, str]] = {}
 
     def resolve(self, request: Request) -> Optional[Tuple[Any, str, int, str]]:
         """(limiter, key, cost, policy name), or None when not limited."""
@@ -303,7 +304,7 @@ class Plan:
     def fields(self, limiter: Any, result: Any, policy: str) -> List[Tuple[str, str]]:
         if self.headers == "none":
             return [("Retry-After", str(retry_after_seconds(result)))] if not result.allowed else []
-        window = self._windows.get(id(limiter))
-        if window is None:
-            window = self._windows[id(limiter)] = window_seconds(limiter)
-        return response_headers(result, policy, window, self.headers)
+        static = self._static.get((id(limiter), policy))
+        if static is None:
+            static = self._static[(id(limiter), policy)] = (window_seconds(limiter), _sf_string(policy))
+        return response_headers(result, policy, static[0], self.headers, static[1])
