@@ -35,7 +35,7 @@ def test_wheel_from_sdist_installs_with_the_c_core(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (sdist,) = dist.glob("*.tar.gz")
     (wheel,) = dist.glob("*.whl")
-    assert "Building wheel from sdist" in built.stdout  # not from the source tree
+    assert "Building wheel from sdist" in built.stdout + built.stderr  # not from the source tree
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True,
                            text=True, check=True).stdout
     assert "guardian/_core." in names and "guardian/lua/take.lua" in names
