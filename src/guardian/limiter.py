@@ -15,14 +15,16 @@ and are raised as they are, with or without the backend.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import logging
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
-from ._errors import BackendError
+from ._errors import BackendError, RateLimitExceeded
 from ._pycore import check_cost, check_key
 from ._result import LimitResult
 from .backends.base import Backend
@@ -33,6 +35,18 @@ __all__ = ["RateLimiter", "AsyncRateLimiter"]
 log = logging.getLogger("guardian")
 
 FailOpen = Union[bool, str]
+F = TypeVar("F", bound=Callable[..., Any])
+#: A decorator's key or cost: a value, or a callable of the function's arguments.
+KeyArg = Union[str, Callable[..., str]]
+CostArg = Union[int, Callable[..., int]]
+
+#: The shortest wait of ``acquire`` between two checks (a fail-closed denial
+#: without a breaker says retry_after=0; do not spin on it).
+MIN_WAIT = 0.001
+
+
+def _arg(value: Any, args: Any, kwargs: Any) -> Any:
+    return value(*args, **kwargs) if callable(value) else value
 
 
 class _Policy:
@@ -122,6 +136,22 @@ class _Policy:
         retry = 0.0 if self.fail_open or self.breaker is None else self.breaker.retry_after()
         return LimitResult(bool(self.fail_open), 0, retry, 0.0, self._limit)
 
+    # Tests replace these two to drive acquire() with a manual clock.
+    _now: Callable[[], float] = staticmethod(time.monotonic)
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        return None if timeout is None else self._now() + timeout
+
+    def _wait(self, result: LimitResult, deadline: Optional[float]) -> float:
+        """How long acquire() sleeps after a denial; raises RateLimitExceeded
+        at once when the wait would pass the deadline (no pointless sleep)."""
+        wait = max(float(result.retry_after), MIN_WAIT)
+        if deadline is not None and self._now() + wait > deadline:
+            raise RateLimitExceeded(result)
+        return wait
+
     def _decide_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
         if self.fail_open == "local":
             self.failures += len(keys)
@@ -195,6 +225,43 @@ class RateLimiter(_Policy):
         """Refill ``key``'s bucket. Raises BackendError when storage fails."""
         self.backend.reset(key)
 
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    def acquire(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> LimitResult:
+        """Wait until ``cost`` tokens for ``key`` are taken, sleeping each
+        denial's ``retry_after``; returns the allowed result. With
+        ``timeout`` (seconds), raises RateLimitExceeded (carrying the last
+        denial) as soon as the next wait would end after it."""
+        deadline = self._deadline(timeout)
+        while True:
+            result = self.check_limit(key, cost)
+            if result.allowed:
+                return result
+            self._sleep(self._wait(result, deadline))
+
+    def limit(self, key: KeyArg, cost: CostArg = 1) -> Callable[[F], F]:
+        """Decorator: each call of the function (sync or async) first takes
+        ``cost`` tokens for ``key`` and raises RateLimitExceeded when denied.
+        ``key`` and ``cost`` may be callables of the function's arguments."""
+        def decorate(fn: F) -> F:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def limited_async(*args: Any, **kwargs: Any) -> Any:
+                    result = self.check_limit(_arg(key, args, kwargs), _arg(cost, args, kwargs))
+                    if not result.allowed:
+                        raise RateLimitExceeded(result)
+                    return await fn(*args, **kwargs)
+                return limited_async  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def limited(*args: Any, **kwargs: Any) -> Any:
+                result = self.check_limit(_arg(key, args, kwargs), _arg(cost, args, kwargs))
+                if not result.allowed:
+                    raise RateLimitExceeded(result)
+                return fn(*args, **kwargs)
+            return limited  # type: ignore[return-value]
+        return decorate
+
     def close(self) -> None:
         self.backend.close()
 
@@ -250,6 +317,35 @@ class AsyncRateLimiter(_Policy):
     async def reset(self, key: str) -> None:
         """Refill ``key``'s bucket."""
         await self._call("reset", key)
+
+    _sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
+    async def acquire(self, key: str, cost: int = 1, timeout: Optional[float] = None) -> LimitResult:
+        """Await until ``cost`` tokens for ``key`` are taken (see
+        RateLimiter.acquire); other tasks run while it waits."""
+        deadline = self._deadline(timeout)
+        while True:
+            result = await self.check_limit(key, cost)
+            if result.allowed:
+                return result
+            await self._sleep(self._wait(result, deadline))
+
+    def limit(self, key: KeyArg, cost: CostArg = 1) -> Callable[[F], F]:
+        """Decorator for coroutine functions: each call first takes ``cost``
+        tokens for ``key`` and raises RateLimitExceeded when denied."""
+        def decorate(fn: F) -> F:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError("AsyncRateLimiter.limit decorates coroutine functions; "
+                                "use RateLimiter.limit for plain functions")
+
+            @functools.wraps(fn)
+            async def limited(*args: Any, **kwargs: Any) -> Any:
+                result = await self.check_limit(_arg(key, args, kwargs), _arg(cost, args, kwargs))
+                if not result.allowed:
+                    raise RateLimitExceeded(result)
+                return await fn(*args, **kwargs)
+            return limited  # type: ignore[return-value]
+        return decorate
 
     async def aclose(self) -> None:
         close = getattr(self.backend, "aclose", None)
