@@ -30,10 +30,14 @@ local t = redis.call('TIME')
 local NOW = t[1] * 1000000 + t[2]
 local TAU_US = idiv(TAU, D)
 
--- Ticks the key's TAT lies ahead of NOW, within [0, TAU]. A TAT beyond
--- TAU (the server clock stepped back) counts as an empty bucket.
-local function ahead(key)
-  local v = redis.call('GET', key)
+local function foreign(key)
+  error({err = 'GUARDIAN key ' .. key .. ' holds a value guardian did not write'})
+end
+
+-- Ticks the TAT ``v`` (the key's value, false when absent) lies ahead of
+-- NOW, within [0, TAU]. A TAT beyond TAU (the server clock stepped back)
+-- counts as an empty bucket.
+local function ahead_of(key, v)
   if not v then
     return 0
   end
@@ -45,7 +49,7 @@ local function ahead(key)
   end
   us = tonumber(us)
   if not us or not f then
-    error({err = 'GUARDIAN key ' .. key .. ' holds a value guardian did not write'})
+    foreign(key)
   end
   local d = us - NOW
   if d < 0 then
@@ -61,8 +65,14 @@ local function ahead(key)
   return a
 end
 
+local function ahead(key)
+  return ahead_of(key, redis.call('GET', key))
+end
+
 -- Stores TAT = NOW + new ticks (new >= 1), expiring when it is reached.
-local function store(key, new)
+-- ``fresh``: MGET found no string there, so the key must not exist (NX;
+-- MGET reads another type as nil too, and that must not be overwritten).
+local function store(key, new, fresh)
   local us, f = idiv(new, D)
   local v
   if f == 0 then
@@ -74,5 +84,9 @@ local function store(key, new)
   if r > 0 then
     ms = ms + 1
   end
-  redis.call('SET', key, v, 'PX', string.format('%d', ms))
+  if not fresh then
+    redis.call('SET', key, v, 'PX', string.format('%d', ms))
+  elseif not redis.call('SET', key, v, 'PX', string.format('%d', ms), 'NX') then
+    foreign(key)
+  end
 end

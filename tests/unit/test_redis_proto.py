@@ -53,12 +53,30 @@ def test_nanosecond_layout_for_tests() -> None:
 
 def test_decoding() -> None:
     layout = Layout(TokenBucketConfig(10, 5))  # T = 200_000 us
-    reply = [1, 6, 0, 800_000, 0, 0, 200_000, 2_000_000]
-    first, second = layout.results(reply)
+    reply = [800_000, -1_800_000, -2_000_000]  # allowed; denied at cost 2; denied (empty)
+    first = layout.result(reply[0], 2)
+    second = layout.result(reply[1], 2)
     assert (first.allowed, first.remaining, first.retry_after, first.reset_after, first.limit) == (
         True, 6, 0.0, 0.8, 10)
     assert (second.allowed, second.remaining, second.retry_after, second.reset_after) == (
-        False, 0, 0.2, 2.0)
+        False, 1, 0.2, 1.8)
+    assert layout.results(reply, 2) == [first, second, layout.result(reply[2], 2)]
+    assert layout.results([-2_000_000], 1)[0].retry_after == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 300])
+def test_bulk_packing_matches_the_generic_packer(n: int) -> None:
+    packer = Packer("50%", Layout(TokenBucketConfig(10, 1)))
+    keys = [f"k{i}%d}}{{ключ" for i in range(n)]
+    bulks = packer.bulk_keys(keys)
+    assert packer.take_bulk(bulks, b"2") == packer.command("take", packer.keys(keys), b"2")
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 4097, "\ud800", b"k", None])
+def test_bulk_packing_checks_every_key(bad: object) -> None:
+    packer = Packer("g", Layout(TokenBucketConfig(10, 1)))
+    with pytest.raises(ValueError if isinstance(bad, str) else TypeError):
+        packer.bulk_keys(["ok", bad])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("key", ["k", "a}b{", "100%", "%d%b", "ключ", "x" * 4096])

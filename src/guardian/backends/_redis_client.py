@@ -205,38 +205,41 @@ class RedisCommon:
         packed = self.packer.command(name, keys, *extra) if self.direct else b""
         return [(name, keys, extra)], packed
 
-    def plan_take_many(self, keys: Sequence[str], cost: int) -> Tuple[List[List[int]], List[Call], bytes]:
-        """take_many as script calls: (positions per call, calls, packed)."""
-        packer = self.packer
-        bkeys = packer.keys(keys)
+    def pack_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, int, bytes]:
+        """take_many on one server: (cost, script calls, their packed bytes),
+        one call per ``chunk`` keys, in order."""
+        packer, size = self.packer, self.chunk
         c = packer.cost(cost)
+        bulks = packer.bulk_keys(keys)
+        calls = [packer.take_bulk(bulks[i:i + size], c) for i in range(0, len(bulks), size)]
+        return int(c), len(calls), b"".join(calls)
+
+    def plan_take_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, List[List[int]], List[Call]]:
+        """take_many on a cluster: (cost, positions per call, calls), never
+        two slots in one call."""
+        packer = self.packer
+        c = packer.cost(cost)
+        bkeys = packer.keys(keys)
         plan = self.plan_many(bkeys)
-        calls: List[Call] = [("take", [bkeys[i] for i in group], (c,)) for group in plan]
-        packed = b"".join(packer.command(n, k, *e) for n, k, e in calls) if self.direct else b""
-        return plan, calls, packed
+        return int(c), plan, [("take", [bkeys[i] for i in group], (c,)) for group in plan]
 
     def reserved(self, reply: Sequence[int]) -> Tuple[int, int, float, float]:
         tps = self.layout.ticks_per_second
         return reply[0], reply[1], reply[2] / tps, reply[3] / tps
 
     def plan_many(self, keys: List[bytes]) -> List[List[int]]:
-        """Positions of ``keys`` per script call: chunks in order, and on a
-        cluster never two slots in one call."""
+        """Positions of ``keys`` per script call: per slot, in chunks."""
         size = self.chunk
-        if self.direct:
-            groups = [list(range(len(keys)))]
-        else:
-            slots: Dict[int, List[int]] = {}
-            for i, k in enumerate(keys):
-                slots.setdefault(key_slot(k), []).append(i)
-            groups = list(slots.values())
-        return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
+        slots: Dict[int, List[int]] = {}
+        for i, k in enumerate(keys):
+            slots.setdefault(key_slot(k), []).append(i)
+        return [g[i:i + size] for g in slots.values() for i in range(0, len(g), size)]
 
-    def assemble(self, n: int, plan: List[List[int]], replies: List[Any]) -> List[Any]:
+    def assemble(self, n: int, plan: List[List[int]], replies: List[Any], cost: int) -> List[Any]:
         """One LimitResult per key, in the caller's order."""
         out: List[Any] = [None] * n
-        result = self.layout.result
+        results = self.layout.results
         for positions, reply in zip(plan, replies):
-            for j, pos in enumerate(positions):
-                out[pos] = result(reply, 4 * j)
+            for pos, result in zip(positions, results(reply, cost)):
+                out[pos] = result
         return out

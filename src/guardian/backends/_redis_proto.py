@@ -9,11 +9,13 @@ import hashlib
 from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Dict, List, Sequence, Tuple
+from operator import index
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from .._config import TokenBucketConfig
 from .._errors import ArgumentTypeError, ConfigurationError, InvalidArgumentError
 from .._pycore import check_cost, check_key
+from .._region import MAX_KEY_BYTES
 from .._result import LimitResult
 
 __all__ = ["Script", "Layout", "Packer", "scripts", "MAX_TAU_TICKS"]
@@ -73,15 +75,38 @@ class Layout:
         self.ticks_per_second = self.D * (1_000_000_000 // clock_unit_ns)
         self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
 
-    def result(self, reply: Sequence[int], i: int = 0) -> LimitResult:
-        """Decodes the 4 integers at ``reply[i:i+4]`` of a take reply."""
+    def result(self, v: int, cost: int = 1) -> LimitResult:
+        """Decodes one key's take reply ``v`` (see take.lua) for ``cost``."""
         tps = self.ticks_per_second
+        if v > 0:
+            return LimitResult(True, (self.tau - v) // self.P, 0.0, v / tps, self.capacity)
         return LimitResult(
-            reply[i] == 1, reply[i + 1], reply[i + 2] / tps, reply[i + 3] / tps, self.capacity
+            False, (self.tau + v) // self.P, (index(cost) * self.P - v - self.tau) / tps, -v / tps, self.capacity
         )
 
-    def results(self, reply: Sequence[int]) -> List[LimitResult]:
-        return [self.result(reply, i) for i in range(0, len(reply), 4)]
+    def results(self, reply: Iterable[int], cost: int) -> List[LimitResult]:
+        """``result`` for each integer of take replies, built without
+        calling ``__init__`` (take_many decodes hundreds at a time)."""
+        tau, P, tps, capacity = self.tau, self.P, self.ticks_per_second, self.capacity
+        over = cost * P - tau
+        new = object.__new__
+        out: List[LimitResult] = []
+        append = out.append
+        for v in reply:
+            r = new(LimitResult)
+            if v > 0:
+                r.allowed = True
+                r.remaining = (tau - v) // P
+                r.retry_after = 0.0
+                r.reset_after = v / tps
+            else:
+                r.allowed = False
+                r.remaining = (tau + v) // P
+                r.retry_after = (over - v) / tps
+                r.reset_after = -v / tps
+            r.limit = capacity
+            append(r)
+        return out
 
 
 def check_prefix(prefix: Any) -> bytes:
@@ -116,6 +141,8 @@ class Packer:
             self._tail + resp_bulk(b"1")
         ).replace(b"%", b"%%")
         self._extra = len(self.prefix) + 1
+        self._bulk = b"$%d\r\n" + self.prefix.replace(b"%", b"%%") + b"%b}\r\n"
+        self._evalsha_take = b"$7\r\nEVALSHA\r\n" + resp_bulk(take)
 
     def key(self, key: str) -> bytes:
         """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
@@ -131,6 +158,27 @@ class Packer:
         if cost == 1 and type(cost) is int:
             return self.take1(key)
         return self.command("take", [self.key(key)], self.cost(cost))
+
+    def bulk_keys(self, keys: Sequence[str]) -> List[bytes]:
+        """Each key's bucket as a RESP bulk string, checked like ``key``."""
+        bulk, extra = self._bulk, self._extra
+        out: List[bytes] = []
+        append = out.append
+        for key in keys:
+            try:
+                data = key.encode() if type(key) is str else b""
+            except UnicodeEncodeError:
+                data = b""
+            if not 0 < len(data) <= MAX_KEY_BYTES:
+                data = check_key(key)  # raises, or accepts a str subclass
+            append(bulk % (len(data) + extra, data))
+        return out
+
+    def take_bulk(self, bulks: Sequence[bytes], cost: bytes) -> bytes:
+        """The packed EVALSHA of take for keys from ``bulk_keys``."""
+        n = len(bulks)
+        return b"*%d\r\n%b$%d\r\n%d\r\n%b%b$%d\r\n%b\r\n" % (
+            n + 7, self._evalsha_take, len(b"%d" % n), n, b"".join(bulks), self._tail, len(cost), cost)
 
     def cost(self, cost: Any) -> bytes:
         return b"%d" % check_cost(cost, self.layout.capacity)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from itertools import chain
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
@@ -166,19 +167,27 @@ class RedisBackend(RedisCommon):
             packed = self.packer.take(key, cost)
             with boundary:
                 reply = self._one(packed)
-            return self.layout.result(reply)
-        return self.layout.result(self._run(*self.plan_call("take", key, self.packer.cost(cost)))[0])
+            return self.layout.result(reply[0], cost)
+        c = self.packer.cost(cost)
+        return self.layout.result(self._run(*self.plan_call("take", key, c))[0][0], int(c))
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         if self.direct:
             packed = self.packer.take(key, cost)
             with boundary:
-                return self._one(packed)[0] == 1  # type: ignore[no-any-return]
+                return self._one(packed)[0] > 0  # type: ignore[no-any-return]
         return self.take(key, cost).allowed
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        plan, calls, packed = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, self._run(calls, packed)) if calls else []
+        if self.direct:
+            c, count, packed = self.pack_many(keys, cost)
+            if not count:
+                return []
+            with boundary:
+                replies = self._exchange(packed, count)
+            return self.layout.results(chain.from_iterable(replies), c)
+        c, plan, calls = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, self._run(calls, b""), c) if calls else []
 
     def usage(self, key: str) -> int:
         return int(self._run(*self.plan_call("usage", key))[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from itertools import chain
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
@@ -149,15 +150,23 @@ class AsyncRedisBackend(RedisCommon):
         if self.direct:
             packed = self.packer.take(key, cost)
             with boundary:
-                return self.layout.result((await self._exchange(packed, 1))[0])
-        return self.layout.result((await self._run(*self.plan_call("take", key, self.packer.cost(cost))))[0])
+                return self.layout.result((await self._exchange(packed, 1))[0][0], cost)
+        c = self.packer.cost(cost)
+        return self.layout.result((await self._run(*self.plan_call("take", key, c)))[0][0], int(c))
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed
 
     async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        plan, calls, packed = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, await self._run(calls, packed)) if calls else []
+        if self.direct:
+            c, count, packed = self.pack_many(keys, cost)
+            if not count:
+                return []
+            with boundary:
+                replies = await self._exchange(packed, count)
+            return self.layout.results(chain.from_iterable(replies), c)
+        c, plan, calls = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, await self._run(calls, b""), c) if calls else []
 
     async def usage(self, key: str) -> int:
         return int((await self._run(*self.plan_call("usage", key)))[0])
