@@ -111,7 +111,41 @@ def raw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Any]:
     return call
 
 
+class _FloorProtocol(asyncio.Protocol):
+    """The asyncio floor's transport: data_received feeds hiredis and
+    resolves the one pending Future (no timeout, no error handling)."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiter: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        reply = self.reader.gets()
+        if reply is not False:
+            self.waiter.set_result(reply)
+
+
+async def aproto_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Awaitable[Any]]:
+    """The asyncio physical floor: the same EVALSHA, pre-encoded, written
+    to an asyncio transport (loop.create_connection, TCP_NODELAY, the kind
+    of transport guardian's wires use) whose Protocol parses the reply with
+    hiredis and resolves a Future per request."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_FloorProtocol, host, port)
+    packed = [packer.take1(k) for k in KEYS]
+    it = iter(range(1 << 62))
+
+    def call() -> Any:
+        proto.waiter = waiter = loop.create_future()
+        transport.write(packed[next(it) % 1000])
+        return waiter
+
+    return call
+
+
 async def araw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Awaitable[Any]]:
+    """The same on an asyncio stream (StreamReader.read per reply)."""
     stream, writer = await asyncio.open_connection(host, port)
     reader = hiredis.Reader()
     packed = [packer.take1(k) for k in KEYS]
@@ -204,6 +238,8 @@ async def async_client(url: str, host: str, port: int, seconds: float, cluster: 
                                keyed(lambda k: client.evalsha(sha, 1, f"f:{{{k}}}", *layout.argv, 1)), seconds))
     if not cluster:
         rows.append(await ameasure("floor: redis.asyncio PING", client.ping, seconds))
+        rows.append(await ameasure("floor: EVALSHA pre-encoded, asyncio Protocol + hiredis",
+                                   await aproto_evalsha(host, port, Packer("f", layout)), seconds))
         rows.append(await ameasure("floor: EVALSHA pre-encoded, asyncio stream + hiredis",
                                    await araw_evalsha(host, port, Packer("f", layout)), seconds))
     await limiter.aclose()

@@ -138,7 +138,7 @@ _live: "weakref.WeakSet[RedisCommon]" = weakref.WeakSet()
 def _forget_connections() -> None:
     # A forked child must not speak on its parent's sockets.
     for backend in list(_live):
-        backend._idle = []
+        backend.forget()
 
 
 os.register_at_fork(after_in_child=_forget_connections)
@@ -187,6 +187,10 @@ class RedisCommon:
         self._pool = client.connection_pool if self.direct else None
         self._idle: List[Any] = []
         _live.add(self)
+
+    def forget(self) -> None:
+        """Drops the connections without closing them (after a fork)."""
+        self._idle = []
 
     def __repr__(self) -> str:
         where = "cluster" if not self.direct else type(self._pool).__name__
