@@ -61,7 +61,7 @@ async def test_concurrent_tasks_share_connections_and_never_over_admit(redis_ser
     b = backend(redis_server, prefix, 100, 1, 3600)
     results = await asyncio.gather(*(b.try_take("k") for _ in range(300)))
     assert sum(results) == 100
-    assert len(b._idle) <= b.max_wires
+    assert b._wires is not None and b._wires.open <= b.max_wires
     await b.aclose()
 
 

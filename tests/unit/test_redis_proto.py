@@ -179,3 +179,12 @@ def test_every_package_is_listed_for_the_wheel() -> None:
     src = root / "src"
     found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
     assert found | {"guardian.lua"} == listed
+
+
+@pytest.mark.parametrize("key", ["k", "k}1", "}k", "}", "a{b}c", "{x}", "ключ}", "x" * 4096, "{}", "a}}b"])
+@pytest.mark.parametrize("prefix", ["guardian", "g:x"])
+def test_the_slot_is_redis_pys(key: str, prefix: str) -> None:
+    from redis.crc import key_slot
+
+    packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
+    assert packer.slot(key) == key_slot(packer.key(key))

@@ -6,6 +6,7 @@ reply decoding. The backends only send bytes and read replies.
 from __future__ import annotations
 
 import hashlib
+from binascii import crc_hqx
 from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
@@ -152,6 +153,19 @@ class Packer:
         """The packed EVALSHA of take for one key at cost 1."""
         data = check_key(key)
         return self._take1 % (len(data) + self._extra, data)
+
+    def slot(self, key: str) -> int:
+        """The Redis Cluster hash slot of ``key``'s bucket (for a key that
+        passed ``take``): CRC16 of the hash tag, which is the key up to its
+        first ``}`` (the prefix has no braces), or the whole bucket name
+        when that tag is empty."""
+        data = key.encode()
+        end = data.find(b"}")
+        if end == 0:
+            data = self.prefix + data + b"}"
+        elif end > 0:
+            data = data[:end]
+        return crc_hqx(data, 0) & 16383
 
     def take(self, key: str, cost: int) -> bytes:
         """The packed EVALSHA of take for one key at any cost."""

@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from itertools import chain
-from typing import Any, Deque, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis.asyncio
 import redis.exceptions as rex
 from redis._parsers import BaseParser
+from redis.crc import key_slot
 
 from .._result import LimitResult
-from ._redis_client import Call, RedisCommon, boundary, first_error
+from ._redis_client import Call, RedisCommon, boundary, first_error, redirected
 
 __all__ = ["AsyncRedisBackend"]
 
@@ -133,83 +134,152 @@ class _Wire(asyncio.Protocol):
         await self.conn.disconnect(nowait=not wait)
 
 
-class AsyncRedisBackend(RedisCommon):
-    """RedisBackend for asyncio: the same arguments (``client=`` takes a
-    ``redis.asyncio`` client) and the same operations, as coroutines."""
+class _Pool:
+    """The wires to one server: at most ``size`` open; more concurrent
+    requests wait for one to be released (a burst of tasks must not open
+    a connection each). A counter and a queue of Futures, no Semaphore:
+    taking an idle wire costs no coroutine."""
 
-    lib = redis.asyncio
-    #: Connections of one backend at most; more concurrent checks wait for
-    #: one (a burst of tasks must not open a connection each).
-    max_wires = 32
-    _open = 0
-    _queue: Optional[Deque["asyncio.Future[None]"]] = None
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self.connect = connect
+        self.size = size
+        self.idle: List[_Wire] = []
+        self.open = 0
+        self.queue: Deque["asyncio.Future[None]"] = deque()
 
-    # --- I/O ------------------------------------------------------------------
-
-    def forget(self) -> None:
-        super().forget()
-        self._open = 0
-        self._queue = None
-
-    async def _acquire(self) -> _Wire:
-        """An idle wire, a new one (at most ``max_wires``), or the next
-        one released."""
+    async def acquire(self) -> _Wire:
         while True:
-            if self._idle:
-                wire: _Wire = self._idle.pop()
-                return wire
-            if self._open < self.max_wires:
-                self._open += 1
+            if self.idle:
+                return self.idle.pop()
+            if self.open < self.size:
+                self.open += 1
                 try:
-                    return await _Wire(self._pool.make_connection()).open()  # type: ignore[union-attr]
+                    return await _Wire(self.connect()).open()
                 except BaseException:
-                    self._open -= 1
-                    self._wake()
+                    self.open -= 1
+                    self.wake()
                     raise
-            if self._queue is None:
-                self._queue = deque()
             ticket = asyncio.get_running_loop().create_future()
-            self._queue.append(ticket)
+            self.queue.append(ticket)
             try:
                 await ticket
             except BaseException:
                 if ticket.done() and not ticket.cancelled():
-                    self._wake()  # pass the wakeup on
+                    self.wake()  # pass the wakeup on
                 raise
 
-    def _wake(self) -> None:
-        queue = self._queue
+    def wake(self) -> None:
+        queue = self.queue
         while queue:
             ticket = queue.popleft()
             if not ticket.done():
                 ticket.set_result(None)
                 return
 
-    def _release(self, wire: _Wire) -> None:
-        self._idle.append(wire)
-        if self._queue:
-            self._wake()
+    def release(self, wire: _Wire) -> None:
+        self.idle.append(wire)
+        if self.queue:
+            self.wake()
 
-    async def _discard(self, wire: _Wire, exc: BaseException) -> None:
+    async def discard(self, wire: _Wire, exc: BaseException) -> None:
         """A wire that failed or was cancelled mid-request is out of step:
         close it; when the server went away, the idle ones are dead too."""
-        self._open -= 1
+        self.open -= 1
         await wire.close()
-        if isinstance(exc, (OSError, rex.ConnectionError, rex.TimeoutError, asyncio.TimeoutError)):
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            for other in idle:
-                await other.close()
-        self._wake()
+        if isinstance(exc, _NETWORK):
+            await self.close()
+        self.wake()
+
+    async def request(self, packed: bytes, count: int = 0) -> Any:
+        wire = self.idle.pop() if self.idle else await self.acquire()
+        try:
+            reply = await wire.request(packed, count)
+        except BaseException as exc:  # cancelled mid-reply too
+            await self.discard(wire, exc)
+            raise
+        self.release(wire)
+        return reply
+
+    async def close(self, wait: bool = False) -> None:
+        idle, self.idle = self.idle, []
+        self.open -= len(idle)
+        for wire in idle:
+            await wire.close(wait)
+
+
+_NETWORK = (OSError, rex.ConnectionError, rex.TimeoutError, asyncio.TimeoutError)
+
+
+class AsyncRedisBackend(RedisCommon):
+    """RedisBackend for asyncio: the same arguments (``client=`` takes a
+    ``redis.asyncio`` client) and the same operations, as coroutines."""
+
+    lib = redis.asyncio
+    #: Connections of one backend to one server at most; more concurrent
+    #: checks wait for one.
+    max_wires = 32
+    _wires: Optional[_Pool] = None
+
+    # --- I/O ------------------------------------------------------------------
+
+    def forget(self) -> None:
+        super().forget()
+        self._wires = None
+
+    def _pool_of(self, node: Any = None) -> _Pool:
+        """The wires to the server, or to a cluster node."""
+        if node is None:
+            if self._wires is None:
+                self._wires = _Pool(self._pool.make_connection, self.max_wires)  # type: ignore[union-attr]
+            return self._wires
+        pool: Optional[_Pool] = self._nodes.get(node.name)
+        if pool is None:
+            pool = self._nodes[node.name] = _Pool(
+                lambda: node.connection_class(**node.connection_kwargs), self.max_wires)
+        return pool
 
     async def _send(self, packed: bytes, count: int) -> List[Any]:
-        wire = self._idle.pop() if self._idle else await self._acquire()
-        try:
-            replies: List[Any] = await wire.request(packed, count)
-        except BaseException as exc:  # cancelled mid-reply too
-            await self._discard(wire, exc)
-            raise
-        self._release(wire)
+        replies: List[Any] = await self._pool_of().request(packed, count)
+        return replies
+
+    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+        """Like RedisBackend._route_one."""
+        nodes = self.client.nodes_manager.slots_cache.get(slot)
+        if nodes:
+            try:
+                reply = await self._pool_of(nodes[0]).request(packed)
+            except _NETWORK:
+                pass
+            else:
+                if not redirected(reply):
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
+        return (await self._via_client([("take", [self.packer.key(key)], (self.packer.cost(cost),))]))[0]
+
+    async def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
+        """Like RedisBackend._routed: the nodes' requests run concurrently."""
+        by_node, again = self.route(slots)
+        packer = self.packer
+        replies: List[Any] = [None] * len(calls)
+        groups = list(by_node.values())
+        answers = await asyncio.gather(*(
+            self._pool_of(node).request(
+                b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions),
+                len(positions))
+            for node, positions in groups), return_exceptions=True)
+        for (node, positions), answer in zip(groups, answers):
+            if isinstance(answer, _NETWORK):
+                again.extend(positions)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                for i, reply in zip(positions, answer):
+                    replies[i] = reply
+        again = self.retries(replies, again)
+        if again:
+            for i, reply in zip(again, await self._via_client([calls[i] for i in again])):
+                replies[i] = reply
         return replies
 
     async def _exchange(self, packed: bytes, count: int) -> List[Any]:
@@ -246,32 +316,34 @@ class AsyncRedisBackend(RedisCommon):
             raise error
         return replies
 
-    async def _run(self, calls: List[Call], packed: bytes) -> List[Any]:
+    async def _run(self, calls: List[Call], packed: bytes, slots: Optional[Sequence[int]] = None) -> List[Any]:
         with boundary:
             if self.direct:
                 return await self._exchange(packed, len(calls))
-            return await self._via_client(calls)
+            return await self._routed(calls, slots or [key_slot(calls[0][1][0])])
 
     # --- the Backend protocol, as coroutines -------------------------------
 
     async def take(self, key: str, cost: int = 1) -> LimitResult:
-        if self.direct:
-            packed = self.packer.take(key, cost)
-            with boundary:
-                wire = self._idle.pop() if self._idle else await self._acquire()
-                try:
-                    reply = await wire.request(packed)
-                except BaseException as exc:
-                    await self._discard(wire, exc)
-                    raise
-                self._release(wire)
-                if isinstance(reply, Exception):
-                    if not isinstance(reply, rex.NoScriptError):
-                        raise reply
-                    reply = (await self._exchange(packed, 1))[0]
-            return self.layout.result(reply[0], cost)
-        c = self.packer.cost(cost)
-        return self.layout.result((await self._run(*self.plan_call("take", key, c)))[0][0], int(c))
+        packed = self.packer.take(key, cost)
+        with boundary:
+            if not self.direct:
+                reply = await self._route_one(packed, self.packer.slot(key), key, cost)
+                return self.layout.result(reply[0], cost)
+            pool = self._wires or self._pool_of()
+            # _Pool.request inlined: the hot path awaits the wire's Future.
+            wire = pool.idle.pop() if pool.idle else await pool.acquire()
+            try:
+                reply = await wire.request(packed)
+            except BaseException as exc:
+                await pool.discard(wire, exc)
+                raise
+            pool.release(wire)
+            if isinstance(reply, Exception):
+                if not isinstance(reply, rex.NoScriptError):
+                    raise reply
+                reply = (await self._exchange(packed, 1))[0]
+        return self.layout.result(reply[0], cost)
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed
@@ -284,8 +356,8 @@ class AsyncRedisBackend(RedisCommon):
             with boundary:
                 replies = await self._exchange(packed, count)
             return self.layout.results(chain.from_iterable(replies), c)
-        c, plan, calls = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, await self._run(calls, b""), c) if calls else []
+        c, plan, calls, slots = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, await self._run(calls, b"", slots), c) if calls else []
 
     async def usage(self, key: str) -> int:
         return int((await self._run(*self.plan_call("usage", key)))[0])
@@ -298,10 +370,11 @@ class AsyncRedisBackend(RedisCommon):
         return self.reserved((await self._run(*self.plan_call("reserve", key, self.packer.wanted(tokens))))[0])
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        self._open -= len(idle)
-        for wire in idle:
-            await wire.close(wait=True)
+        pools: List[_Pool] = [self._wires] if self._wires is not None else []
+        pools += self._nodes.values()
+        self._wires, self._nodes = None, {}
+        for pool in pools:
+            await pool.close(wait=True)
         if self._owns_client:
             await self.client.aclose()
         for sentinel in self.sentinels():
