@@ -69,14 +69,18 @@ def test_bulk_packing_matches_the_generic_packer(n: int) -> None:
     packer = Packer("50%", Layout(TokenBucketConfig(10, 1)))
     keys = [f"k{i}%d}}{{ключ" for i in range(n)]
     bulks = packer.bulk_keys(keys)
-    assert packer.take_bulk(bulks, b"2") == packer.command("take", packer.keys(keys), b"2")
+    expected = packer.command("take", packer.keys(keys), b"2")
+    assert packer.take_bulk(bulks, b"2") == packer.take_keys(keys, b"2") == expected
+    long = ["é" * 2048, "x" * 4096, "k"]  # past hiredis' fast path, still valid
+    assert packer.take_keys(long, b"1") == packer.command("take", packer.keys(long), b"1")
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 4097, "\ud800", b"k", None])
+@pytest.mark.parametrize("bad", ["", "x" * 4097, "é" * 2049, "\ud800", b"k", None, 3])
 def test_bulk_packing_checks_every_key(bad: object) -> None:
     packer = Packer("g", Layout(TokenBucketConfig(10, 1)))
-    with pytest.raises(ValueError if isinstance(bad, str) else TypeError):
-        packer.bulk_keys(["ok", bad])  # type: ignore[list-item]
+    for pack in (packer.bulk_keys, lambda keys: packer.take_keys(keys, b"1")):
+        with pytest.raises(ValueError if isinstance(bad, str) else TypeError):
+            pack(["ok", bad])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("key", ["k", "a}b{", "100%", "%d%b", "ключ", "x" * 4096])

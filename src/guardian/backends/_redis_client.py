@@ -224,8 +224,7 @@ class RedisCommon:
         one call per ``chunk`` keys, in order."""
         packer, size = self.packer, self.chunk
         c = packer.cost(cost)
-        bulks = packer.bulk_keys(keys)
-        calls = [packer.take_bulk(bulks[i:i + size], c) for i in range(0, len(bulks), size)]
+        calls = [packer.take_keys(keys[i:i + size], c) for i in range(0, len(keys), size)]
         return int(c), len(calls), b"".join(calls)
 
     def plan_take_many(
