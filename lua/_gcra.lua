@@ -72,21 +72,26 @@ end
 -- Stores TAT = NOW + new ticks (new >= 1), expiring when it is reached.
 -- ``fresh``: MGET found no string there, so the key must not exist (NX;
 -- MGET reads another type as nil too, and that must not be overwritten).
+-- The strings of the last ``new`` are kept: in a batch, every key that
+-- was full (absent) gets the same ones.
+local last_new, last_v, last_ms
 local function store(key, new, fresh)
-  local us, f = idiv(new, D)
-  local v
-  if f == 0 then
-    v = string.format('%d', NOW + us)
-  else
-    v = string.format('%d:%d', NOW + us, f)
-  end
-  local ms, r = idiv(new, D * US_PER_MS)
-  if r > 0 then
-    ms = ms + 1
+  if new ~= last_new then
+    local us, f = idiv(new, D)
+    if f == 0 then
+      last_v = string.format('%d', NOW + us)
+    else
+      last_v = string.format('%d:%d', NOW + us, f)
+    end
+    local ms, r = idiv(new, D * US_PER_MS)
+    if r > 0 then
+      ms = ms + 1
+    end
+    last_new, last_ms = new, string.format('%d', ms)
   end
   if not fresh then
-    redis.call('SET', key, v, 'PX', string.format('%d', ms))
-  elseif not redis.call('SET', key, v, 'PX', string.format('%d', ms), 'NX') then
+    redis.call('SET', key, last_v, 'PX', last_ms)
+  elseif not redis.call('SET', key, last_v, 'PX', last_ms, 'NX') then
     foreign(key)
   end
 end
