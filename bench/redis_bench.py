@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
@@ -48,60 +48,102 @@ def keyed(f: Callable[[str], Any]) -> Callable[[], Any]:
     return lambda: f(KEYS[next(it) % 1000])
 
 
+#: Subjects are measured in turns of seconds/ROUNDS each, ROUNDS times, and
+#: their samples pooled: on a shared machine every subject then sees the
+#: same mix of quiet and busy moments.
+ROUNDS = 5
+Subject = Tuple[str, Callable[[], Any]]
+
+
+class _Plan:
+    """The turns of an interleaved measurement; the sync and async loops
+    below only time the calls."""
+
+    def __init__(self, subjects: List[Tuple[str, Any]], seconds: float, rounds: int) -> None:
+        self.subjects, self.seconds, self.rounds = subjects, seconds, rounds
+        self.samples: Dict[str, List[int]] = {name: [] for name, _ in subjects}
+        self.spent = dict.fromkeys(self.samples, 0)
+
+    def warmups(self) -> Iterator[Tuple[Any, float]]:
+        """(call, perf_counter deadline): connections, script cache, windows."""
+        for _, call in self.subjects:
+            yield call, time.perf_counter() + self.seconds / 3 / self.rounds
+
+    def turns(self) -> Iterator[Tuple[Any, List[int], int]]:
+        """(call, its samples, perf_counter_ns deadline), round after round."""
+        for _ in range(self.rounds):
+            for name, call in self.subjects:
+                start = time.perf_counter_ns()
+                yield call, self.samples[name], start + int(self.seconds / self.rounds * 1e9)
+                self.spent[name] += time.perf_counter_ns() - start
+
+    def rows(self) -> List[Row]:
+        out = []
+        for name, _ in self.subjects:
+            samples = sorted(self.samples[name])
+            out.append((name, samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3,
+                        len(samples) / (self.spent[name] / 1e9)))
+        return out
+
+
+def measure_all(subjects: List[Subject], seconds: float, rounds: int = ROUNDS) -> List[Row]:
+    plan, clock = _Plan(subjects, seconds, rounds), time.perf_counter_ns
+    for call, end in plan.warmups():
+        while time.perf_counter() < end:
+            call()
+    for call, out, stop in plan.turns():
+        while True:
+            t0 = clock()
+            call()
+            t1 = clock()
+            out.append(t1 - t0)
+            if t1 > stop:
+                break
+    return plan.rows()
+
+
 def measure(name: str, call: Callable[[], Any], seconds: float) -> Row:
-    end = time.perf_counter() + seconds / 3
-    while time.perf_counter() < end:  # warm up: connections, script cache, windows
-        call()
-    samples: List[int] = []
-    clock = time.perf_counter_ns
-    start = clock()
-    stop = start + int(seconds * 1e9)
-    while True:
-        t0 = clock()
-        call()
-        t1 = clock()
-        samples.append(t1 - t0)
-        if t1 > stop:
-            break
-    total = (clock() - start) / 1e9
-    samples.sort()
-    return name, samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3, len(samples) / total
+    return measure_all([(name, call)], seconds, 1)[0]
 
 
-async def ameasure(name: str, call: Callable[[], Awaitable[Any]], seconds: float) -> Row:
-    end = time.perf_counter() + seconds / 3
-    while time.perf_counter() < end:
-        await call()
-    samples: List[int] = []
-    clock = time.perf_counter_ns
-    start = clock()
-    stop = start + int(seconds * 1e9)
-    while True:
-        t0 = clock()
-        await call()
-        t1 = clock()
-        samples.append(t1 - t0)
-        if t1 > stop:
-            break
-    total = (clock() - start) / 1e9
-    samples.sort()
-    return name, samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3, len(samples) / total
+async def ameasure_all(subjects: List[Tuple[str, Callable[[], Awaitable[Any]]]], seconds: float,
+                       rounds: int = ROUNDS) -> List[Row]:
+    plan, clock = _Plan(subjects, seconds, rounds), time.perf_counter_ns
+    for call, end in plan.warmups():
+        while time.perf_counter() < end:
+            await call()
+    for call, out, stop in plan.turns():
+        while True:
+            t0 = clock()
+            await call()
+            t1 = clock()
+            out.append(t1 - t0)
+            if t1 > stop:
+                break
+    return plan.rows()
 
 
 # --- floors -----------------------------------------------------------------
 
 
-def raw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Any]:
-    """The physical floor: the same EVALSHA, pre-encoded, on a plain
-    blocking TCP socket, parsed by hiredis."""
+Route = Tuple[socket.socket, Any, bytes]  # a plain socket, its hiredis reader, a packed command
+
+
+def plain(host: str, port: int) -> Tuple[socket.socket, Any]:
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = hiredis.Reader()
-    packed = [packer.take1(k) for k in KEYS]
+    return sock, hiredis.Reader()
+
+
+def replay(routes: List[Route]) -> Callable[[], Any]:
+    """Sends the routes' pre-encoded commands in turn, each on its blocking
+    socket, and parses each reply with hiredis."""
     it = iter(range(1 << 62))
+    n = len(routes)
 
     def call() -> Any:
-        sock.sendall(packed[next(it) % 1000])
+        sock, reader, packed = routes[next(it) % n]
+        sock.sendall(packed)
         reply = reader.gets()
         while reply is False:
             reader.feed(sock.recv(65536))
@@ -111,7 +153,48 @@ def raw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Any]:
     return call
 
 
+def raw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Any]:
+    """The physical floor: the same EVALSHA, pre-encoded, on a plain
+    blocking TCP socket, parsed by hiredis."""
+    sock, reader = plain(host, port)
+    return replay([(sock, reader, packer.take1(k)) for k in KEYS])
+
+
+class _FloorProtocol(asyncio.Protocol):
+    """The asyncio floor's transport: data_received feeds hiredis and
+    resolves the one pending Future (no timeout, no error handling)."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiter: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        reply = self.reader.gets()
+        if reply is not False:
+            self.waiter.set_result(reply)
+
+
+async def aproto_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Awaitable[Any]]:
+    """The asyncio physical floor: the same EVALSHA, pre-encoded, written
+    to an asyncio transport (loop.create_connection, TCP_NODELAY, the kind
+    of transport guardian's wires use) whose Protocol parses the reply with
+    hiredis and resolves a Future per request."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_FloorProtocol, host, port)
+    packed = [packer.take1(k) for k in KEYS]
+    it = iter(range(1 << 62))
+
+    def call() -> Any:
+        proto.waiter = waiter = loop.create_future()
+        transport.write(packed[next(it) % 1000])
+        return waiter
+
+    return call
+
+
 async def araw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Awaitable[Any]]:
+    """The same on an asyncio stream (StreamReader.read per reply)."""
     stream, writer = await asyncio.open_connection(host, port)
     reader = hiredis.Reader()
     packed = [packer.take1(k) for k in KEYS]
@@ -126,6 +209,19 @@ async def araw_evalsha(host: str, port: int, packer: Packer) -> Callable[[], Awa
         return reply
 
     return call
+
+
+def raw_cluster_evalsha(client: Any, packer: Packer) -> Callable[[], Any]:
+    """The cluster's physical floor: the same EVALSHA, pre-encoded, on a
+    plain socket to the key's primary (slot map read beforehand)."""
+    socks: Dict[str, Tuple[socket.socket, Any]] = {}
+    routes = []
+    for k in KEYS:
+        node = client.get_node_from_key(packer.key(k))
+        if node.name not in socks:
+            socks[node.name] = plain(node.host, node.port)
+        routes.append((*socks[node.name], packer.take1(k)))
+    return replay(routes)
 
 
 def load_take(client: Any) -> str:
@@ -172,54 +268,92 @@ def peers(url: str, prefix: str) -> Dict[str, Callable[[], Any]]:
 
 
 def single_client(url: str, host: str, port: int, seconds: float, cluster: bool) -> List[Row]:
-    rows = []
     limiter = RateLimiter(RedisBackend(CONFIG, url=url, prefix="g"))
-    rows.append(measure("guardian sync check_limit", keyed(limiter.check_limit), seconds))
+    subjects: List[Subject] = [("guardian sync check_limit", keyed(limiter.check_limit))]
     client: Any = redis.RedisCluster(host=host, port=port) if cluster else redis.Redis(host=host, port=port)
     sha = scripts()["take"].sha
     load_take(client)
     layout = Layout(CONFIG)
     evalsha = keyed(lambda k: client.evalsha(sha, 1, f"f:{{{k}}}", *layout.argv, 1))
-    rows.append(measure("floor: redis-py EVALSHA, same script", evalsha, seconds))
-    if not cluster:
-        rows.append(measure("floor: redis-py PING", client.ping, seconds))
-        rows.append(measure("floor: EVALSHA pre-encoded, plain socket + hiredis",
-                            raw_evalsha(host, port, Packer("f", layout)), seconds))
-    for name, call in peers(url, "p").items():
-        rows.append(measure(name, call, seconds))
+    subjects.append(("floor: redis-py EVALSHA, same script", evalsha))
+    if cluster:
+        subjects.append(("floor: EVALSHA pre-encoded, plain socket to the key's primary + hiredis",
+                         raw_cluster_evalsha(client, Packer("f", layout))))
+    else:
+        subjects.append(("floor: redis-py PING", client.ping))
+        subjects.append(("floor: EVALSHA pre-encoded, plain socket + hiredis",
+                         raw_evalsha(host, port, Packer("f", layout))))
+    subjects += peers(url, "p").items()
+    rows = measure_all(subjects, seconds)
     limiter.close()
     client.close()
     return rows
 
 
 async def async_client(url: str, host: str, port: int, seconds: float, cluster: bool) -> List[Row]:
-    rows = []
     limiter = AsyncRateLimiter(AsyncRedisBackend(CONFIG, url=url, prefix="g"))
-    rows.append(await ameasure("guardian async check_limit", keyed(limiter.check_limit), seconds))
     client: Any = (redis.asyncio.RedisCluster(host=host, port=port) if cluster
                    else redis.asyncio.Redis(host=host, port=port))
     sha = scripts()["take"].sha
     layout = Layout(CONFIG)
-    rows.append(await ameasure("floor: redis.asyncio EVALSHA, same script",
-                               keyed(lambda k: client.evalsha(sha, 1, f"f:{{{k}}}", *layout.argv, 1)), seconds))
+    subjects = [
+        ("guardian async check_limit", keyed(limiter.check_limit)),
+        ("floor: redis.asyncio EVALSHA, same script",
+         keyed(lambda k: client.evalsha(sha, 1, f"f:{{{k}}}", *layout.argv, 1))),
+    ]
     if not cluster:
-        rows.append(await ameasure("floor: redis.asyncio PING", client.ping, seconds))
-        rows.append(await ameasure("floor: EVALSHA pre-encoded, asyncio stream + hiredis",
-                                   await araw_evalsha(host, port, Packer("f", layout)), seconds))
+        subjects += [
+            ("floor: redis.asyncio PING", client.ping),
+            ("floor: EVALSHA pre-encoded, asyncio Protocol + hiredis",
+             await aproto_evalsha(host, port, Packer("f", layout))),
+            ("floor: EVALSHA pre-encoded, asyncio stream + hiredis",
+             await araw_evalsha(host, port, Packer("f", layout))),
+        ]
+    rows = await ameasure_all(subjects, seconds)
     await limiter.aclose()
     await client.aclose()
     return rows
 
 
-def batches(url: str, seconds: float) -> List[Row]:
+#: The least server work take_many can do per key with one string per key
+#: and a TTL: one MGET for all, one SET PX each, no arithmetic.
+#: (PX 10 ms: the keys expire between visits, as guardian's do here.)
+MINIMAL_WRITES = ("local v = redis.call('MGET', unpack(KEYS)) local o = {} "
+                  "for i = 1, #KEYS do redis.call('SET', KEYS[i], '1790000000123456', 'PX', '10') "
+                  "o[i] = i end return o")
+
+
+def batches(url: str, seconds: float, host: str = "", port: int = 0) -> List[Row]:
+    """take_many of 100 keys per key, beside a single check; on one server
+    also the server's own time and the least server work possible."""
     limiter = RateLimiter(RedisBackend(CONFIG, url=url, prefix="b"))
-    groups = [KEYS[i:i + 100] for i in range(0, 1000, 100)]
+    # 100 batches of 100 keys in turn: a key comes back after ~100 batches,
+    # later than its 10 ms TTL, so, like the single checks over 1000 keys,
+    # every check is allowed into an absent (full) bucket and writes it.
+    groups = [[f"user:{i:05d}" for i in range(j, j + 100)] for j in range(0, 10_000, 100)]
     it = iter(range(1 << 62))
-    name, p50, p99, rate = measure("guardian check_many, 100 keys", lambda: limiter.check_many(
-        groups[next(it) % 10]), seconds)
-    single = measure("guardian check_limit", keyed(limiter.check_limit), seconds)
+    subjects: List[Subject] = [
+        ("guardian check_many, 100 keys (per key)", lambda: limiter.check_many(groups[next(it) % 100]))]
+    raw = redis.Redis(host=host, port=port) if port else None
+    if raw is not None:
+        sha = raw.script_load(MINIMAL_WRITES)
+        sock, reader = plain(host, port)
+        minimal = replay([(sock, reader, hiredis.pack_command(("EVALSHA", sha, 100, *[f"n:{{{k}}}" for k in g])))
+                          for g in groups])
+        subjects.append(("floor: MGET + SET PX per key only, pre-encoded, plain socket (per key)", minimal))
+    subjects.append(("guardian check_limit", keyed(limiter.check_limit)))
+    rows = [(n, p50 / 100, p99 / 100, rate * 100) if "per key" in n else (n, p50, p99, rate)
+            for n, p50, p99, rate in measure_all(subjects, seconds)]
+    if raw is not None:
+        # The server's time per key in guardian's take_many alone.
+        raw.config_resetstat()
+        measure("", subjects[0][1], seconds / ROUNDS)
+        server = raw.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+        rows.insert(1, ("  its Redis server time per key (INFO commandstats, mean)", server / 100, 0, 0))
+        sock.close()
+        raw.close()
     limiter.close()
-    return [(name + " (per key)", p50 / 100, p99 / 100, rate * 100), single]
+    return rows
 
 
 def two_processes(url: str, seconds: float) -> List[Row]:
@@ -301,7 +435,8 @@ def main() -> None:
         out.append(table("Sync, one client", single_client(url, "127.0.0.1", port, s, False), "guardian"))
         out.append(table("asyncio, one client", asyncio.run(async_client(url, "127.0.0.1", port, s, False)),
                          "guardian"))
-        out.append(table("take_many of 100 keys, amortised per key", batches(url, s), "guardian check_limit"))
+        out.append(table("take_many of 100 keys, amortised per key", batches(url, s, "127.0.0.1", port),
+                         "guardian check_limit"))
         out.append(table("2 processes, one key set", two_processes(url, s), "guardian"))
         server.stop()
         out.append(table("Failure policy (Redis killed, then restarted on its port)", failure(Path(tmp))))

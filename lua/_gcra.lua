@@ -30,10 +30,14 @@ local t = redis.call('TIME')
 local NOW = t[1] * 1000000 + t[2]
 local TAU_US = idiv(TAU, D)
 
--- Ticks the key's TAT lies ahead of NOW, within [0, TAU]. A TAT beyond
--- TAU (the server clock stepped back) counts as an empty bucket.
-local function ahead(key)
-  local v = redis.call('GET', key)
+local function foreign(key)
+  error({err = 'GUARDIAN key ' .. key .. ' holds a value guardian did not write'})
+end
+
+-- Ticks the TAT ``v`` (the key's value, false when absent) lies ahead of
+-- NOW, within [0, TAU]. A TAT beyond TAU (the server clock stepped back)
+-- counts as an empty bucket.
+local function ahead_of(key, v)
   if not v then
     return 0
   end
@@ -45,7 +49,7 @@ local function ahead(key)
   end
   us = tonumber(us)
   if not us or not f then
-    error({err = 'GUARDIAN key ' .. key .. ' holds a value guardian did not write'})
+    foreign(key)
   end
   local d = us - NOW
   if d < 0 then
@@ -61,18 +65,33 @@ local function ahead(key)
   return a
 end
 
+local function ahead(key)
+  return ahead_of(key, redis.call('GET', key))
+end
+
 -- Stores TAT = NOW + new ticks (new >= 1), expiring when it is reached.
-local function store(key, new)
-  local us, f = idiv(new, D)
-  local v
-  if f == 0 then
-    v = string.format('%d', NOW + us)
-  else
-    v = string.format('%d:%d', NOW + us, f)
+-- ``fresh``: MGET found no string there, so the key must not exist (NX;
+-- MGET reads another type as nil too, and that must not be overwritten).
+-- The strings of the last ``new`` are kept: in a batch, every key that
+-- was full (absent) gets the same ones.
+local last_new, last_v, last_ms
+local function store(key, new, fresh)
+  if new ~= last_new then
+    local us, f = idiv(new, D)
+    if f == 0 then
+      last_v = string.format('%d', NOW + us)
+    else
+      last_v = string.format('%d:%d', NOW + us, f)
+    end
+    local ms, r = idiv(new, D * US_PER_MS)
+    if r > 0 then
+      ms = ms + 1
+    end
+    last_new, last_ms = new, string.format('%d', ms)
   end
-  local ms, r = idiv(new, D * US_PER_MS)
-  if r > 0 then
-    ms = ms + 1
+  if not fresh then
+    redis.call('SET', key, last_v, 'PX', last_ms)
+  elseif not redis.call('SET', key, last_v, 'PX', last_ms, 'NX') then
+    foreign(key)
   end
-  redis.call('SET', key, v, 'PX', string.format('%d', ms))
 end

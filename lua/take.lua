@@ -1,30 +1,34 @@
 -- take: GCRA admission of ARGV[4] tokens from each bucket in KEYS, all at
 -- one server instant (one key for a single check; many for take_many, all
--- in one hash slot on Redis Cluster). Denials change nothing.
+-- in one hash slot on Redis Cluster). Denials change nothing. One MGET
+-- reads every TAT; only admitted keys are written; a key listed twice sees
+-- its earlier admissions in this call.
 --   KEYS[i]   a bucket ("<prefix>:{<key>}")
 --   ARGV[1-3] P, D, TAU (see the prelude; units are ticks of 1/D us)
 --   ARGV[4]   cost in whole tokens, 1 <= cost <= capacity
--- Reply: a flat array of 4 integers per key, in KEYS order:
---   allowed (1 or 0), remaining whole tokens,
---   retry_after in ticks (0 when allowed), reset_after in ticks.
+-- Reply: one integer per key, in KEYS order (the client derives remaining,
+-- retry_after and reset_after from it and the cost):
+--   allowed: the new TAT ahead of NOW in ticks (>= cost*P >= 1);
+--   denied:  minus the TAT ahead of NOW in ticks, unchanged (<= 0).
 local inc = tonumber(ARGV[4]) * P
+local values = redis.call('MGET', unpack(KEYS))
 local out = {}
+local taken = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local a = ahead(key)
+  local a = taken[key]
+  local fresh = false
+  if not a then
+    a = ahead_of(key, values[i])
+    fresh = not values[i]
+  end
   local new = a + inc
-  local n = #out
   if new <= TAU then
-    store(key, new)
-    out[n + 1] = 1
-    out[n + 2] = idiv(TAU - new, P)
-    out[n + 3] = 0
-    out[n + 4] = new
+    store(key, new, fresh)
+    taken[key] = new
+    out[i] = new
   else
-    out[n + 1] = 0
-    out[n + 2] = idiv(TAU - a, P)
-    out[n + 3] = new - TAU
-    out[n + 4] = a
+    out[i] = -a
   end
 end
 return out

@@ -298,8 +298,18 @@ class AsyncRateLimiter(_Policy):
 
     async def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""
-        result: LimitResult = await self._guarded("take", key, cost)
-        return result
+        # _guarded inlined: one coroutine between the caller and the backend.
+        if self._gate():
+            try:
+                result: LimitResult = (
+                    await self.backend.take(key, cost) if self._native else self.backend.take(key, cost)
+                )
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return result
+        return self._decide(key, cost)
 
     async def try_acquire(self, key: str, cost: int = 1) -> bool:
         """Take ``cost`` tokens for ``key`` if it has them; True when taken."""

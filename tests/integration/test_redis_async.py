@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -14,6 +16,7 @@ from redis_servers import Server, free_port
 from guardian import (
     ArgumentTypeError,
     BackendError,
+    BackendTimeoutError,
     BackendUnavailableError,
     InvalidArgumentError,
     TokenBucketConfig,
@@ -61,7 +64,7 @@ async def test_concurrent_tasks_share_connections_and_never_over_admit(redis_ser
     b = backend(redis_server, prefix, 100, 1, 3600)
     results = await asyncio.gather(*(b.try_take("k") for _ in range(300)))
     assert sum(results) == 100
-    assert len(b._idle) <= b.max_wires
+    assert b._wires is not None and b._wires.open <= b.max_wires
     await b.aclose()
 
 
@@ -117,3 +120,36 @@ async def test_an_existing_async_client(redis_server: Server, prefix: str) -> No
     await b.aclose()
     assert await client.exists(f"{prefix}:{{k}}") == 1
     await client.aclose()
+
+
+async def test_a_server_that_stops_answering_times_out_and_the_wire_recovers(own_server: Server,
+                                                                               prefix: str) -> None:
+    """The deadline timer of a wire (no asyncio.timeout per read) fails a
+    request within the timeout; the connections are replaced afterwards."""
+    b = backend(own_server, prefix, 10, 1, 3600, timeout=0.25)
+    assert await b.try_take("k")
+    assert own_server.proc is not None
+    os.kill(own_server.proc.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(BackendTimeoutError):
+            await b.take("k")
+        assert 0.2 < time.monotonic() - start < 0.6
+    finally:
+        os.kill(own_server.proc.pid, signal.SIGCONT)
+    # Redis may still run the request that timed out once it resumes: an
+    # answer lost costs a token, never an extra admission.
+    assert (await b.take("k")).remaining in (7, 8)
+    await b.aclose()
+
+
+async def test_a_burst_waits_for_the_few_connections_allowed(redis_server: Server, prefix: str) -> None:
+    b = backend(redis_server, prefix, 1000, 1, 3600)
+    b.max_wires = 2
+    tasks = [asyncio.ensure_future(b.take(f"k{i % 7}")) for i in range(60)]
+    tasks[5].cancel()  # a waiter that leaves must not strand the others
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(1 for r in done if isinstance(r, asyncio.CancelledError)) == 1
+    assert all(r.allowed for r in done if not isinstance(r, BaseException))
+    assert b._wires is not None and b._wires.open <= 2 and not b._wires.queue
+    await b.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, List
 
 import pytest
 import redis
@@ -23,7 +23,7 @@ CONFIG = TokenBucketConfig(5, 1, 3600)
 
 def test_cluster_operations_across_slots(redis_cluster: Cluster, prefix: str) -> None:
     backend = RedisBackend(CONFIG, url=redis_cluster.url, prefix=prefix)
-    assert not backend.direct
+    assert not backend.direct and backend.routed
     keys = [f"user-{i}" for i in range(300)] + ["user-0"] * 5
     results = backend.take_many(keys, 1)
     assert [r.allowed for r in results] == [True] * 300 + [True] * 4 + [False]
@@ -39,6 +39,40 @@ def test_cluster_operations_across_slots(redis_cluster: Cluster, prefix: str) ->
         server.cli("script", "flush")
     assert len(backend.take_many(["a", "b", "c"])) == 3
     backend.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_calls_go_straight_to_the_primary_and_moved_goes_through_redis_py(
+        redis_cluster: Cluster, prefix: str, monkeypatch: pytest.MonkeyPatch, asynchronous: bool) -> None:
+    cls = AsyncRedisBackend if asynchronous else RedisBackend
+    backend = cls(CONFIG, url=redis_cluster.url, prefix=prefix)
+
+    async def run(result: Any) -> Any:
+        return await result if asynchronous else result
+
+    await run(backend.client.script_load(backend.packer.scripts["take"].source))  # every primary
+    await run(backend.take("warm"))  # the async client maps the slots on its first command
+    via: List[Any] = []
+    original = backend._via_client
+
+    def spy(calls: Any) -> Any:
+        via.append(calls)
+        return original(calls)
+
+    monkeypatch.setattr(backend, "_via_client", spy)
+    assert all([(await run(backend.take(f"k{i}"))).allowed for i in range(20)])
+    assert [r.remaining for r in await run(backend.take_many([f"m{i}" for i in range(50)] + ["m0"]))] == (
+        [4] * 50 + [3])
+    assert via == []
+    # A stale map (as after a resharding): the node answers MOVED, redis-py's
+    # client serves the call and corrects the map both paths read.
+    cache = backend.client.nodes_manager.slots_cache
+    slot = backend.packer.slot("k0")
+    right = cache[slot]
+    cache[slot] = [next(n[0] for n in cache.values() if n[0].name != right[0].name)]
+    assert (await run(backend.take("k0"))).remaining == 3
+    assert len(via) == 1 and cache[slot][0].name == right[0].name
+    await run(backend.aclose() if asynchronous else backend.close())
 
 
 async def test_async_cluster(redis_cluster: Cluster, prefix: str) -> None:

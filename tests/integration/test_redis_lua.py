@@ -49,7 +49,7 @@ class Driver:
         return self.scripts[name](keys=[f"{self.prefix}:{{{key}}}"], args=args)
 
     def take(self, key: str, cost: int) -> Tuple[bool, int, float, float]:
-        r = self.layout.result(self._run("take", key, cost))
+        r = self.layout.result(self._run("take", key, cost)[0], cost)
         return r.allowed, r.remaining, r.retry_after, r.reset_after
 
     def usage(self, key: str) -> int:
@@ -220,3 +220,32 @@ def test_release_at_the_edges_of_the_exact_range(raw: redis.Redis, prefix: str) 
     assert driver.reserve("k", 50_000)[0] == 50_000
     driver.now += 86_400 * 10**6 * 3 // 2  # 1.5 tokens refilled
     assert driver.release("k", 50_000) == [49_998, 49_999]
+
+
+def test_many_keys_in_one_call_decide_as_one_call_each(raw: redis.Redis, prefix: str) -> None:
+    """take reads every TAT with one MGET up front: a key listed again must
+    still see its earlier admissions in the same call, at the same instant."""
+    config = TokenBucketConfig(3, 1, 7.0)
+    many, single = Driver(raw, prefix + "m", config, 1000), Driver(raw, prefix + "s", config, 1000)
+    many.now = single.now = TODAY_US
+    single.take("old", 2)
+    many.take("old", 2)
+    keys = ["a", "old", "b", "a", "old", "a", "a", "c", "old"]
+    for now in (TODAY_US + 5, TODAY_US + 2_500_001):
+        many.now = single.now = now
+        expected = [single.take(k, 1) for k in keys]
+        reply = many.scripts["take"](keys=[f"{many.prefix}:{{{k}}}" for k in keys],
+                                     args=[*many.layout.argv, 1, now])
+        got = [many.layout.result(v, 1) for v in reply]
+        assert [(r.allowed, r.remaining, r.retry_after, r.reset_after) for r in got] == expected
+
+
+def test_a_key_of_another_type_is_never_overwritten(raw: redis.Redis, prefix: str) -> None:
+    """MGET reads a hash as nil, like an absent key: the write must not
+    replace it (SET NX), and the call fails."""
+    driver = Driver(raw, prefix, TokenBucketConfig(3, 1), 1000)
+    driver.now = TODAY_US
+    raw.hset(f"{prefix}:{{h}}", "a", 1)
+    with pytest.raises(redis.ResponseError, match="guardian did not write"):
+        driver.take("h", 1)
+    assert raw.hgetall(f"{prefix}:{{h}}") == {b"a": b"1"}

@@ -53,12 +53,34 @@ def test_nanosecond_layout_for_tests() -> None:
 
 def test_decoding() -> None:
     layout = Layout(TokenBucketConfig(10, 5))  # T = 200_000 us
-    reply = [1, 6, 0, 800_000, 0, 0, 200_000, 2_000_000]
-    first, second = layout.results(reply)
+    reply = [800_000, -1_800_000, -2_000_000]  # allowed; denied at cost 2; denied (empty)
+    first = layout.result(reply[0], 2)
+    second = layout.result(reply[1], 2)
     assert (first.allowed, first.remaining, first.retry_after, first.reset_after, first.limit) == (
         True, 6, 0.0, 0.8, 10)
     assert (second.allowed, second.remaining, second.retry_after, second.reset_after) == (
-        False, 0, 0.2, 2.0)
+        False, 1, 0.2, 1.8)
+    assert layout.results(reply, 2) == [first, second, layout.result(reply[2], 2)]
+    assert layout.results([-2_000_000], 1)[0].retry_after == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 300])
+def test_bulk_packing_matches_the_generic_packer(n: int) -> None:
+    packer = Packer("50%", Layout(TokenBucketConfig(10, 1)))
+    keys = [f"k{i}%d}}{{ключ" for i in range(n)]
+    bulks = packer.bulk_keys(keys)
+    expected = packer.command("take", packer.keys(keys), b"2")
+    assert packer.take_bulk(bulks, b"2") == packer.take_keys(keys, b"2") == expected
+    long = ["é" * 2048, "x" * 4096, "k"]  # past hiredis' fast path, still valid
+    assert packer.take_keys(long, b"1") == packer.command("take", packer.keys(long), b"1")
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 4097, "é" * 2049, "\ud800", b"k", None, 3])
+def test_bulk_packing_checks_every_key(bad: object) -> None:
+    packer = Packer("g", Layout(TokenBucketConfig(10, 1)))
+    for pack in (packer.bulk_keys, lambda keys: packer.take_keys(keys, b"1")):
+        with pytest.raises(ValueError if isinstance(bad, str) else TypeError):
+            pack(["ok", bad])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("key", ["k", "a}b{", "100%", "%d%b", "ключ", "x" * 4096])
@@ -161,3 +183,12 @@ def test_every_package_is_listed_for_the_wheel() -> None:
     src = root / "src"
     found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
     assert found | {"guardian.lua"} == listed
+
+
+@pytest.mark.parametrize("key", ["k", "k}1", "}k", "}", "a{b}c", "{x}", "ключ}", "x" * 4096, "{}", "a}}b"])
+@pytest.mark.parametrize("prefix", ["guardian", "g:x"])
+def test_the_slot_is_redis_pys(key: str, prefix: str) -> None:
+    from redis.crc import key_slot
+
+    packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
+    assert packer.slot(key) == key_slot(packer.key(key))

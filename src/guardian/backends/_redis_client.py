@@ -24,7 +24,7 @@ from .._config import TokenBucketConfig
 from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from ._redis_proto import Layout, Packer
 
-__all__ = ["make_client", "is_cluster", "boundary", "translate", "RedisCommon", "Call"]
+__all__ = ["make_client", "is_cluster", "redirected", "boundary", "translate", "RedisCommon", "Call"]
 
 #: One script call: (script name, bucket keys, ARGV after the layout's).
 Call = Tuple[str, List[bytes], Tuple[bytes, ...]]
@@ -91,6 +91,12 @@ def first_error(replies: Sequence[Any]) -> Optional[Exception]:
     return errors[0] if errors else None
 
 
+def redirected(reply: Any) -> bool:
+    """An error reply the cluster client must handle (MOVED, ASK, NOSCRIPT,
+    TRYAGAIN, CLUSTERDOWN, LOADING...), not one about our data."""
+    return isinstance(reply, Exception) and not str(reply).startswith(("GUARDIAN", "WRONGTYPE"))
+
+
 def is_cluster(client: Any) -> bool:
     return hasattr(client, "nodes_manager")
 
@@ -138,7 +144,7 @@ _live: "weakref.WeakSet[RedisCommon]" = weakref.WeakSet()
 def _forget_connections() -> None:
     # A forked child must not speak on its parent's sockets.
     for backend in list(_live):
-        backend._idle = []
+        backend.forget()
 
 
 os.register_at_fork(after_in_child=_forget_connections)
@@ -184,9 +190,19 @@ class RedisCommon:
         #: spoken to with pre-packed commands (redis-py's generic command path
         #: costs more than the script). Cluster: the client routes each call.
         self.direct = not is_cluster(client)
+        #: Cluster: each call goes straight to its slot's primary on a
+        #: connection of ours (see ``route``); redis-py's client serves
+        #: what that path cannot (MOVED, ASK, NOSCRIPT, a node down).
+        self.routed = not self.direct
+        self._nodes: Dict[str, Any] = {}  # node name: idle wires (sync), a _Pool (asyncio)
         self._pool = client.connection_pool if self.direct else None
         self._idle: List[Any] = []
         _live.add(self)
+
+    def forget(self) -> None:
+        """Drops the connections without closing them (after a fork)."""
+        self._idle = []
+        self._nodes = {}
 
     def __repr__(self) -> str:
         where = "cluster" if not self.direct else type(self._pool).__name__
@@ -199,44 +215,72 @@ class RedisCommon:
         return list(manager.sentinels) if manager is not None and self._owns_client else []
 
     def plan_call(self, name: str, key: str, *extra: bytes) -> Tuple[List[Call], bytes]:
-        """One script call on one key: the call, and its packed bytes when
-        we speak to the server directly."""
+        """One script call on one key: the call, and its packed bytes."""
         keys = [self.packer.key(key)]
-        packed = self.packer.command(name, keys, *extra) if self.direct else b""
-        return [(name, keys, extra)], packed
+        return [(name, keys, extra)], self.packer.command(name, keys, *extra)
 
-    def plan_take_many(self, keys: Sequence[str], cost: int) -> Tuple[List[List[int]], List[Call], bytes]:
-        """take_many as script calls: (positions per call, calls, packed)."""
-        packer = self.packer
-        bkeys = packer.keys(keys)
+    def pack_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, int, bytes]:
+        """take_many on one server: (cost, script calls, their packed bytes),
+        one call per ``chunk`` keys, in order."""
+        packer, size = self.packer, self.chunk
         c = packer.cost(cost)
-        plan = self.plan_many(bkeys)
-        calls: List[Call] = [("take", [bkeys[i] for i in group], (c,)) for group in plan]
-        packed = b"".join(packer.command(n, k, *e) for n, k, e in calls) if self.direct else b""
-        return plan, calls, packed
+        calls = [packer.take_keys(keys[i:i + size], c) for i in range(0, len(keys), size)]
+        return int(c), len(calls), b"".join(calls)
+
+    def plan_take_many(
+        self, keys: Sequence[str], cost: Any
+    ) -> Tuple[int, List[List[int]], List[Call], List[int]]:
+        """take_many on a cluster: (cost, positions per call, calls, their
+        slots), never two slots in one call."""
+        packer, size = self.packer, self.chunk
+        c = packer.cost(cost)
+        bkeys = packer.keys(keys)
+        by_slot: Dict[int, List[int]] = {}
+        for i, k in enumerate(bkeys):
+            by_slot.setdefault(key_slot(k), []).append(i)
+        plan, slots = [], []
+        for slot, group in by_slot.items():
+            for i in range(0, len(group), size):
+                plan.append(group[i:i + size])
+                slots.append(slot)
+        return int(c), plan, [("take", [bkeys[i] for i in group], (c,)) for group in plan], slots
+
+    def route(self, slots: Sequence[int]) -> Tuple[Dict[str, Tuple[Any, List[int]]], List[int]]:
+        """Calls (by position) per primary node, from the slot map redis-py's
+        cluster client keeps (CLUSTER SLOTS, updated on MOVED and failover);
+        and the calls whose slot has no node there."""
+        cache = self.client.nodes_manager.slots_cache
+        by_node: Dict[str, Tuple[Any, List[int]]] = {}
+        unmapped = []
+        for i, slot in enumerate(slots):
+            nodes = cache.get(slot)
+            if nodes:
+                by_node.setdefault(nodes[0].name, (nodes[0], []))[1].append(i)
+            else:
+                unmapped.append(i)
+        return by_node, unmapped
+
+    @staticmethod
+    def retries(replies: Sequence[Any], again: List[int]) -> List[int]:
+        """The calls (by position) for redis-py's cluster client: ``again``
+        (no answer on our path) and those redirected. An error about our
+        data is raised."""
+        for i, reply in enumerate(replies):
+            if redirected(reply):
+                again.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+        return sorted(again)
 
     def reserved(self, reply: Sequence[int]) -> Tuple[int, int, float, float]:
         tps = self.layout.ticks_per_second
         return reply[0], reply[1], reply[2] / tps, reply[3] / tps
 
-    def plan_many(self, keys: List[bytes]) -> List[List[int]]:
-        """Positions of ``keys`` per script call: chunks in order, and on a
-        cluster never two slots in one call."""
-        size = self.chunk
-        if self.direct:
-            groups = [list(range(len(keys)))]
-        else:
-            slots: Dict[int, List[int]] = {}
-            for i, k in enumerate(keys):
-                slots.setdefault(key_slot(k), []).append(i)
-            groups = list(slots.values())
-        return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
-
-    def assemble(self, n: int, plan: List[List[int]], replies: List[Any]) -> List[Any]:
+    def assemble(self, n: int, plan: List[List[int]], replies: List[Any], cost: int) -> List[Any]:
         """One LimitResult per key, in the caller's order."""
         out: List[Any] = [None] * n
-        result = self.layout.result
+        results = self.layout.results
         for positions, reply in zip(plan, replies):
-            for j, pos in enumerate(positions):
-                out[pos] = result(reply, 4 * j)
+            for pos, result in zip(positions, results(reply, cost)):
+                out[pos] = result
         return out

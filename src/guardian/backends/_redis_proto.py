@@ -6,14 +6,22 @@ reply decoding. The backends only send bytes and read replies.
 from __future__ import annotations
 
 import hashlib
+from binascii import crc_hqx
 from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Dict, List, Sequence, Tuple
+from operator import index
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+try:  # the redis extra brings hiredis; this module must import without it
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - packing falls back to bulk_keys
+    pack_command = None  # type: ignore[assignment]
 
 from .._config import TokenBucketConfig
 from .._errors import ArgumentTypeError, ConfigurationError, InvalidArgumentError
 from .._pycore import check_cost, check_key
+from .._region import MAX_KEY_BYTES
 from .._result import LimitResult
 
 __all__ = ["Script", "Layout", "Packer", "scripts", "MAX_TAU_TICKS"]
@@ -73,15 +81,26 @@ class Layout:
         self.ticks_per_second = self.D * (1_000_000_000 // clock_unit_ns)
         self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
 
-    def result(self, reply: Sequence[int], i: int = 0) -> LimitResult:
-        """Decodes the 4 integers at ``reply[i:i+4]`` of a take reply."""
+    def result(self, v: int, cost: int = 1) -> LimitResult:
+        """Decodes one key's take reply ``v`` (see take.lua) for ``cost``."""
         tps = self.ticks_per_second
+        if v > 0:
+            return LimitResult(True, (self.tau - v) // self.P, 0.0, v / tps, self.capacity)
         return LimitResult(
-            reply[i] == 1, reply[i + 1], reply[i + 2] / tps, reply[i + 3] / tps, self.capacity
+            False, (self.tau + v) // self.P, (index(cost) * self.P - v - self.tau) / tps, -v / tps, self.capacity
         )
 
-    def results(self, reply: Sequence[int]) -> List[LimitResult]:
-        return [self.result(reply, i) for i in range(0, len(reply), 4)]
+    def results(self, reply: Iterable[int], cost: int) -> List[LimitResult]:
+        """``result`` for each integer of take replies (take_many decodes
+        hundreds at a time; with the C core, LimitResult's constructor is C)."""
+        tau, P, tps, capacity = self.tau, self.P, self.ticks_per_second, self.capacity
+        over = cost * P - tau
+        make = LimitResult
+        return [
+            make(True, (tau - v) // P, 0.0, v / tps, capacity) if v > 0
+            else make(False, (tau + v) // P, (over - v) / tps, -v / tps, capacity)
+            for v in reply
+        ]
 
 
 def check_prefix(prefix: Any) -> bytes:
@@ -116,6 +135,10 @@ class Packer:
             self._tail + resp_bulk(b"1")
         ).replace(b"%", b"%%")
         self._extra = len(self.prefix) + 1
+        self._bulk = b"$%d\r\n" + self.prefix.replace(b"%", b"%%") + b"%b}\r\n"
+        self._evalsha_take = b"$7\r\nEVALSHA\r\n" + resp_bulk(take)
+        self._take_sha = take
+        self._text_prefix = self.prefix.decode()
 
     def key(self, key: str) -> bytes:
         """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
@@ -126,11 +149,61 @@ class Packer:
         data = check_key(key)
         return self._take1 % (len(data) + self._extra, data)
 
+    def slot(self, key: str) -> int:
+        """The Redis Cluster hash slot of ``key``'s bucket (for a key that
+        passed ``take``): CRC16 of the hash tag, which is the key up to its
+        first ``}`` (the prefix has no braces), or the whole bucket name
+        when that tag is empty."""
+        data = key.encode()
+        end = data.find(b"}")
+        if end == 0:
+            data = self.prefix + data + b"}"
+        elif end > 0:
+            data = data[:end]
+        return crc_hqx(data, 0) & 16383
+
     def take(self, key: str, cost: int) -> bytes:
         """The packed EVALSHA of take for one key at any cost."""
         if cost == 1 and type(cost) is int:
             return self.take1(key)
         return self.command("take", [self.key(key)], self.cost(cost))
+
+    def bulk_keys(self, keys: Sequence[str]) -> List[bytes]:
+        """Each key's bucket as a RESP bulk string, checked like ``key``."""
+        bulk, extra = self._bulk, self._extra
+        out: List[bytes] = []
+        append = out.append
+        for key in keys:
+            try:
+                data = key.encode() if type(key) is str else b""
+            except UnicodeEncodeError:
+                data = b""
+            if not 0 < len(data) <= MAX_KEY_BYTES:
+                data = check_key(key)  # raises, or accepts a str subclass
+            append(bulk % (len(data) + extra, data))
+        return out
+
+    def take_keys(self, keys: Sequence[str], cost: bytes) -> bytes:
+        """The packed EVALSHA of take for ``keys``, each checked like
+        ``key``. Keys of 1 to 1024 characters (at most 4096 UTF-8 bytes)
+        are packed by hiredis in C; anything else, including every bad
+        key, goes through ``bulk_keys``, which raises the right error."""
+        try:
+            if pack_command is not None and 0 < min(map(len, keys)) and max(map(len, keys)) <= MAX_KEY_BYTES // 4:
+                head, tail = self._text_prefix, "}"
+                args: Any = (b"EVALSHA", self._take_sha, len(keys), *[head + k + tail for k in keys],
+                             *self.layout.argv, cost)
+                packed: bytes = pack_command(args)
+                return packed
+        except (TypeError, UnicodeEncodeError):
+            pass
+        return self.take_bulk(self.bulk_keys(keys), cost)
+
+    def take_bulk(self, bulks: Sequence[bytes], cost: bytes) -> bytes:
+        """The packed EVALSHA of take for keys from ``bulk_keys``."""
+        n = len(bulks)
+        return b"*%d\r\n%b$%d\r\n%d\r\n%b%b$%d\r\n%b\r\n" % (
+            n + 7, self._evalsha_take, len(b"%d" % n), n, b"".join(bulks), self._tail, len(cost), cost)
 
     def cost(self, cost: Any) -> bytes:
         return b"%d" % check_cost(cost, self.layout.capacity)

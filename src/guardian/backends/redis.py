@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import socket
 import struct
+from itertools import chain
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis
 import redis.exceptions as rex
 from redis._parsers import BaseParser
+from redis.crc import key_slot
 
 from .._result import LimitResult
-from ._redis_client import Call, RedisCommon, boundary, first_error
+from ._redis_client import Call, RedisCommon, boundary, first_error, redirected
 
 __all__ = ["RedisBackend"]
 
@@ -153,32 +155,106 @@ class RedisBackend(RedisCommon):
             raise error
         return list(replies)
 
-    def _run(self, calls: List[Call], packed: bytes) -> List[Any]:
+    # --- Redis Cluster: straight to each slot's primary ------------------
+
+    def _node_wire(self, node: Any) -> _Wire:
+        idle = self._nodes.get(node.name)
+        if idle:
+            wire: _Wire = idle.pop()
+            return wire
+        return _Wire(node.redis_connection.connection_pool.make_connection())
+
+    def _drop_node(self, name: str, wire: Optional[_Wire]) -> None:
+        """A node's connection failed: close it and the node's idle ones."""
+        if wire is not None:
+            wire.close()
+        for other in self._nodes.pop(name, []):
+            other.close()
+
+    def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+        """The cluster's hot path: one packed call on a wire of the slot's
+        primary; anything unusual goes through redis-py's cluster client."""
+        nodes = self.client.nodes_manager.slots_cache.get(slot)
+        if nodes:
+            node = nodes[0]
+            wire = None
+            try:
+                wire = self._node_wire(node)
+                reply = wire.exchange(packed)
+            except (OSError, rex.ConnectionError, rex.TimeoutError):
+                self._drop_node(node.name, wire)
+            else:
+                self._nodes.setdefault(node.name, []).append(wire)
+                if not redirected(reply):
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
+        return self._via_client([("take", [self.packer.key(key)], (self.packer.cost(cost),))])[0]
+
+    def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
+        """Many calls: every node's calls are written before any reply is
+        read, so the nodes work at once. The calls that fail on our path
+        go through redis-py's cluster client (which follows MOVED/ASK and
+        failovers and refreshes the slot map both paths read)."""
+        by_node, again = self.route(slots)
+        packer = self.packer
+        replies: List[Any] = [None] * len(calls)
+        sent = []
+        for name, (node, positions) in by_node.items():
+            wire = None
+            try:
+                wire = self._node_wire(node)
+                wire.sock.sendall(b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions))
+            except (OSError, rex.ConnectionError, rex.TimeoutError):
+                self._drop_node(name, wire)
+                again.extend(positions)
+            else:
+                sent.append((name, wire, positions))
+        for name, wire, positions in sent:
+            try:
+                for n, i in enumerate(positions):
+                    replies[i] = wire.exchange(b"")
+            except (OSError, rex.ConnectionError, rex.TimeoutError):
+                self._drop_node(name, wire)
+                again.extend(positions[n:])
+            else:
+                self._nodes.setdefault(name, []).append(wire)
+        again = self.retries(replies, again)
+        if again:
+            for i, reply in zip(again, self._via_client([calls[i] for i in again])):
+                replies[i] = reply
+        return replies
+
+    def _run(self, calls: List[Call], packed: bytes, slots: Optional[Sequence[int]] = None) -> List[Any]:
         with boundary:
             if self.direct:
                 return self._exchange(packed, len(calls))
-            return self._via_client(calls)
+            return self._routed(calls, slots or [key_slot(calls[0][1][0])])
 
     # --- the Backend protocol ---------------------------------------------
 
     def take(self, key: str, cost: int = 1) -> LimitResult:
-        if self.direct:
-            packed = self.packer.take(key, cost)
-            with boundary:
-                reply = self._one(packed)
-            return self.layout.result(reply)
-        return self.layout.result(self._run(*self.plan_call("take", key, self.packer.cost(cost)))[0])
+        packed = self.packer.take(key, cost)
+        with boundary:
+            reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
+        return self.layout.result(reply[0], cost)
 
     def try_take(self, key: str, cost: int = 1) -> bool:
-        if self.direct:
-            packed = self.packer.take(key, cost)
-            with boundary:
-                return self._one(packed)[0] == 1  # type: ignore[no-any-return]
-        return self.take(key, cost).allowed
+        packed = self.packer.take(key, cost)
+        with boundary:
+            reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
+        return reply[0] > 0  # type: ignore[no-any-return]
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        plan, calls, packed = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, self._run(calls, packed)) if calls else []
+        if self.direct:
+            c, count, packed = self.pack_many(keys, cost)
+            if not count:
+                return []
+            with boundary:
+                replies = self._exchange(packed, count)
+            return self.layout.results(chain.from_iterable(replies), c)
+        c, plan, calls, slots = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, self._run(calls, b"", slots), c) if calls else []
 
     def usage(self, key: str) -> int:
         return int(self._run(*self.plan_call("usage", key))[0])
@@ -195,6 +271,8 @@ class RedisBackend(RedisCommon):
         idle, self._idle = self._idle, []
         for wire in idle:
             wire.close()
+        for name in list(self._nodes):
+            self._drop_node(name, None)
         if self._owns_client:
             self.client.close()
         for sentinel in self.sentinels():

@@ -5,65 +5,209 @@ I/O differs."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from collections import deque
+from itertools import chain
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis.asyncio
 import redis.exceptions as rex
 from redis._parsers import BaseParser
+from redis.crc import key_slot
 
 from .._result import LimitResult
-from ._redis_client import Call, RedisCommon, boundary, first_error
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
-    from async_timeout import timeout as _timeout
+from ._redis_client import Call, RedisCommon, boundary, first_error, redirected
 
 __all__ = ["AsyncRedisBackend"]
 
 
-class _Wire:
-    """One connection of ours: redis.asyncio opens it (TLS, AUTH, SELECT,
-    Sentinel's lookup); we then write packed commands to its stream and
-    parse replies with our own hiredis reader."""
+class _Wire(asyncio.Protocol):
+    """One connection of ours. redis.asyncio opens it (TLS, AUTH, SELECT,
+    Sentinel's lookup); then this protocol takes over its transport: a
+    request writes packed bytes and returns a Future that data_received
+    resolves once hiredis has parsed the replies, so no coroutine or
+    stream sits between a check and the socket. One request at a time.
 
-    __slots__ = ("conn", "stream", "writer", "reader", "timeout")
+    Timeouts: a request sets a deadline; one timer per wire (armed when
+    none is, re-armed when it fires early) fails the request once the
+    deadline has passed, instead of a timer per request."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.stream: Any = None
-        self.writer: Any = None
         self.reader = hiredis.Reader(replyError=BaseParser.parse_error)
-        self.timeout: Optional[float] = conn.socket_timeout
+        self.timeout: float = conn.socket_timeout or 3600.0
+        self.loop = asyncio.get_running_loop()
+        self.transport: Any = None
+        self.stream_protocol: Any = None
+        self.waiter: Optional["asyncio.Future[Any]"] = None
+        self.want = 0  # replies the waiter needs; 0: one reply, not a list
+        self.got: List[Any] = []
+        self.deadline = 0.0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.dead: Optional[BaseException] = None
 
     async def open(self) -> "_Wire":
         conn = self.conn
         await conn.connect()
-        self.stream, self.writer = conn._reader, conn._writer
+        if conn._reader._buffer:  # pragma: no cover - redis-py read every reply of its handshake
+            raise rex.ConnectionError("unexpected data after the connection handshake")
+        self.transport = transport = conn._writer.transport
+        self.stream_protocol = transport.get_protocol()
+        transport.set_protocol(self)
         return self
 
-    async def exchange(self, packed: bytes) -> Any:
-        """Sends ``packed`` (may be empty) and reads one reply."""
-        if packed:
-            self.writer.write(packed)
+    def request(self, packed: bytes, count: int = 0) -> "asyncio.Future[Any]":
+        """Sends ``packed`` and returns a Future of its reply (``count`` > 0:
+        of the list of ``count`` replies)."""
+        if self.dead is not None:
+            raise self.dead
+        self.waiter = waiter = self.loop.create_future()
+        self.want = count
+        self.transport.write(packed)
+        self.deadline = deadline = self.loop.time() + self.timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._check_deadline)
+        return waiter
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            self._fail(rex.ConnectionError("Redis sent data nobody asked for"))
+            return
         reader = self.reader
-        reply = reader.gets()
-        if reply is False:
-            async with _timeout(self.timeout):
-                if packed and self.writer.transport.get_write_buffer_size() > 65536:
-                    await self.writer.drain()
-                while reply is False:
-                    data = await self.stream.read(65536)
-                    if not data:
-                        raise rex.ConnectionError("Redis closed the connection")
-                    reader.feed(data)
-                    reply = reader.gets()
+        reader.feed(data)
+        try:
+            if not self.want:
+                reply = reader.gets()
+                if reply is False:
+                    return
+            else:
+                got = self.got
+                while len(got) < self.want:
+                    one = reader.gets()
+                    if one is False:
+                        return
+                    got.append(one)
+                reply, self.got = got, []
+        except hiredis.ProtocolError as exc:
+            self._fail(rex.ConnectionError(f"bad reply from Redis: {exc}"))
+            return
+        self.waiter = None
+        if not waiter.done():  # a cancelled caller closes the wire itself
+            waiter.set_result(reply)
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        if self.waiter is None or self.dead is not None:
+            return
+        if self.loop.time() >= self.deadline:
+            self._fail(rex.TimeoutError(f"no reply from Redis within {self.timeout}s"))
+        else:
+            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.dead is None:
+            self.dead = exc
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.transport.close()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._fail(rex.ConnectionError(f"Redis closed the connection{f': {exc}' if exc else ''}"))
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        # StreamWriter.wait_closed (redis-py's disconnect) waits on the
+        # stream protocol's own connection_lost.
+        self.stream_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.stream_protocol.resume_writing()
+
+    async def close(self, wait: bool = False) -> None:
+        if self.dead is None:
+            self.dead = rex.ConnectionError("connection closed")
+        await self.conn.disconnect(nowait=not wait)
+
+
+class _Pool:
+    """The wires to one server: at most ``size`` open; more concurrent
+    requests wait for one to be released (a burst of tasks must not open
+    a connection each). A counter and a queue of Futures, no Semaphore:
+    taking an idle wire costs no coroutine."""
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self.connect = connect
+        self.size = size
+        self.idle: List[_Wire] = []
+        self.open = 0
+        self.queue: Deque["asyncio.Future[None]"] = deque()
+
+    async def acquire(self) -> _Wire:
+        while True:
+            if self.idle:
+                return self.idle.pop()
+            if self.open < self.size:
+                self.open += 1
+                try:
+                    return await _Wire(self.connect()).open()
+                except BaseException:
+                    self.open -= 1
+                    self.wake()
+                    raise
+            ticket = asyncio.get_running_loop().create_future()
+            self.queue.append(ticket)
+            try:
+                await ticket
+            except BaseException:
+                if ticket.done() and not ticket.cancelled():
+                    self.wake()  # pass the wakeup on
+                raise
+
+    def wake(self) -> None:
+        queue = self.queue
+        while queue:
+            ticket = queue.popleft()
+            if not ticket.done():
+                ticket.set_result(None)
+                return
+
+    def release(self, wire: _Wire) -> None:
+        self.idle.append(wire)
+        if self.queue:
+            self.wake()
+
+    async def discard(self, wire: _Wire, exc: BaseException) -> None:
+        """A wire that failed or was cancelled mid-request is out of step:
+        close it; when the server went away, the idle ones are dead too."""
+        self.open -= 1
+        await wire.close()
+        if isinstance(exc, _NETWORK):
+            await self.close()
+        self.wake()
+
+    async def request(self, packed: bytes, count: int = 0) -> Any:
+        wire = self.idle.pop() if self.idle else await self.acquire()
+        try:
+            reply = await wire.request(packed, count)
+        except BaseException as exc:  # cancelled mid-reply too
+            await self.discard(wire, exc)
+            raise
+        self.release(wire)
         return reply
 
     async def close(self, wait: bool = False) -> None:
-        await self.conn.disconnect(nowait=not wait)
+        idle, self.idle = self.idle, []
+        self.open -= len(idle)
+        for wire in idle:
+            await wire.close(wait)
+
+
+_NETWORK = (OSError, rex.ConnectionError, rex.TimeoutError, asyncio.TimeoutError)
 
 
 class AsyncRedisBackend(RedisCommon):
@@ -71,36 +215,71 @@ class AsyncRedisBackend(RedisCommon):
     ``redis.asyncio`` client) and the same operations, as coroutines."""
 
     lib = redis.asyncio
-    #: Connections of one backend at most; more concurrent checks wait for
-    #: one (a burst of tasks must not open a connection each).
+    #: Connections of one backend to one server at most; more concurrent
+    #: checks wait for one.
     max_wires = 32
-    _wires: Optional[asyncio.Semaphore] = None
+    _wires: Optional[_Pool] = None
 
     # --- I/O ------------------------------------------------------------------
 
-    async def _send(self, packed: bytes, count: int) -> List[Any]:
-        if self._wires is None:
-            self._wires = asyncio.Semaphore(self.max_wires)
-        async with self._wires:
-            return await self._send_on_a_wire(packed, count)
+    def forget(self) -> None:
+        super().forget()
+        self._wires = None
 
-    async def _send_on_a_wire(self, packed: bytes, count: int) -> List[Any]:
-        try:
-            wire = self._idle.pop()
-        except IndexError:
-            wire = await _Wire(self._pool.make_connection()).open()  # type: ignore[union-attr]
-        try:
-            replies = [await wire.exchange(packed)]
-            for _ in range(count - 1):
-                replies.append(await wire.exchange(b""))
-        except BaseException as exc:  # cancelled mid-reply too: the wire is out of step
-            await wire.close()
-            if isinstance(exc, (OSError, rex.ConnectionError, asyncio.TimeoutError)):
-                idle, self._idle = self._idle, []  # the server went away: all are dead
-                for other in idle:
-                    await other.close()
-            raise
-        self._idle.append(wire)
+    def _pool_of(self, node: Any = None) -> _Pool:
+        """The wires to the server, or to a cluster node."""
+        if node is None:
+            if self._wires is None:
+                self._wires = _Pool(self._pool.make_connection, self.max_wires)  # type: ignore[union-attr]
+            return self._wires
+        pool: Optional[_Pool] = self._nodes.get(node.name)
+        if pool is None:
+            pool = self._nodes[node.name] = _Pool(
+                lambda: node.connection_class(**node.connection_kwargs), self.max_wires)
+        return pool
+
+    async def _send(self, packed: bytes, count: int) -> List[Any]:
+        replies: List[Any] = await self._pool_of().request(packed, count)
+        return replies
+
+    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+        """Like RedisBackend._route_one."""
+        nodes = self.client.nodes_manager.slots_cache.get(slot)
+        if nodes:
+            try:
+                reply = await self._pool_of(nodes[0]).request(packed)
+            except _NETWORK:
+                pass
+            else:
+                if not redirected(reply):
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
+        return (await self._via_client([("take", [self.packer.key(key)], (self.packer.cost(cost),))]))[0]
+
+    async def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
+        """Like RedisBackend._routed: the nodes' requests run concurrently."""
+        by_node, again = self.route(slots)
+        packer = self.packer
+        replies: List[Any] = [None] * len(calls)
+        groups = list(by_node.values())
+        answers = await asyncio.gather(*(
+            self._pool_of(node).request(
+                b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions),
+                len(positions))
+            for node, positions in groups), return_exceptions=True)
+        for (node, positions), answer in zip(groups, answers):
+            if isinstance(answer, _NETWORK):
+                again.extend(positions)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                for i, reply in zip(positions, answer):
+                    replies[i] = reply
+        again = self.retries(replies, again)
+        if again:
+            for i, reply in zip(again, await self._via_client([calls[i] for i in again])):
+                replies[i] = reply
         return replies
 
     async def _exchange(self, packed: bytes, count: int) -> List[Any]:
@@ -137,27 +316,48 @@ class AsyncRedisBackend(RedisCommon):
             raise error
         return replies
 
-    async def _run(self, calls: List[Call], packed: bytes) -> List[Any]:
+    async def _run(self, calls: List[Call], packed: bytes, slots: Optional[Sequence[int]] = None) -> List[Any]:
         with boundary:
             if self.direct:
                 return await self._exchange(packed, len(calls))
-            return await self._via_client(calls)
+            return await self._routed(calls, slots or [key_slot(calls[0][1][0])])
 
     # --- the Backend protocol, as coroutines -------------------------------
 
     async def take(self, key: str, cost: int = 1) -> LimitResult:
-        if self.direct:
-            packed = self.packer.take(key, cost)
-            with boundary:
-                return self.layout.result((await self._exchange(packed, 1))[0])
-        return self.layout.result((await self._run(*self.plan_call("take", key, self.packer.cost(cost))))[0])
+        packed = self.packer.take(key, cost)
+        with boundary:
+            if not self.direct:
+                reply = await self._route_one(packed, self.packer.slot(key), key, cost)
+                return self.layout.result(reply[0], cost)
+            pool = self._wires or self._pool_of()
+            # _Pool.request inlined: the hot path awaits the wire's Future.
+            wire = pool.idle.pop() if pool.idle else await pool.acquire()
+            try:
+                reply = await wire.request(packed)
+            except BaseException as exc:
+                await pool.discard(wire, exc)
+                raise
+            pool.release(wire)
+            if isinstance(reply, Exception):
+                if not isinstance(reply, rex.NoScriptError):
+                    raise reply
+                reply = (await self._exchange(packed, 1))[0]
+        return self.layout.result(reply[0], cost)
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed
 
     async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        plan, calls, packed = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, await self._run(calls, packed)) if calls else []
+        if self.direct:
+            c, count, packed = self.pack_many(keys, cost)
+            if not count:
+                return []
+            with boundary:
+                replies = await self._exchange(packed, count)
+            return self.layout.results(chain.from_iterable(replies), c)
+        c, plan, calls, slots = self.plan_take_many(keys, cost)
+        return self.assemble(len(keys), plan, await self._run(calls, b"", slots), c) if calls else []
 
     async def usage(self, key: str) -> int:
         return int((await self._run(*self.plan_call("usage", key)))[0])
@@ -170,9 +370,11 @@ class AsyncRedisBackend(RedisCommon):
         return self.reserved((await self._run(*self.plan_call("reserve", key, self.packer.wanted(tokens))))[0])
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        for wire in idle:
-            await wire.close(wait=True)
+        pools: List[_Pool] = [self._wires] if self._wires is not None else []
+        pools += self._nodes.values()
+        self._wires, self._nodes = None, {}
+        for pool in pools:
+            await pool.close(wait=True)
         if self._owns_client:
             await self.client.aclose()
         for sentinel in self.sentinels():
