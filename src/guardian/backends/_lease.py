@@ -295,6 +295,7 @@ class BatchedCommon:
                               refresh_interval=refresh_interval, max_share=max_share,
                               lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second)
         self._low_cap = 0  # the book's low_cap, copied for the hot path
+        self._capacity = config.capacity  # likewise, for results of local hits
         #: Seconds between expiry scans of the background worker.
         self.scan_interval = min(lease_lifetime / 4, 0.5)
 

@@ -50,7 +50,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         if left >= 0:
             if left <= self._low_cap:
                 self._low(key, left)
-            return self.book.hit(left)
+            return LimitResult(True, left, 0.0, 0.0, self._capacity)  # book.hit, inlined
         return await self._miss(key, cost)
 
     async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
