@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS"]
+__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS"]
 
 #: Upper bounds (seconds) of guardian_latency_seconds; +Inf is implied.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -117,6 +117,17 @@ class SnapshotStore:
                     continue  # a worker that never wrote, or a torn read of a dead one
 
 
+#: The batched backend's stats() key -> (counter, help), read at snapshot time.
+LEASE_METRICS = {
+    "local_hits": ("guardian_lease_local_hits", "Checks served from a local lease (--batched)."),
+    "reservations": ("guardian_lease_reservations", "Reserve calls to Redis, refills included (--batched)."),
+    "reserved_tokens": ("guardian_lease_reserved_tokens", "Tokens Redis granted to leases (--batched)."),
+    "returned_tokens": ("guardian_lease_tokens_returned",
+                        "Unused leased tokens given back to Redis (--batched)."),
+    "denial_cache_hits": ("guardian_lease_denial_cache_hits",
+                          "Checks denied from the local denial cache, without Redis (--batched)."),
+}
+
 #: How gauges of several workers combine.
 _GAUGE_FOLD = {"backend_up": min, "breaker_open": max}
 
@@ -165,12 +176,14 @@ class GuardianCollector(Collector):
             buckets.append(("+Inf", cumulative + h[_NB]))
             lat.add_metric([op], buckets, h[-1])
         yield lat
+        g = m["gauges"]
         total = m["local"] + m["remote"]
+        # With leases, a check served from a lease or from the denial cache made no round trip.
+        local = m["local"] + g.get("lease_local_hits", 0.0) + g.get("lease_denial_cache_hits", 0.0)
         yield GaugeMetricFamily("guardian_cache_hit_rate",
                                 "Fraction of checks decided without a network round trip "
-                                "(in-memory tables; the batched Redis backend's leases when it lands).",
-                                value=m["local"] / total if total else 0.0)
-        g = m["gauges"]
+                                "(in-memory tables; leases and cached denials of --batched).",
+                                value=min(local / total, 1.0) if total else 0.0)
         yield CounterMetricFamily("guardian_redis_errors", "Backend calls that failed.",
                                   value=g.get("errors", 0.0))
         yield CounterMetricFamily("guardian_policy_decisions",
@@ -183,3 +196,6 @@ class GuardianCollector(Collector):
                                 value=g.get("breaker_open", 0.0))
         yield GaugeMetricFamily("guardian_workers", "Worker processes whose counters this scrape sums.",
                                 value=g.get("workers", 1.0))
+        for key, (name, doc) in LEASE_METRICS.items():
+            if f"lease_{key}" in g:  # only with --batched
+                yield CounterMetricFamily(name, doc, value=g[f"lease_{key}"])
