@@ -58,6 +58,7 @@ class Worker:
         if previous:
             self.state.stats.restore(previous)
         self.state.stats.gauges = self._gauges
+        self.state.stats.core = self.state.buckets.core_counts
         self.health = health.aio.HealthServicer()
         self.stop_event = asyncio.Event()
         self.tasks: List["asyncio.Task[Any]"] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
 from .._result import LimitResult
@@ -123,6 +123,18 @@ class Buckets:
     @property
     def all(self) -> List[Bucket]:
         return list(self._by_config.values())
+
+    def core_counts(self) -> Iterator[Tuple[str, int, int]]:
+        """(limit name, allowed, denied) of each guardian.v1 limit's memory
+        tables, as their cores counted them. Each name has its own tables
+        (the namespace is ``v1:<name>``), so the label is exact; tables of a
+        config a reload replaced keep counting under their name. Envoy rules
+        share ``rls`` tables and carry labels a table cannot know (rule path,
+        shadow mode), so their checks are counted by the service instead."""
+        for ident, bucket in self._by_config.items():
+            if bucket.local and ident[0].startswith("v1:"):
+                counts = bucket.backend.stats()
+                yield ident[0][3:], counts["allowed"], counts["denied"]
 
     def gauges(self) -> Dict[str, float]:
         limiters = [b.limiter for b in self._by_config.values() if b.limiter is not None]

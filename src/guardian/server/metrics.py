@@ -1,8 +1,11 @@
-"""Metrics: plain counters on the hot path, Prometheus at scrape time.
+"""Metrics: counters in the core or plain counters, Prometheus at scrape time.
 
-A check costs one dict increment and one histogram bucket increment in the
-worker's own ``Stats``; prometheus-client is only used when /metrics is
-scraped, by a custom collector. With ``--workers N`` every worker writes a
+A guardian.v1 check on the memory path is counted by the core itself (the
+Table's relaxed atomic allowed/denied counters, one table per limit name),
+read when a snapshot is taken; other checks cost one dict increment in the
+worker's own ``Stats``. Every RPC adds one histogram bucket increment.
+prometheus-client is only used when /metrics is scraped, by a custom
+collector. With ``--workers N`` every worker writes a
 snapshot of its Stats to ``<run dir>/worker-<i>.json`` once a second (and on
 exit); the worker that serves a scrape sums its live Stats with the others'
 snapshots, so one scrape shows the whole sidecar, at most a second behind
@@ -16,7 +19,7 @@ import json
 import os
 from bisect import bisect_left
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -46,6 +49,8 @@ class Stats:
         self.remote = 0
         #: Filled in at snapshot time by the server (limiters' own counters).
         self.gauges: Callable[[], Dict[str, float]] = dict
+        #: (limit, allowed, denied) counted by the core, read at snapshot time.
+        self.core: Callable[[], Iterable[Tuple[str, int, int]]] = tuple
 
     def count(self, limit: str, result: str, n: int = 1) -> None:
         key = (limit, result)
@@ -59,16 +64,24 @@ class Stats:
         h[-1] += seconds
 
     def snapshot(self) -> Dict[str, Any]:
+        requests = dict(self.requests)
+        local = self.local
+        for limit, allowed, denied in self.core():
+            for result, n in (("allowed", allowed), ("denied", denied)):
+                if n:
+                    requests[(limit, result)] = requests.get((limit, result), 0) + n
+            local += allowed + denied
         return {
-            "requests": [[k[0], k[1], v] for k, v in self.requests.items()],
+            "requests": [[k[0], k[1], v] for k, v in requests.items()],
             "latency": self.latency,
-            "local": self.local,
+            "local": local,
             "remote": self.remote,
             "gauges": self.gauges(),
         }
 
     def restore(self, snap: Dict[str, Any]) -> None:
-        """Continues from a previous incarnation's snapshot (counters only)."""
+        """Continues from a previous incarnation's snapshot (counters only;
+        the core's counts of that process are in it, the new core's start at 0)."""
         for limit, result, n in snap.get("requests", []):
             self.count(limit, result, int(n))
         for op, h in snap.get("latency", {}).items():
