@@ -1,6 +1,6 @@
 """Load generator for `guardian serve` (a plain script, bounded duration).
 
-    python bench/sidecar_bench.py [--seconds 3] [--clients 2] [--concurrency 16] [--out docs/benchmarks-sidecar.md]
+    python bench/sidecar_bench.py [--seconds 3] [--pin] [--generator auto|h2load|python] [--out docs/benchmarks-sidecar.md]
 
 Measures requests per second and p50/p99 latency of guardian.v1 CheckLimit
 and Envoy's ShouldRateLimit against `guardian serve` at 1 and 2 workers,
@@ -8,11 +8,20 @@ side by side with a floor measured in the same run: a grpc.aio server with
 the same services and message shapes that answers a constant. Then
 CheckLimits with 100 checks per call against single CheckLimit calls.
 
-Load comes from ``--clients`` processes, each running ``--concurrency``
-grpc.aio tasks over its own connections (a local subchannel pool per
-channel, so SO_REUSEPORT spreads them over the workers). The server and
-the load generator share the machine: on a 2-core host the clients take a
-good part of the CPU, which caps what 2 workers can show.
+Load comes from ``h2load`` (nghttp2's C HTTP/2 load generator, Debian
+package ``nghttp2-client``) when it is on PATH: unary gRPC is one HTTP/2
+POST of a length-prefixed message with ``content-type: application/grpc``,
+so a C client can send it prebuilt from a file (``--connections`` x
+``--streams`` in flight, one thread). h2load checks the HTTP status, not
+``grpc-status``, so each RPC is first called once with the Python stub.
+Without h2load (or with ``--generator python``), ``--clients`` processes
+each run ``--concurrency`` grpc.aio tasks over their own connections (a
+local subchannel pool per channel, so SO_REUSEPORT spreads them over the
+workers). Either way the CPU the generator and the server use over the run
+is measured (rusage of the generator, /proc of the server's processes) and
+reported: on a 2-core host the generator shares the cores with the server.
+``--pin`` puts the generator on CPU 0 and the floor and 1-worker servers on
+CPU 1 (the 2-worker server may use both).
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import shutil
 import platform
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -99,7 +110,8 @@ def floor_server(port: int) -> None:
 # --- load ---------------------------------------------------------------------
 
 
-def _client(target: str, kind: str, seconds: float, concurrency: int, out: "multiprocessing.Queue[Any]") -> None:
+def _client(target: str, kind: str, seconds: float, concurrency: int, pin: bool,
+            out: "multiprocessing.Queue[Any]") -> None:
     import grpc
     from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as rl
     from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -107,7 +119,10 @@ def _client(target: str, kind: str, seconds: float, concurrency: int, out: "mult
     from guardian.v1 import guardian_pb2 as pb
     from guardian.v1 import guardian_pb2_grpc as pb_grpc
 
-    async def main() -> Tuple[int, List[float]]:
+    if pin:
+        os.sched_setaffinity(0, {0})
+
+    async def main() -> Tuple[int, List[float], float]:
         channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(max(concurrency // 4, 1))]
         pid = os.getpid()
@@ -142,22 +157,74 @@ def _client(target: str, kind: str, seconds: float, concurrency: int, out: "mult
         tasks = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(0.5)
         start.set()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
         done = True
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
+        cpu = (time.process_time() - c0) / elapsed  # cores this client used (all its threads)
         for ch in channels:
             await ch.close()
-        return int(count / elapsed * 1), latencies
+        return int(count / elapsed * 1), latencies, cpu
 
     out.put(asyncio.run(main()))
 
 
-def load(target: str, kind: str, seconds: float, clients: int, concurrency: int) -> Dict[str, float]:
+def _message(kind: str) -> Tuple[str, bytes]:
+    """(gRPC path, request message) of one RPC kind, as the Python clients send it."""
+    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as rl
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    from guardian.v1 import guardian_pb2 as pb
+
+    if kind == "check":
+        return "/guardian.v1.RateLimiter/CheckLimit", pb.CheckLimitRequest(key="k-h2load", cost=1).SerializeToString()
+    if kind == "batch":
+        return "/guardian.v1.RateLimiter/CheckLimits", pb.CheckLimitsRequest(checks=[
+            pb.CheckLimitRequest(key=f"k-h2load-{j}", cost=1) for j in range(100)]).SerializeToString()
+    return "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="bench", descriptors=[rl.RateLimitDescriptor(
+            entries=[rl.RateLimitDescriptor.Entry(key="client", value="c-h2load")])]).SerializeToString()
+
+
+def _call_once(target: str, path: str, body: bytes) -> None:
+    """One call with grpcio, so a method that fails is not timed as a success by h2load."""
+    import grpc
+
+    with grpc.insecure_channel(target) as ch:
+        ch.unary_unary(path)(body, timeout=5)
+
+
+def load_h2load(target: str, kind: str, seconds: float, connections: int, streams: int,
+                pin: bool) -> Dict[str, float]:
+    path, body = _message(kind)
+    _call_once(target, path, body)
+    with tempfile.TemporaryDirectory() as tmp:
+        data, log = Path(tmp) / "body", Path(tmp) / "log"
+        data.write_bytes(b"\0" + struct.pack(">I", len(body)) + body)
+        cmd = ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", str(connections), "-m", str(streams),
+               "-t", "1", "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
+               f"--log-file={log}", f"http://{target}{path}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0 or " 0 failed" not in out:
+            raise RuntimeError(f"h2load failed:\n{out}")
+        # "finished in 3.00s, 3104.33 req/s, ..." is over the measured window (after the warm-up)
+        rps = float(out.split("finished in", 1)[1].split(",")[1].split()[0])
+        lat = sorted(int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines() if line.count("\t") >= 2)
+    q99 = lat[min(int(len(lat) * 0.99), len(lat) - 1)]
+    # rusage covers h2load's whole life (warm-up included): cores used over that time
+    cpu = (usage.ru_utime + usage.ru_stime) / (seconds + 1.0)
+    return {"rps": rps, "p50": statistics.median(lat) * 1e3, "p99": q99 * 1e3, "gen_cpu": cpu}
+
+
+def load(target: str, kind: str, seconds: float, clients: int, concurrency: int, pin: bool = False) -> Dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     q: "multiprocessing.Queue[Any]" = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(target, kind, seconds, concurrency, q)) for _ in range(clients)]
+    procs = [ctx.Process(target=_client, args=(target, kind, seconds, concurrency, pin, q)) for _ in range(clients)]
     for p in procs:
         p.start()
     results = [q.get(timeout=seconds + 60) for _ in procs]
@@ -166,7 +233,26 @@ def load(target: str, kind: str, seconds: float, clients: int, concurrency: int)
     rps = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[1])
     q99 = lat[min(int(len(lat) * 0.99), len(lat) - 1)]
-    return {"rps": rps, "p50": statistics.median(lat) * 1e3, "p99": q99 * 1e3}
+    return {"rps": rps, "p50": statistics.median(lat) * 1e3, "p99": q99 * 1e3, "gen_cpu": sum(r[2] for r in results)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its children (a supervisor's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                 for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def wait_port(port: int, proc: "subprocess.Popen[bytes]") -> None:
@@ -186,18 +272,22 @@ def wait_port(port: int, proc: "subprocess.Popen[bytes]") -> None:
     raise TimeoutError(f"port {port}")
 
 
-def start_guardian(workers: int, policy: str) -> Tuple[int, "subprocess.Popen[bytes]"]:
+def _affinity(cpus: Any) -> Any:
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def start_guardian(workers: int, policy: str, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(port), "--http-port",
                              str(free_port()), "--config", policy, "--workers", str(workers),
-                             "--log-level", "warning"])
+                             "--log-level", "warning"], preexec_fn=_affinity(cpus))
     wait_port(port, proc)
     return port, proc
 
 
-def start_floor() -> Tuple[int, "subprocess.Popen[bytes]"]:
+def start_floor(cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port)])
+    proc = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port)], preexec_fn=_affinity(cpus))
     wait_port(port, proc)
     return port, proc
 
@@ -210,47 +300,77 @@ def stop(proc: "subprocess.Popen[bytes]") -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
+                    help="auto: h2load when it is on PATH, else the grpc.aio clients")
+    ap.add_argument("--connections", type=int, default=16,
+                    help="h2load: connections (enough that SO_REUSEPORT spreads them evenly over 2 workers)")
+    ap.add_argument("--streams", type=int, default=8, help="h2load: requests in flight per connection")
+    ap.add_argument("--clients", type=int, default=2, help="python: client processes")
+    ap.add_argument("--concurrency", type=int, default=16, help="python: grpc.aio tasks per client")
+    ap.add_argument("--pin", action="store_true",
+                    help="generator on CPU 0; floor and 1-worker server on CPU 1; 2 workers on both")
     ap.add_argument("--out", default=None)
     ap.add_argument("--floor-server", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.floor_server is not None:
         floor_server(a.floor_server)
         return 0
+    h2 = a.generator == "h2load" or (a.generator == "auto" and shutil.which("h2load") is not None)
+    if h2 and shutil.which("h2load") is None:
+        raise SystemExit("h2load is not on PATH (Debian: apt-get install nghttp2-client)")
+    pin = a.pin and len(os.sched_getaffinity(0)) >= 2
+    one_cpu = {1} if pin else None
     policy = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     policy.write(POLICY)
     policy.close()
     rows: List[Tuple[str, str, Dict[str, float]]] = []
-    run = lambda label, kind, port: rows.append(  # noqa: E731
-        (label, kind, load(f"127.0.0.1:{port}", kind, a.seconds, a.clients, a.concurrency)))
+
+    def run(label: str, kind: str, port: int, proc: "subprocess.Popen[bytes]") -> None:
+        target = f"127.0.0.1:{port}"
+        c0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        if h2:
+            r = load_h2load(target, kind, a.seconds, a.connections, a.streams, pin)
+        else:
+            r = load(target, kind, a.seconds, a.clients, a.concurrency, pin)
+        r["server_cpu"] = (_cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+        rows.append((label, kind, r))
+
     try:
-        port, proc = start_floor()
-        for kind in ("check", "rls", "batch"):
-            run("floor (constant answer)", kind, port)
-        stop(proc)
-        for workers in (1, 2):
-            port, proc = start_guardian(workers, policy.name)
-            for kind in ("check", "rls") + (("batch",) if workers == 1 else ()):
-                run(f"guardian serve, {workers} worker{'s' * (workers > 1)}", kind, port)
+        port, proc = start_floor(one_cpu)
+        try:
+            for kind in ("check", "rls", "batch"):
+                run("floor (constant answer)", kind, port, proc)
+        finally:
             stop(proc)
+        for workers in (1, 2):
+            port, proc = start_guardian(workers, policy.name, one_cpu if workers == 1 else None)
+            try:
+                for kind in ("check", "rls") + (("batch",) if workers == 1 else ()):
+                    run(f"guardian serve, {workers} worker{'s' * (workers > 1)}", kind, port, proc)
+            finally:
+                stop(proc)
     finally:
         os.unlink(policy.name)
     names = {"check": "CheckLimit", "rls": "ShouldRateLimit", "batch": "CheckLimits x100"}
     by = {(label, kind): r for label, kind, r in rows}
+    gen = (f"h2load, {a.connections} connections x {a.streams} streams, 1 thread" if h2
+           else f"{a.clients} processes x {a.concurrency} grpc.aio tasks")
+    flags = (f"--generator h2load --connections {a.connections} --streams {a.streams}" if h2
+             else f"--generator python --clients {a.clients} --concurrency {a.concurrency}")
     lines = [
-        f"Command: `python bench/sidecar_bench.py --seconds {a.seconds:g} --clients {a.clients} "
-        f"--concurrency {a.concurrency}`",
+        f"Command: `python bench/sidecar_bench.py --seconds {a.seconds:g} {flags}{' --pin' if pin else ''}`",
         "",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}; load generator ({a.clients} processes x {a.concurrency} grpc.aio tasks) "
-        "on the same machine.",
+        f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end; load generator "
+        f"({gen}) on the same machine{', pinned to CPU 0; floor and 1 worker on CPU 1' if pin else ''}.",
         "",
-        "| server | RPC | calls/s | p50 ms | p99 ms |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| server | RPC | calls/s | p50 ms | p99 ms | generator CPU (cores) | server CPU (cores) "
+        "| server CPU us/call |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, kind, r in rows:
-        lines.append(f"| {label} | {names[kind]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} |")
+        lines.append(f"| {label} | {names[kind]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} "
+                     f"| {r['gen_cpu']:.2f} | {r['server_cpu']:.2f} | {r['server_cpu'] / r['rps'] * 1e6:.0f} |")
     floor_c, g1c, g2c = (by[("floor (constant answer)", "check")], by[("guardian serve, 1 worker", "check")],
                          by[("guardian serve, 2 workers", "check")])
     floor_r, g1r, g2r = (by[("floor (constant answer)", "rls")], by[("guardian serve, 1 worker", "rls")],
@@ -262,7 +382,11 @@ def main() -> int:
         f"- CheckLimit, 1 worker / floor: {g1c['rps'] / floor_c['rps']:.2f}x (target >= 0.8x); "
         f"ShouldRateLimit: {g1r['rps'] / floor_r['rps']:.2f}x.",
         f"- 2 workers / 1 worker: CheckLimit {g2c['rps'] / g1c['rps']:.2f}x, "
-        f"ShouldRateLimit {g2r['rps'] / g1r['rps']:.2f}x (target >= 1.6x).",
+        f"ShouldRateLimit {g2r['rps'] / g1r['rps']:.2f}x (target >= 1.6x); the 2 workers got "
+        f"{g2c['server_cpu']:.2f} and {g2r['server_cpu']:.2f} cores against {g1c['server_cpu']:.2f} and "
+        f"{g1r['server_cpu']:.2f} for 1, at {g2c['server_cpu'] / g2c['rps'] * 1e6:.0f} and "
+        f"{g2r['server_cpu'] / g2r['rps'] * 1e6:.0f} us of CPU per call against "
+        f"{g1c['server_cpu'] / g1c['rps'] * 1e6:.0f} and {g1r['server_cpu'] / g1r['rps'] * 1e6:.0f}.",
         f"- CheckLimits with 100 checks: {batch['rps'] * 100:,.0f} checks/s; one check costs "
         f"{per_check * 100:.1f}% of a single CheckLimit call (target <= 5%).",
     ]

@@ -172,6 +172,9 @@ cdef class Table:
     cdef Py_buffer view
     cdef bint has_view
     cdef uint64_t spends_  # successful spends by this process (atomic: free-threading)
+    # Takes decided through this object. Per object, not in the shared header:
+    # workers sharing a table would otherwise bounce one cache line per check.
+    cdef uint64_t allowed_, denied_
     cdef readonly int64_t capacity
     cdef readonly uint64_t slots
     cdef readonly object name
@@ -179,6 +182,8 @@ cdef class Table:
     def __cinit__(self):
         self.has_view = False
         self.spends_ = 0
+        self.allowed_ = 0
+        self.denied_ = 0
 
     def __init__(self, int64_t capacity, int64_t emission_ticks, int64_t ticks_per_ns,
                  slots=None, name=None, clock=None, seed=None):
@@ -404,11 +409,16 @@ cdef class Table:
                 return (t - now + self.P - 1) // self.P
 
     def stats(self):
-        """Table counters: denials because the window was full, reclaims."""
+        """Table counters: ``full`` (denials because the window was full) and
+        ``reclaims`` are the table's, shared by every process attached;
+        ``allowed`` and ``denied`` count the takes (try_acquire, check,
+        check_result, check_many) decided through this Table object."""
         return {
             "slots": self.slots,
             "full": g_read_count(&self.hdr.full_count),
             "reclaims": g_read_count(&self.hdr.reclaim_count),
+            "allowed": g_read_count(&self.allowed_),
+            "denied": g_read_count(&self.denied_),
         }
 
     def close(self):
@@ -416,10 +426,17 @@ cdef class Table:
 
     # --- slot protocol (no Python objects below this line) ---------------
 
+    cdef inline void _take(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        self._decide(h, cost, now, d)
+        if d.allowed:
+            g_count(&self.allowed_)
+        else:
+            g_count(&self.denied_)
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
     @cython.cdivision(True)
-    cdef void _take(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+    cdef void _decide(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
         cdef int64_t t, tat, new
         cdef Py_ssize_t s
         while True:

@@ -136,6 +136,9 @@ class Table:
         self._window = min(_PROBES, self.slots)
         #: Successful spends made through this Table object (not shared).
         self.spends = 0
+        #: Takes decided through this Table object (not shared).
+        self._allowed = 0
+        self._denied = 0
 
     # --- locking and time -------------------------------------------------
 
@@ -191,6 +194,14 @@ class Table:
     # --- GCRA ---------------------------------------------------------------
 
     def _take_locked(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        r = self._decide(fp, home, cost, now)
+        if r[0]:
+            self._allowed += 1
+        else:
+            self._denied += 1
+        return r
+
+    def _decide(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
         w = self._words
         s = self._find(fp, home)
         if s < 0:
@@ -308,11 +319,14 @@ class Table:
             self._leave()
 
     def stats(self) -> Dict[str, int]:
-        """Table counters: denials because the window was full, reclaims."""
+        """Table counters: ``full`` and ``reclaims`` are the table's (shared);
+        ``allowed`` and ``denied`` count takes through this Table object."""
         return {
             "slots": self.slots,
             "full": self._words[_region.W_FULL] & _M64,
             "reclaims": self._words[_region.W_RECLAIMS] & _M64,
+            "allowed": self._allowed,
+            "denied": self._denied,
         }
 
     def close(self) -> None:

@@ -62,6 +62,29 @@ def test_sigterm_drains_and_exits_0_quickly(server: Sidecar) -> None:
     assert "stopping: draining" in log and "stopped" in log
 
 
+def test_core_counters_keep_their_limit_label_across_a_reload(tmp_path: Path, server: Sidecar) -> None:
+    """Memory-path checks are counted by the core, one table per limit name:
+    a reload that changes the limit's config gives it a new table, and the
+    old table's counts stay under the same label."""
+    import time
+
+    with Client(server.target) as client:
+        calls = [client.check_limit("c") for _ in range(4)]  # 3 allowed, 1 denied
+        policy(tmp_path, 7)
+        server.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while calls[-1].limit != 7:
+            assert time.monotonic() < deadline, "the reloaded policy"
+            calls.append(client.check_limit("c"))
+            time.sleep(0.01)
+        calls.append(client.check_limit("c"))
+    m = server.metrics()
+    allowed = sum(r.allowed for r in calls)
+    assert counter(m, "guardian_requests_total", limit="default", result="allowed") == allowed
+    assert counter(m, "guardian_requests_total", limit="default", result="denied") == len(calls) - allowed
+    assert counter(m, "guardian_latency_seconds_count", operation="check_limit") == len(calls)
+
+
 def test_sighup_reloads_good_file_and_keeps_old_on_bad(tmp_path: Path, server: Sidecar) -> None:
     with Client(server.target) as client:
         assert client.check_limit("h").limit == 3

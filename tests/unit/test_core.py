@@ -139,6 +139,22 @@ def test_check_many_decides_each_key(core: ModuleType, clock: ManualClock) -> No
     assert backend.take_many([]) == []
 
 
+def test_takes_are_counted_by_outcome(core: ModuleType, clock: ManualClock) -> None:
+    backend = make(core, clock, 2, 1, slots=8)
+    assert (backend.stats()["allowed"], backend.stats()["denied"]) == (0, 0)
+    backend.try_take("a")
+    backend.take("a")
+    backend.take("a")  # denied
+    backend.take_many(["a", "b"])  # denied, allowed
+    backend.usage("a")
+    backend.reset("a")
+    assert (backend.stats()["allowed"], backend.stats()["denied"]) == (3, 2)
+    for i in range(8):
+        backend.try_take(f"fill{i}")
+    assert not backend.try_take("newcomer") and backend.stats()["full"] >= 1  # a full window is a denial
+    assert backend.stats()["allowed"] + backend.stats()["denied"] == 3 + 2 + 9
+
+
 def test_table_full_denies_new_keys_and_never_over_admits(core: ModuleType, clock: ManualClock) -> None:
     backend = make(core, clock, 1, 1, 3600.0, slots=8)  # the window is the whole table
     for i in range(8):

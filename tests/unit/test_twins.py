@@ -40,11 +40,14 @@ class TwinMachine(RuleBasedStateMachine):
         args = (cfg.capacity, cfg.emission_ticks, cfg.ticks_per_ns)
         self.c = _core.Table(*args, slots=slots, clock=self.clock, seed=SEED)
         self.py = _pycore.Table(*args, slots=slots, clock=self.clock, seed=SEED)
+        self.takes = self.allowed = 0  # the model's count of takes, and of admissions seen
 
     @rule(key=KEYS, cost=st.integers(1, 20))
     def take(self, key: str, cost: int) -> None:
         cost = min(cost, self.capacity)
-        assert self.c.check(key, cost) == self.py.check(key, cost)
+        r = self.c.check(key, cost)
+        assert r == self.py.check(key, cost)
+        self._took(r[0])
 
     @rule(key=KEYS, cost=st.integers(1, 20))
     def check_result(self, key: str, cost: int) -> None:
@@ -52,14 +55,24 @@ class TwinMachine(RuleBasedStateMachine):
         c, py = self.c.check_result(key, cost), self.py.check_result(key, cost)
         assert (c.allowed, c.remaining, c.retry_after, c.reset_after, c.limit) == (
             py.allowed, py.remaining, py.retry_after, py.reset_after, py.limit)
+        self._took(c.allowed)
 
     @rule(key=KEYS)
     def try_acquire(self, key: str) -> None:
-        assert self.c.try_acquire(key) is self.py.try_acquire(key)
+        r = self.c.try_acquire(key)
+        assert r is self.py.try_acquire(key)
+        self._took(r)
 
     @rule(keys=st.lists(KEYS, max_size=10))
     def check_many(self, keys: list) -> None:
-        assert self.c.check_many(keys) == self.py.check_many(keys)
+        rs = self.c.check_many(keys)
+        assert rs == self.py.check_many(keys)
+        for r in rs:
+            self._took(r[0])
+
+    def _took(self, allowed: bool) -> None:
+        self.takes += 1
+        self.allowed += allowed
 
     @rule(key=KEYS)
     def usage(self, key: str) -> None:
@@ -87,7 +100,10 @@ class TwinMachine(RuleBasedStateMachine):
     @invariant()
     @precondition(lambda self: hasattr(self, "c"))
     def same_counters(self) -> None:
-        assert self.c.stats() == self.py.stats()
+        stats = self.c.stats()
+        assert stats == self.py.stats()
+        # every take is counted once, by its outcome; spend, drain, usage and reset are not takes
+        assert (stats["allowed"], stats["denied"]) == (self.allowed, self.takes - self.allowed)
 
 
 TestTwins = TwinMachine.TestCase

@@ -42,6 +42,10 @@ SERVICE_NAMES = (V1_NAME, RLS_NAME, health_pb2.DESCRIPTOR.services_by_name["Heal
 #: How often the backend is probed, and snapshots are written.
 MONITOR_INTERVAL = 0.5
 SNAPSHOT_INTERVAL = 1.0
+#: Seconds after the grace that closing the backends (returning leases) may
+#: take, and at least; below workers._KILL_MARGIN.
+CLOSE_MARGIN = 0.75
+MIN_CLOSE = 0.5
 
 
 class Worker:
@@ -54,6 +58,7 @@ class Worker:
         if previous:
             self.state.stats.restore(previous)
         self.state.stats.gauges = self._gauges
+        self.state.stats.core = self.state.buckets.core_counts
         self.health = health.aio.HealthServicer()
         self.stop_event = asyncio.Event()
         self.tasks: List["asyncio.Task[Any]"] = []
@@ -120,7 +125,8 @@ class Worker:
         self.tasks.append(asyncio.ensure_future(self._monitor()))
         if self.store.dir is not None:
             self.tasks.append(asyncio.ensure_future(self._snapshots()))
-        backend = "redis" if opts.redis_url else ("shared memory" if opts.workers > 1 else "memory")
+        backend = (("batched redis" if opts.batched else "redis") if opts.redis_url
+                   else ("shared memory" if opts.workers > 1 else "memory"))
         log.info("guardian %s %s (pid %d) serving gRPC on %s%s, HTTP on %s; %s backend, fail-%s; policy: %s",
                  __version__, self.who, os.getpid(), f"{opts.bind}:{port}",
                  f" and unix:{opts.uds}" if opts.uds and self.index == 0 else "",
@@ -129,6 +135,7 @@ class Worker:
                  self.state.policy.summary())
         await self.stop_event.wait()
         # drain
+        stop_at = loop.time()
         log.info("guardian %s (pid %d) stopping: draining for up to %gs", self.who, os.getpid(), opts.grace)
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
@@ -138,7 +145,14 @@ class Worker:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.state.buckets.close()
+        # Return leases within what is left of grace + CLOSE_MARGIN (inside the
+        # supervisor's kill margin, and the 5 s SIGTERM budget at the default grace).
+        budget = max(stop_at + opts.grace + CLOSE_MARGIN - loop.time(), MIN_CLOSE)
+        try:
+            await asyncio.wait_for(self.state.buckets.close(), budget)
+        except asyncio.TimeoutError:
+            log.warning("guardian %s: backends not closed within %.2fs; unreturned leased tokens "
+                        "come back as their buckets refill", self.who, budget)
         self.store.write(self.state.stats.snapshot())
         log.info("guardian %s (pid %d) stopped", self.who, os.getpid())
         return 0

@@ -6,26 +6,41 @@ In memory, each is a MemoryBackend: private with one worker, a named
 shared-memory table with ``--workers`` (named after the run id, so every
 worker of one run attaches to the same table and the supervisor removes
 them at exit). With ``--redis-url``, each is an AsyncRedisBackend on one
-shared client, wrapped in an AsyncRateLimiter with the fail policy.
+shared client, wrapped in an AsyncRateLimiter with the fail policy; with
+``--batched`` too, an AsyncBatchedRedisBackend on that client whose leases
+live in a private table of each worker (each worker gives its own unused
+tokens back when it stops).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
 from .._result import LimitResult
 from .config import ServeOptions
+from .metrics import LEASE_METRICS
 
-__all__ = ["Bucket", "Buckets", "shared_table_prefix"]
+__all__ = ["Bucket", "Buckets", "shared_table_prefix", "redis_prefix"]
 
 log = logging.getLogger("guardian.server")
 
 
 def shared_table_prefix(run_id: str) -> str:
     return f"gs{run_id}."
+
+
+def _tag(namespace: str, config: TokenBucketConfig) -> str:
+    ns = hashlib.sha1(namespace.encode()).hexdigest()[:10]
+    return f"{ns}.{config.capacity}.{config.emission_ticks}.{config.ticks_per_ns}"
+
+
+def redis_prefix(namespace: str, config: TokenBucketConfig) -> str:
+    """The Redis key prefix of one bucket config (``v1:<name>`` or ``rls``)."""
+    return f"guardian:{_tag(namespace, config)}"
 
 
 class Bucket:
@@ -91,12 +106,16 @@ class Buckets:
         return bucket
 
     def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig) -> Any:
-        ns = hashlib.sha1(ident[0].encode()).hexdigest()[:10]
-        tag = f"{ns}.{ident[1]}.{ident[2]}.{ident[3]}"
         if self.redis_client is not None:
+            prefix = redis_prefix(ident[0], config)
+            if self.opts.batched:
+                from ..backends.batched_async import AsyncBatchedRedisBackend
+
+                return AsyncBatchedRedisBackend(config, client=self.redis_client, prefix=prefix)
             from ..backends.redis_async import AsyncRedisBackend
 
-            return AsyncRedisBackend(config, client=self.redis_client, prefix=f"guardian:{tag}")
+            return AsyncRedisBackend(config, client=self.redis_client, prefix=prefix)
+        tag = _tag(ident[0], config)
         if self.run_id is not None:
             return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=self.opts.slots)
         return MemoryBackend(config, slots=self.opts.slots)
@@ -105,23 +124,46 @@ class Buckets:
     def all(self) -> List[Bucket]:
         return list(self._by_config.values())
 
+    def core_counts(self) -> Iterator[Tuple[str, int, int]]:
+        """(limit name, allowed, denied) of each guardian.v1 limit's memory
+        tables, as their cores counted them. Each name has its own tables
+        (the namespace is ``v1:<name>``), so the label is exact; tables of a
+        config a reload replaced keep counting under their name. Envoy rules
+        share ``rls`` tables and carry labels a table cannot know (rule path,
+        shadow mode), so their checks are counted by the service instead."""
+        for ident, bucket in self._by_config.items():
+            if bucket.local and ident[0].startswith("v1:"):
+                counts = bucket.backend.stats()
+                yield ident[0][3:], counts["allowed"], counts["denied"]
+
     def gauges(self) -> Dict[str, float]:
         limiters = [b.limiter for b in self._by_config.values() if b.limiter is not None]
-        return {
+        out = {
             "errors": float(sum(lim.errors for lim in limiters)),
             "policy_decisions": float(sum(lim.failures for lim in limiters)),
             "breaker_open": float(any(_breaker_open(lim) for lim in limiters)),
         }
+        if self.opts.batched:
+            leases = dict.fromkeys(LEASE_METRICS, 0.0)
+            for b in self._by_config.values():
+                counts = b.backend.stats()
+                for name in LEASE_METRICS:
+                    leases[name] += counts[name]
+            out.update((f"lease_{k}", v) for k, v in leases.items())
+        return out
 
     async def close(self) -> None:
+        """Closes every backend; batched ones give their unused leased
+        tokens back to Redis first (all buckets at once, so the time this
+        takes is about the slowest bucket's, not their sum)."""
+        closing = []
         for bucket in self._by_config.values():
             if bucket.limiter is not None:
-                try:
-                    await bucket.limiter.aclose()
-                except Exception:  # noqa: BLE001 - closing is best effort at exit
-                    pass
+                closing.append(bucket.limiter.aclose())
             else:
                 bucket.backend.close()
+        # closing is best effort at exit: a failure leaves tokens to come back as the bucket refills
+        await asyncio.gather(*closing, return_exceptions=True)
         if self.redis_client is not None:
             try:
                 await self.redis_client.aclose()

@@ -28,6 +28,7 @@ ENV = {
     "slots": "GUARDIAN_SLOTS",
     "response_headers": "GUARDIAN_RESPONSE_HEADERS",
     "grace": "GUARDIAN_GRACE",
+    "batched": "GUARDIAN_BATCHED",
 }
 
 
@@ -51,6 +52,8 @@ class ServeOptions:
     response_headers: bool = False
     #: Seconds SIGTERM waits for in-flight calls.
     grace: float = 3.0
+    #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
+    batched: bool = False
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -96,11 +99,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="send RateLimit-Limit/-Remaining/-Reset to Envoy (env GUARDIAN_RESPONSE_HEADERS)")
     g2.add_argument("--no-response-headers", dest="response_headers", action="store_const", const=False)
     a("--grace", type=float, help="seconds SIGTERM waits for in-flight calls (default 3; env GUARDIAN_GRACE)")
+    g3 = p.add_mutually_exclusive_group()
+    g3.add_argument("--batched", dest="batched", action="store_const", const=True,
+                    help="with --redis-url: reserve tokens from Redis in leases and answer checks from "
+                         "them locally; unused tokens go back at exit (env GUARDIAN_BATCHED)")
+    g3.add_argument("--no-batched", dest="batched", action="store_const", const=False)
 
 
 _CONVERT = {
     "grpc_port": int, "http_port": int, "workers": int, "slots": int, "grace": float,
-    "fail_open": _fail_policy, "response_headers": _flag,
+    "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
 }
 
 
@@ -123,4 +131,6 @@ def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, s
     if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SystemExit(f"guardian serve: unknown log level {opts.log_level!r}")
     opts.log_level = opts.log_level.upper()
+    if opts.batched and not opts.redis_url:
+        raise SystemExit("guardian serve: --batched needs --redis-url (leases are reserved from Redis)")
     return opts

@@ -1,8 +1,11 @@
-"""Metrics: plain counters on the hot path, Prometheus at scrape time.
+"""Metrics: counters in the core or plain counters, Prometheus at scrape time.
 
-A check costs one dict increment and one histogram bucket increment in the
-worker's own ``Stats``; prometheus-client is only used when /metrics is
-scraped, by a custom collector. With ``--workers N`` every worker writes a
+A guardian.v1 check on the memory path is counted by the core itself (the
+Table's relaxed atomic allowed/denied counters, one table per limit name),
+read when a snapshot is taken; other checks cost one dict increment in the
+worker's own ``Stats``. Every RPC adds one histogram bucket increment.
+prometheus-client is only used when /metrics is scraped, by a custom
+collector. With ``--workers N`` every worker writes a
 snapshot of its Stats to ``<run dir>/worker-<i>.json`` once a second (and on
 exit); the worker that serves a scrape sums its live Stats with the others'
 snapshots, so one scrape shows the whole sidecar, at most a second behind
@@ -16,7 +19,7 @@ import json
 import os
 from bisect import bisect_left
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -26,7 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS"]
+__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS"]
 
 #: Upper bounds (seconds) of guardian_latency_seconds; +Inf is implied.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -46,6 +49,8 @@ class Stats:
         self.remote = 0
         #: Filled in at snapshot time by the server (limiters' own counters).
         self.gauges: Callable[[], Dict[str, float]] = dict
+        #: (limit, allowed, denied) counted by the core, read at snapshot time.
+        self.core: Callable[[], Iterable[Tuple[str, int, int]]] = tuple
 
     def count(self, limit: str, result: str, n: int = 1) -> None:
         key = (limit, result)
@@ -59,16 +64,24 @@ class Stats:
         h[-1] += seconds
 
     def snapshot(self) -> Dict[str, Any]:
+        requests = dict(self.requests)
+        local = self.local
+        for limit, allowed, denied in self.core():
+            for result, n in (("allowed", allowed), ("denied", denied)):
+                if n:
+                    requests[(limit, result)] = requests.get((limit, result), 0) + n
+            local += allowed + denied
         return {
-            "requests": [[k[0], k[1], v] for k, v in self.requests.items()],
+            "requests": [[k[0], k[1], v] for k, v in requests.items()],
             "latency": self.latency,
-            "local": self.local,
+            "local": local,
             "remote": self.remote,
             "gauges": self.gauges(),
         }
 
     def restore(self, snap: Dict[str, Any]) -> None:
-        """Continues from a previous incarnation's snapshot (counters only)."""
+        """Continues from a previous incarnation's snapshot (counters only;
+        the core's counts of that process are in it, the new core's start at 0)."""
         for limit, result, n in snap.get("requests", []):
             self.count(limit, result, int(n))
         for op, h in snap.get("latency", {}).items():
@@ -116,6 +129,17 @@ class SnapshotStore:
                 except (OSError, ValueError):
                     continue  # a worker that never wrote, or a torn read of a dead one
 
+
+#: The batched backend's stats() key -> (counter, help), read at snapshot time.
+LEASE_METRICS = {
+    "local_hits": ("guardian_lease_local_hits", "Checks served from a local lease (--batched)."),
+    "reservations": ("guardian_lease_reservations", "Reserve calls to Redis, refills included (--batched)."),
+    "reserved_tokens": ("guardian_lease_reserved_tokens", "Tokens Redis granted to leases (--batched)."),
+    "returned_tokens": ("guardian_lease_tokens_returned",
+                        "Unused leased tokens given back to Redis (--batched)."),
+    "denial_cache_hits": ("guardian_lease_denial_cache_hits",
+                          "Checks denied from the local denial cache, without Redis (--batched)."),
+}
 
 #: How gauges of several workers combine.
 _GAUGE_FOLD = {"backend_up": min, "breaker_open": max}
@@ -165,12 +189,14 @@ class GuardianCollector(Collector):
             buckets.append(("+Inf", cumulative + h[_NB]))
             lat.add_metric([op], buckets, h[-1])
         yield lat
+        g = m["gauges"]
         total = m["local"] + m["remote"]
+        # With leases, a check served from a lease or from the denial cache made no round trip.
+        local = m["local"] + g.get("lease_local_hits", 0.0) + g.get("lease_denial_cache_hits", 0.0)
         yield GaugeMetricFamily("guardian_cache_hit_rate",
                                 "Fraction of checks decided without a network round trip "
-                                "(in-memory tables; the batched Redis backend's leases when it lands).",
-                                value=m["local"] / total if total else 0.0)
-        g = m["gauges"]
+                                "(in-memory tables; leases and cached denials of --batched).",
+                                value=min(local / total, 1.0) if total else 0.0)
         yield CounterMetricFamily("guardian_redis_errors", "Backend calls that failed.",
                                   value=g.get("errors", 0.0))
         yield CounterMetricFamily("guardian_policy_decisions",
@@ -183,3 +209,6 @@ class GuardianCollector(Collector):
                                 value=g.get("breaker_open", 0.0))
         yield GaugeMetricFamily("guardian_workers", "Worker processes whose counters this scrape sums.",
                                 value=g.get("workers", 1.0))
+        for key, (name, doc) in LEASE_METRICS.items():
+            if f"lease_{key}" in g:  # only with --batched
+                yield CounterMetricFamily(name, doc, value=g[f"lease_{key}"])

@@ -37,14 +37,13 @@ class RateLimiterService(pb_grpc.RateLimiterServicer):  # type: ignore[misc]
         name, bucket = await self._bucket(request.limit, context)
         try:
             if bucket.fast is not None:
-                r = bucket.fast(request.key, request.cost or 1)
-                self.stats.local += 1
+                r = bucket.fast(request.key, request.cost or 1)  # counted by the core
             else:
                 r = await bucket.take(request.key, request.cost or 1)
                 self.stats.remote += 1
+                self.stats.count(name, "allowed" if r.allowed else "denied")
         except (InvalidArgumentError, ArgumentTypeError) as exc:
             await _invalid(context, str(exc))
-        self.stats.count(name, "allowed" if r.allowed else "denied")
         response = _Response(allowed=r.allowed, remaining=r.remaining, retry_after=r.retry_after,
                              reset_after=r.reset_after, limit=r.limit)
         self.stats.observe("check_limit", perf_counter() - t0)
@@ -70,17 +69,17 @@ class RateLimiterService(pb_grpc.RateLimiterServicer):  # type: ignore[misc]
         response = pb.CheckLimitsResponse()
         add = response.results.add
         count = self.stats.count
+        remote = 0
         for name, bucket, key, cost in plan:
             if bucket.fast is not None:
-                r = bucket.fast(key, cost)
+                r = bucket.fast(key, cost)  # counted by the core
             else:
                 r = await bucket.take(key, cost)
-            count(name, "allowed" if r.allowed else "denied")
+                count(name, "allowed" if r.allowed else "denied")
+                remote += 1
             add(allowed=r.allowed, remaining=r.remaining, retry_after=r.retry_after,
                 reset_after=r.reset_after, limit=r.limit)
-        local = sum(1 for p in plan if p[1].fast is not None)
-        self.stats.local += local
-        self.stats.remote += len(plan) - local
+        self.stats.remote += remote
         self.stats.observe("check_limits", perf_counter() - t0)
         return response
 
