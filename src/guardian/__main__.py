@@ -80,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--workers", type=int, default=2, help="processes sharing the table (default 2)")
     d.add_argument("--seconds", type=float, default=2.0, help="how long to run (default 2)")
     d.set_defaults(run=demo)
-    s = sub.add_parser("serve", help="run the gRPC sidecar (guardian.v1, Envoy RLS v3, health, /metrics)")
+    s = sub.add_parser("serve", help="run the gRPC sidecar (guardian.v1, Envoy RLS v3, health, /metrics)",
+                       allow_abbrev=False)  # "--redis" must not silently mean --redis-url
     from .server.config import add_arguments
 
     add_arguments(s)

@@ -35,3 +35,10 @@ def test_demo_runs() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "held" in out.stdout
+
+
+def test_serve_refuses_abbreviated_flags() -> None:
+    """A deployment file's typo must fail loudly, not mean another flag."""
+    out = subprocess.run([sys.executable, "-m", "guardian", "serve", "--redis", "redis://x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unrecognized arguments: --redis" in out.stderr
