@@ -2,18 +2,34 @@
 functions read, the ready key functions, per-route limits and the
 response fields. No framework and no I/O here.
 
-Response fields follow draft-ietf-httpapi-ratelimit-headers-09 (the first
-draft with the two-field design, kept by the later drafts): both are
-Structured Field Lists (RFC 9651) of one item whose value is the policy
-name as an sf-string::
+Response fields follow draft-ietf-httpapi-ratelimit-headers-11 as read
+from the text rendering the working group's repository keeps at
+github.com/ietf-wg-httpapi/ratelimit-headers, path
+draft-ietf-httpapi-ratelimit-headers-11/draft-ietf-httpapi-ratelimit-headers.txt
+(commit 1284b9c; its title line reads "-latest", dated 23 May 2026; see
+README "Rate limit fields"). Both fields are Structured Field Lists
+(RFC 9651) of one item whose value is the policy name, an sf-string as
+section 3 requires ("The Item[SF] value MUST be a String[SF]")::
 
-    RateLimit-Policy: "default";q=100;w=10   quota q tokens per window w seconds
-    RateLimit: "default";r=42;t=3            r tokens left, t seconds until full
+    RateLimit-Policy: "default";q=100;w=10   quota q per window w seconds (3.1)
+    RateLimit: "default";r=42;t=3            r available, effective window t s (4.1)
 
 A token bucket of capacity C refilling r per interval I is advertised as
-q=C and w=ceil(C*I/r), the time an empty bucket takes to fill. ``t`` is
-the seconds until the bucket is full again on an allowed response, and
-until the request would be allowed on a denied one (equal to Retry-After).
+q=C and w=ceil(C*I/r), the time an empty bucket takes to fill (w is
+non-zero, 3.1.3). ``t`` is the seconds until the bucket is full again on an
+allowed response, and until the request would be allowed on a denied one
+(equal to Retry-After, so Retry-After never points before the end of the
+effective window, section 6).
+
+Not emitted: ``qu`` (absent means "requests"; with a ``cost_func`` q and r
+count cost units, which no registered quota unit names) and ``pk``. The
+draft's pk is a Byte Sequence naming the request's quota partition, here
+the rate limit key: by default the client address, otherwise an API key
+or tenant header. Section 6.1 asks servers to avoid partition keys that
+carry sensitive information; the key itself would echo those, and an
+unkeyed hash of an IPv4 address is reversed by trying all 2^32, so guardian
+leaves pk off rather than publish it.
+
 The legacy ``X-RateLimit-Limit/-Remaining/-Reset`` (delta seconds) are an
 option for clients that expect them.
 """
@@ -242,6 +258,10 @@ def window_seconds(limiter: Any) -> int:
 
 
 def _sf_string(text: str) -> str:
+    """``text`` as an RFC 9651 sf-string: printable ASCII only, with ``\\``
+    and ``"`` escaped; anything else cannot be a policy name."""
+    if not all(" " <= ch <= "~" for ch in text):
+        raise ValueError(f"a policy name must be printable ASCII (an sf-string), got {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -278,6 +298,11 @@ class Plan:
         self.cost_func = cost_func
         self.table = RouteTable(routes)
         self.policy = policy
+        # Policy names go out as sf-strings: refuse an unusable one here, not per request.
+        _sf_string(policy)
+        for r in self.table.routes:
+            if r.policy is not None or (r.limiter is not None and r.limiter is not limiter):
+                _sf_string(r.policy or r.pattern)  # the name resolve() would use
         self.headers = headers
         self.headers_on_allowed = headers_on_allowed and headers != "none"
         #: (limiter id, policy) -> (window seconds, the policy as an sf-string)

@@ -245,3 +245,42 @@ async def test_asgi_does_not_block_concurrent_requests(core: Any, clock: ManualC
     app = asgi.RateLimitMiddleware(starlette_app(), limiter=alimiter)
     codes = await asyncio.gather(*(get(app) for _ in range(60)))
     assert sorted(r.status_code for r in codes) == [200] * 50 + [429] * 10
+
+
+class _Result:
+    def __init__(self, allowed: bool, remaining: int, reset_after: float, retry_after: float, limit: int) -> None:
+        self.allowed, self.remaining, self.reset_after = allowed, remaining, reset_after
+        self.retry_after, self.limit = retry_after, limit
+
+
+def test_fields_match_the_draft_11_examples() -> None:
+    """The exact strings of draft-ietf-httpapi-ratelimit-headers-11 sections
+    3.2 and 4.2: the policy name an sf-string ("default", not the token
+    default), q and w on RateLimit-Policy, r and t on RateLimit, no qu or pk."""
+    fields = response_headers(_Result(True, 50, 30, 0.0, 100), "default", 10, "draft")
+    assert fields == [("RateLimit-Policy", '"default";q=100;w=10'), ("RateLimit", '"default";r=50;t=30')]
+    denied = response_headers(_Result(False, 0, 19.2, 19.2, 100), "default", 60, "draft")
+    assert denied == [("RateLimit-Policy", '"default";q=100;w=60'), ("RateLimit", '"default";r=0;t=20'),
+                      ("Retry-After", "20")]
+
+
+def test_fields_both_styles_exact() -> None:
+    fields = response_headers(_Result(False, 0, 0.4, 0.4, 5), "login", 3, "both")
+    assert fields == [("RateLimit-Policy", '"login";q=5;w=3'), ("RateLimit", '"login";r=0;t=1'),
+                      ("X-RateLimit-Limit", "5"), ("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "1"),
+                      ("Retry-After", "1")]
+
+
+def test_policy_names_must_be_sf_strings(core: Any, clock: ManualClock) -> None:
+    """An sf-string holds printable ASCII only; refused when the middleware is built."""
+    with pytest.raises(ValueError, match="printable ASCII"):
+        asgi.RateLimitMiddleware(starlette_app(), limiter=limiter(core, clock), policy="café")
+    with pytest.raises(ValueError, match="printable ASCII"):
+        wsgi.RateLimitMiddleware(Flask(__name__).wsgi_app, limiter=limiter(core, clock), policy="a\tb")
+    other = limiter(core, clock)
+    with pytest.raises(ValueError, match="printable ASCII"):  # a route's pattern names its policy
+        asgi.RateLimitMiddleware(starlette_app(), limiter=limiter(core, clock), routes={"/café": other})
+    # the same pattern is fine when the route keeps the default policy or names its own
+    asgi.RateLimitMiddleware(starlette_app(), limiter=limiter(core, clock), routes={"/café": None})
+    asgi.RateLimitMiddleware(starlette_app(), limiter=limiter(core, clock),
+                             routes=[Route("/café", other, policy="cafe")])
