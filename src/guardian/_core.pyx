@@ -540,12 +540,15 @@ cdef class Table:
     cdef Py_ssize_t _scan(self, uint64_t h, int64_t now, int64_t *t_out,
                           int64_t *wait_out) noexcept nogil:
         """With the stripe lock held: the key's slot (>= 0, TAT in t_out),
-        else the first claimable slot as -10 - index (its TAT in t_out),
-        else FULL with the shortest wait until a slot expires."""
+        else the slot to claim as -10 - index (its TAT in t_out): the first
+        free one (never used, or a tombstone) before the first never-used
+        slot, else the first expired one; else FULL with the shortest wait
+        until a slot expires. Free slots first, so that an absent key does
+        not evict a present one (whose next check would evict another)."""
         cdef uint64_t fp = h | 1, f
         cdef uint64_t home = h & self.mask
-        cdef Py_ssize_t s, candidate = -1
-        cdef int64_t t, wait = INT64_MAX, cand_t = 0
+        cdef Py_ssize_t s, free_slot = -1, expired = -1
+        cdef int64_t t, wait = INT64_MAX, free_t = 0, expired_t = 0
         cdef unsigned i = 0
         while i < self.window:
             s = <Py_ssize_t>((home + i) & self.mask)
@@ -563,17 +566,24 @@ cdef class Table:
                 t_out[0] = t
                 return s
             if t <= now:
-                if candidate < 0:
-                    candidate = s
-                    cand_t = t
-                if f == 0:
-                    break  # never used: the key cannot lie beyond
+                if f == 0 or f == G_TOMB:
+                    if free_slot < 0:
+                        free_slot = s
+                        free_t = t
+                    if f == 0:
+                        break  # never used: the key cannot lie beyond
+                elif expired < 0:
+                    expired = s
+                    expired_t = t
             elif t - now < wait:
                 wait = t - now
             i += 1
-        if candidate >= 0:
-            t_out[0] = cand_t
-            return -10 - candidate
+        if free_slot >= 0:
+            t_out[0] = free_t
+            return -10 - free_slot
+        if expired >= 0:
+            t_out[0] = expired_t
+            return -10 - expired
         wait_out[0] = wait
         return FULL
 

@@ -179,16 +179,29 @@ class Table:
         return -1
 
     def _claim(self, fp: int, home: int, now: int) -> Tuple[int, int]:
-        """First empty or expired slot in the window, or (-1, shortest wait)."""
+        """The slot to claim: the first free one (never used, or a
+        tombstone) up to the first never-used slot, else the first expired
+        one; or (-1, shortest wait). Free first, so that an absent key does
+        not evict a present one."""
         w = self._words
-        wait = -1
+        wait = free = expired = -1
         for i in range(self._window):
             s = self._base + 2 * ((home + i) & self._mask)
             f, t = w[s], w[s + 1]
-            if (f == 0 and t == 0) or t <= now:
-                return s, 0
-            if wait < 0 or t - now < wait:
+            if t <= now:
+                if f == 0 or f == _TOMB:
+                    if free < 0:
+                        free = s
+                    if f == 0:
+                        break
+                elif expired < 0:
+                    expired = s
+            elif wait < 0 or t - now < wait:
                 wait = t - now
+        if free >= 0:
+            return free, 0
+        if expired >= 0:
+            return expired, 0
         return -1, wait
 
     # --- GCRA ---------------------------------------------------------------

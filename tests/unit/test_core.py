@@ -239,3 +239,16 @@ def test_default_table_tracks_half_its_slots_at_32_bytes_per_key(core: ModuleTyp
     assert backend.stats()["full"] == 0 and backend.stats()["reclaims"] == 0
     table_bytes = 640 + 16 * table.slots
     assert table_bytes / keys <= 32.01
+
+
+def test_absent_keys_take_free_slots_before_evicting_idle_ones(core: ModuleType, clock: ManualClock) -> None:
+    """A key moving in takes a never-used slot of its window before an
+    expired one: otherwise every insert evicts an idle key, whose next
+    check evicts another, and a table with room to spare churns forever."""
+    backend = make(core, clock, 10, 1000, slots=1024)
+    keys = [f"client-{i}" for i in range(300)]
+    for _ in range(3):
+        for key in keys:
+            assert backend.try_take(key)
+            clock.advance(0.1)  # every bucket is full again before its key returns
+    assert backend.stats()["reclaims"] == 0
