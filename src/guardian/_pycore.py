@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _region
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._args import check_cost, check_key
 
 __all__ = ["Table", "siphash13", "unlink"]
 
@@ -62,36 +62,6 @@ def siphash13(k0: int, k1: int, data: bytes) -> int:
     sipround()
     sipround()
     return v0 ^ v1 ^ v2 ^ v3
-
-
-def check_key(key: Any) -> bytes:
-    if not isinstance(key, str):
-        raise ArgumentTypeError(f"key must be a str, got {type(key).__name__}")
-    try:
-        data = key.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
-    if not data:
-        raise InvalidArgumentError("key must not be empty")
-    if len(data) > _region.MAX_KEY_BYTES:
-        raise InvalidArgumentError(
-            f"key is {len(data)} bytes in UTF-8, the maximum is {_region.MAX_KEY_BYTES}"
-        )
-    return data
-
-
-def check_cost(cost: Any, capacity: int) -> int:
-    if type(cost) is not int:
-        if isinstance(cost, bool) or not hasattr(cost, "__index__"):
-            raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
-        cost = cost.__index__()
-    if cost < 1:
-        raise InvalidArgumentError(f"cost must be at least 1, got {cost}")
-    if cost > capacity:
-        raise InvalidArgumentError(
-            f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"
-        )
-    return int(cost)
 
 
 class Table:

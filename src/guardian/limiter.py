@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, 
 
 from ._breaker import CircuitBreaker
 from ._errors import BackendError, RateLimitExceeded
-from ._pycore import check_cost, check_key
+from ._args import check_cost, check_key
 from ._result import LimitResult
 from .backends.base import Backend
 from .backends.memory import MemoryBackend

@@ -5,8 +5,10 @@ The design and its accuracy bound are in docs/batched.md.
 
 from __future__ import annotations
 
+import atexit
 import math
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import _impl
@@ -306,6 +308,9 @@ class BatchedCommon:
         us, ahead = reservation
         return self.redis.plan_call("release", key, b"%d" % n, b"%d" % us, b"%d" % ahead)  # type: ignore[no-any-return]
 
+    def _close_at_exit(self) -> None:
+        """Give leases back at interpreter exit; subclasses say how."""
+
     def returned(self, reply: Sequence[int]) -> None:
         self.book.counts["returned_tokens"] += int(reply[0])
 
@@ -319,3 +324,18 @@ class BatchedCommon:
     def __repr__(self) -> str:
         where = f"shared={self.book.shared!r}" if self.book.shared else "local"
         return f"{type(self).__name__}({self.config!r}, prefix={self.redis.prefix!r}, {where})"
+
+
+#: Every batched backend alive, sync or asyncio: their leases go back to
+#: Redis at interpreter exit (not after SIGKILL: those tokens come back as
+#: the bucket refills; docs/batched.md).
+live: "weakref.WeakSet[BatchedCommon]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for backend in list(live):
+        try:
+            backend._close_at_exit()
+        except Exception:  # pragma: no cover - exit must not fail on one backend
+            pass

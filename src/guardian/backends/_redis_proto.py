@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - packing falls back to bulk_keys
 
 from .._config import TokenBucketConfig
 from .._errors import ArgumentTypeError, ConfigurationError, InvalidArgumentError
-from .._pycore import check_cost, check_key
+from .._args import check_cost, check_key
 from .._region import MAX_KEY_BYTES
 from .._result import LimitResult
 

@@ -4,16 +4,14 @@ logic is in _lease; this module only talks to Redis (docs/batched.md)."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import queue
 import threading
-import weakref
 from typing import Any, List, Optional, Sequence
 
 from .._errors import BackendError
 from .._result import LimitResult
-from ._lease import BatchedCommon, Lease
+from ._lease import BatchedCommon, Lease, live
 from .redis import RedisBackend
 
 __all__ = ["BatchedRedisBackend"]
@@ -42,7 +40,7 @@ class BatchedRedisBackend(BatchedCommon):
         self._worker: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self._closed = False
-        _live.add(self)
+        live.add(self)
 
     # --- the Backend protocol ---------------------------------------------
 
@@ -164,6 +162,8 @@ class BatchedRedisBackend(BatchedCommon):
         self.redis.close()
         self.book.table.close()
 
+    _close_at_exit = close
+
     def _after_fork(self) -> None:
         self.book.after_fork()
         self._worker = None
@@ -171,23 +171,10 @@ class BatchedRedisBackend(BatchedCommon):
         self._start_lock = threading.Lock()
 
 
-_live: "weakref.WeakSet[BatchedRedisBackend]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    # Unused tokens go back at interpreter exit too (not after SIGKILL:
-    # those come back as the bucket refills; docs/batched.md).
-    for backend in list(_live):
-        try:
-            backend.close()
-        except Exception:  # pragma: no cover - exit must not fail on one backend
-            pass
-
-
 def _forget_after_fork() -> None:
-    for backend in list(_live):
-        backend._after_fork()
+    for backend in list(live):
+        if isinstance(backend, BatchedRedisBackend):
+            backend._after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

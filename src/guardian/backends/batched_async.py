@@ -4,13 +4,11 @@ book, sizing and scripts (_lease); a task instead of a thread refills."""
 from __future__ import annotations
 
 import asyncio
-import atexit
-import weakref
 from typing import Any, List, Optional, Sequence
 
 from .._errors import BackendError
 from .._result import LimitResult
-from ._lease import BatchedCommon, Lease
+from ._lease import BatchedCommon, Lease, live
 from .redis_async import AsyncRedisBackend
 
 __all__ = ["AsyncBatchedRedisBackend"]
@@ -30,7 +28,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         super().__init__(config, url, **kwargs)
         self._url = url
         self._timeouts = {k: kwargs[k] for k in ("connect_timeout", "timeout") if k in kwargs}
-        _live.add(self)
+        live.add(self)
         self._spend = self.book.table.spend
         self._queue: "Optional[asyncio.Queue[Optional[str]]]" = None
         self._worker: "Optional[asyncio.Task[None]]" = None
@@ -132,7 +130,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
                 await self._refill(key)
             await self._expire()
 
-    def _release_at_exit(self) -> None:
+    def _close_at_exit(self) -> None:
         """aclose() never ran: give the leases back without an event loop."""
         if self._closed or self._url is None:
             return
@@ -159,15 +157,3 @@ class AsyncBatchedRedisBackend(BatchedCommon):
             await self._release(key, n, reservation)
         await self.redis.aclose()
         self.book.table.close()
-
-
-_live: "weakref.WeakSet[AsyncBatchedRedisBackend]" = weakref.WeakSet()
-
-
-@atexit.register
-def _release_all_at_exit() -> None:
-    for backend in list(_live):
-        try:
-            backend._release_at_exit()
-        except Exception:  # pragma: no cover - exit must not fail on one backend
-            pass

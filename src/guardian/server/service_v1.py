@@ -9,7 +9,7 @@ from typing import Any, List, NoReturn, Tuple
 import grpc
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
-from .._pycore import check_cost, check_key
+from .._args import check_cost, check_key
 from ..v1 import guardian_pb2 as pb
 from ..v1 import guardian_pb2_grpc as pb_grpc
 from .buckets import Bucket

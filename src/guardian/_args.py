@@ -1,0 +1,46 @@
+"""Argument checks for a key and a cost, in Python.
+
+The C core checks its arguments itself, with the same messages; everything
+that validates in Python (the pure-Python core, the Redis packing, the
+failure policy, the sidecar) uses these, so a bad argument is refused the
+same way before any state or network is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _region
+from ._errors import ArgumentTypeError, InvalidArgumentError
+
+__all__ = ["check_key", "check_cost"]
+
+
+def check_key(key: Any) -> bytes:
+    if not isinstance(key, str):
+        raise ArgumentTypeError(f"key must be a str, got {type(key).__name__}")
+    try:
+        data = key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(f"key is not valid Unicode text: {exc}") from exc
+    if not data:
+        raise InvalidArgumentError("key must not be empty")
+    if len(data) > _region.MAX_KEY_BYTES:
+        raise InvalidArgumentError(
+            f"key is {len(data)} bytes in UTF-8, the maximum is {_region.MAX_KEY_BYTES}"
+        )
+    return data
+
+
+def check_cost(cost: Any, capacity: int) -> int:
+    if type(cost) is not int:
+        if isinstance(cost, bool) or not hasattr(cost, "__index__"):
+            raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
+        cost = cost.__index__()
+    if cost < 1:
+        raise InvalidArgumentError(f"cost must be at least 1, got {cost}")
+    if cost > capacity:
+        raise InvalidArgumentError(
+            f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"
+        )
+    return int(cost)
