@@ -15,14 +15,9 @@ import os
 import signal
 import sys
 
-from .config import ServeOptions, add_arguments, options_from_args
+from .config import DIR_ENV, RUN_ENV, WORKER_ENV, ServeOptions, add_arguments, options_from_args
 
 __all__ = ["serve", "add_arguments", "ServeOptions", "options_from_args"]
-
-#: Set by the supervisor in the environment of each worker it starts.
-WORKER_ENV = "GUARDIAN_WORKER_INDEX"
-RUN_ENV = "GUARDIAN_RUN_ID"
-DIR_ENV = "GUARDIAN_RUN_DIR"
 
 
 def _logging(level: str) -> None:

@@ -25,7 +25,7 @@ from .. import __version__
 from .._errors import ConfigurationError
 from ..v1 import guardian_pb2, guardian_pb2_grpc
 from .config import ServeOptions
-from .http import start_http
+from .probes import start_http
 from .metrics import GuardianCollector, SnapshotStore
 from .service_rls import RateLimitService
 from .service_v1 import RateLimiterService
@@ -84,47 +84,74 @@ class Worker:
             await self.health.set(name, status)
 
     async def run(self) -> int:
-        opts = self.opts
         try:
             self.state.load()
         except ConfigurationError as exc:
             log.error("guardian: %s", exc)
             return 2
+        server = self._grpc_server()
+        try:
+            port = self._listen(server)
+        except RuntimeError as exc:
+            log.error("guardian: cannot listen on %s: %s", self._address(), exc)
+            return 2
+        await server.start()
+        await self._set_health()
+        try:
+            http = await self._start_http()
+        except OSError as exc:
+            log.error("guardian: cannot listen for HTTP on %s:%d: %s", self.opts.bind, self.opts.http_port, exc)
+            await server.stop(0)
+            return 2
+        self._install_signals()
+        self._start_tasks()
+        self._log_started(port, http is not None)
+        await self.stop_event.wait()
+        await self._drain(server, http)
+        return 0
+
+    def _grpc_server(self) -> Any:
         server = grpc.aio.server(options=[
-            ("grpc.so_reuseport", 1 if opts.workers > 1 else 0),
+            ("grpc.so_reuseport", 1 if self.opts.workers > 1 else 0),
             ("grpc.max_concurrent_streams", 1000),
         ])
         guardian_pb2_grpc.add_RateLimiterServicer_to_server(RateLimiterService(self.state), server)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(self.state), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
-        address = f"{opts.bind}:{opts.grpc_port}" if ":" not in opts.bind else f"[{opts.bind}]:{opts.grpc_port}"
-        try:
-            port = server.add_insecure_port(address)
-            if opts.uds and self.index == 0:
-                server.add_insecure_port(f"unix:{opts.uds}")
-        except RuntimeError as exc:
-            log.error("guardian: cannot listen on %s: %s", address, exc)
-            return 2
-        await server.start()
-        await self._set_health()
-        http = None
-        if opts.http_port:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(GuardianCollector(self.state.stats, self.store))
-            try:
-                http = await start_http(opts.bind, opts.http_port, registry, self.ready, opts.workers > 1)
-            except OSError as exc:
-                log.error("guardian: cannot listen for HTTP on %s:%d: %s", opts.bind, opts.http_port, exc)
-                await server.stop(0)
-                return 2
+        return server
+
+    def _address(self) -> str:
+        bind, port = self.opts.bind, self.opts.grpc_port
+        return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+
+    def _listen(self, server: Any) -> int:
+        """Adds the TCP port (and the Unix socket on the first worker); returns the port."""
+        port: int = server.add_insecure_port(self._address())
+        if self.opts.uds and self.index == 0:
+            server.add_insecure_port(f"unix:{self.opts.uds}")
+        return port
+
+    async def _start_http(self) -> Any:
+        if not self.opts.http_port:
+            return None
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(GuardianCollector(self.state.stats, self.store))
+        return await start_http(self.opts.bind, self.opts.http_port, registry, self.ready, self.opts.workers > 1)
+
+    def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _start_tasks(self) -> None:
         self.tasks.append(asyncio.ensure_future(self._monitor()))
         if self.store.dir is not None:
             self.tasks.append(asyncio.ensure_future(self._snapshots()))
+
+    def _log_started(self, port: int, http: bool) -> None:
+        opts = self.opts
         backend = (("batched redis" if opts.batched else "redis") if opts.redis_url
                    else ("shared memory" if opts.workers > 1 else "memory"))
         log.info("guardian %s %s (pid %d) serving gRPC on %s%s, HTTP on %s; %s backend, fail-%s; policy: %s",
@@ -133,8 +160,11 @@ class Worker:
                  f"{opts.bind}:{opts.http_port}" if http else "off", backend,
                  _mode(opts.fail_open, "open", "closed", "local"),
                  self.state.policy.summary())
-        await self.stop_event.wait()
-        # drain
+
+    async def _drain(self, server: Any, http: Any) -> None:
+        """Health NOT_SERVING, stop accepting, wait for in-flight calls, return leases."""
+        opts = self.opts
+        loop = asyncio.get_running_loop()
         stop_at = loop.time()
         log.info("guardian %s (pid %d) stopping: draining for up to %gs", self.who, os.getpid(), opts.grace)
         self.state.draining = True
@@ -155,7 +185,6 @@ class Worker:
                         "come back as their buckets refill", self.who, budget)
         self.store.write(self.state.stats.snapshot())
         log.info("guardian %s (pid %d) stopped", self.who, os.getpid())
-        return 0
 
     def _reload(self) -> None:
         try:

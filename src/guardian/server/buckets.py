@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
 from .._result import LimitResult
@@ -66,12 +66,6 @@ class Bucket:
         assert self.limiter is not None
         return await self.limiter.check_limit(key, cost)
 
-    async def take_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
-        if self.limiter is None:
-            results: List[LimitResult] = self.backend.take_many(keys, cost)
-            return results
-        return await self.limiter.check_many(keys, cost)
-
     async def usage(self, key: str) -> int:
         if self.limiter is None:
             return int(self.backend.usage(key))
@@ -119,10 +113,6 @@ class Buckets:
         if self.run_id is not None:
             return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=self.opts.slots)
         return MemoryBackend(config, slots=self.opts.slots)
-
-    @property
-    def all(self) -> List[Bucket]:
-        return list(self._by_config.values())
 
     def core_counts(self) -> Iterator[Tuple[str, int, int]]:
         """(limit name, allowed, denied) of each guardian.v1 limit's memory

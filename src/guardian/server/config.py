@@ -9,7 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 
-__all__ = ["ServeOptions", "add_arguments", "options_from_args"]
+__all__ = ["ServeOptions", "add_arguments", "options_from_args", "WORKER_ENV", "RUN_ENV", "DIR_ENV"]
+
+#: Set by the supervisor in the environment of each worker it starts.
+WORKER_ENV = "GUARDIAN_WORKER_INDEX"
+RUN_ENV = "GUARDIAN_RUN_ID"
+DIR_ENV = "GUARDIAN_RUN_DIR"
 
 FailPolicy = Union[bool, str]
 

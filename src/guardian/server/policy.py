@@ -40,7 +40,7 @@ from .._config import TokenBucketConfig
 from .._errors import ConfigurationError
 
 __all__ = ["PolicyError", "Rule", "Node", "Domain", "Policy", "load_policy", "parse_policy",
-           "UNIT_SECONDS", "DEFAULT_LIMIT"]
+           "UNIT_SECONDS", "DEFAULT_LIMIT", "override_rule"]
 
 #: ratelimit's units in seconds (month = 30 days, year = 365 days, as ratelimit counts them).
 UNIT_SECONDS: Dict[str, int] = {
@@ -279,6 +279,12 @@ def _named_limit(name: Any, obj: Any, where: str) -> Rule:
     rpu = _int(spec["requests_per_unit"], where, "requests_per_unit", 1)
     burst = _int(spec["burst"], where, "burst", 1) if "burst" in spec else None
     return Rule(name, name, unit, rpu, burst, config=_bucket(rpu, unit, burst, where))
+
+
+def override_rule(requests_per_unit: int, unit: str) -> Rule:
+    """The rule of an Envoy descriptor's ``limit`` override (raises PolicyError when out of range)."""
+    return Rule(f"override.{requests_per_unit}_per_{unit}", "", unit, requests_per_unit,
+                config=_bucket(requests_per_unit, unit, None, "descriptor limit override"))
 
 
 def parse_policy(text: str, source: str = "<string>", into: Optional[Policy] = None) -> Policy:

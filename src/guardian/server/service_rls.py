@@ -27,7 +27,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from .._errors import RateLimitError
 from .._region import MAX_KEY_BYTES
 from .buckets import Bucket
-from .policy import UNIT_SECONDS, Rule
+from .policy import UNIT_SECONDS, Domain, Rule, override_rule
 from .state import State
 
 __all__ = ["RateLimitService"]
@@ -52,77 +52,75 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
 
     async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
         t0 = perf_counter()
-        domain_name = request.domain
-        if not domain_name:
-            await _abort(context, "rate limit domain must not be empty")
-        descriptors = request.descriptors
-        if not descriptors:
-            await _abort(context, "rate limit descriptor list must not be empty")
-        state = self.state
-        domain = state.policy.domains.get(domain_name)
+        await self._validate(request, context)
+        domain = self.state.policy.domains.get(request.domain)
+        rules = self._rules(domain, request.descriptors)
+        response = Response(overall_code=OK)
+        closest: Optional[Tuple[int, Rule, float]] = None
         default_hits = request.hits_addend or 1
-        # 1. find each descriptor's rule, as ratelimit does before touching any bucket
-        rules: List[Optional[Rule]] = []
-        replaced: Set[str] = set()
-        for i, d in enumerate(descriptors):
-            entries = []
+        replaced = _replaced(rules)
+        for d, rule in zip(request.descriptors, rules):
+            if rule is None or (rule.name and rule.name in replaced):
+                response.statuses.add(code=OK)
+                continue
+            remaining, reset = await self._decide(response, request.domain, d, rule, default_hits)
+            if reset is not None and (closest is None or remaining < closest[0]):
+                closest = (remaining, rule, reset)
+        if closest is not None and self.state.opts.response_headers:
+            _add_headers(response, *closest)
+        self.stats.observe("should_rate_limit", perf_counter() - t0)
+        return response
+
+    @staticmethod
+    async def _validate(request: Any, context: Any) -> None:
+        if not request.domain:
+            await _abort(context, "rate limit domain must not be empty")
+        if not request.descriptors:
+            await _abort(context, "rate limit descriptor list must not be empty")
+        for i, d in enumerate(request.descriptors):
+            if not d.entries:
+                await _abort(context, f"descriptors[{i}] has no entries")
             for j, e in enumerate(d.entries):
                 if not e.key:
                     await _abort(context, f"descriptors[{i}].entries[{j}]: key must not be empty")
-                entries.append((e.key, e.value))
-            if not entries:
-                await _abort(context, f"descriptors[{i}] has no entries")
-            rule = None
-            if domain is not None:
-                rule = self._override(d.limit, context) if d.HasField("limit") else domain.match(entries)
-            if rule is not None and rule.replaces and not rule.unlimited:
-                replaced.update(rule.replaces)
-            rules.append(rule)
-        # 2. decide
-        response = Response(overall_code=OK)
-        statuses = response.statuses
-        count = self.stats.count
-        closest: Optional[Tuple[int, Rule, float]] = None
-        for i, d in enumerate(descriptors):
-            rule = rules[i]
-            if rule is None or (rule.name and rule.name in replaced):
-                statuses.add(code=OK)
-                continue
-            if rule.unlimited:
-                statuses.add(code=OK, limit_remaining=UNLIMITED_REMAINING)
-                count(rule.path, "unlimited")
-                continue
-            hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
-            current = Response.RateLimit(name=rule.name, requests_per_unit=rule.requests_per_unit,
-                                         unit=_UNIT[rule.unit])
-            metric = self._metric(rule, d)
-            bucket = state.rule_buckets.get(id(rule)) if rule.config is not None else None
-            if rule.config is None:  # requests_per_unit: 0 blocks everything
-                over, remaining, reset = True, 0, float(rule.window)
-            else:
-                if bucket is None:  # a descriptor-level override
-                    bucket = state.buckets.get("rls", rule.config)
-                over, remaining, reset = await self._take(bucket, self._key(domain_name, d), hits)
-            if over and rule.shadow_mode:
-                count(metric, "shadow_denied")
-                over = False
-            else:
-                count(metric, "denied" if over else "allowed")
-            st = statuses.add(code=OVER_LIMIT if over else OK, current_limit=current,
-                              limit_remaining=remaining)
-            st.duration_until_reset.FromNanoseconds(int(reset * 1e9))
-            if over:
-                response.overall_code = OVER_LIMIT
-            if closest is None or remaining < closest[0]:
-                closest = (remaining, rule, reset)
-        if closest is not None and state.opts.response_headers:
-            remaining, rule, reset = closest
-            add = response.response_headers_to_add.add
-            add(key="RateLimit-Limit", value=f"{rule.requests_per_unit}, {rule.requests_per_unit};w={rule.window}")
-            add(key="RateLimit-Remaining", value=str(remaining))
-            add(key="RateLimit-Reset", value=str(int(-(-reset // 1))))
-        self.stats.observe("should_rate_limit", perf_counter() - t0)
-        return response
+
+    def _rules(self, domain: Optional[Domain], descriptors: Any) -> List[Optional[Rule]]:
+        """Each descriptor's rule, found before any bucket is touched, as ratelimit does."""
+        if domain is None:
+            return [None] * len(descriptors)
+        return [self._override(d.limit) if d.HasField("limit")
+                else domain.match([(e.key, e.value) for e in d.entries])
+                for d in descriptors]
+
+    async def _decide(self, response: Any, domain: str, d: Any, rule: Rule,
+                      default_hits: int) -> Tuple[int, Optional[float]]:
+        """Adds the descriptor's status; returns (remaining, reset) for the headers."""
+        if rule.unlimited:
+            response.statuses.add(code=OK, limit_remaining=UNLIMITED_REMAINING)
+            self.stats.count(rule.path, "unlimited")
+            return UNLIMITED_REMAINING, None
+        hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
+        metric = self._metric(rule, d)
+        if rule.config is None:  # requests_per_unit: 0 blocks everything
+            over, remaining, reset = True, 0, float(rule.window)
+        else:
+            bucket = self.state.rule_buckets.get(id(rule))
+            if bucket is None:  # a descriptor-level override
+                bucket = self.state.buckets.get("rls", rule.config)
+            over, remaining, reset = await self._take(bucket, self._key(domain, d), hits)
+        if over and rule.shadow_mode:
+            self.stats.count(metric, "shadow_denied")
+            over = False
+        else:
+            self.stats.count(metric, "denied" if over else "allowed")
+        current = Response.RateLimit(name=rule.name, requests_per_unit=rule.requests_per_unit,
+                                     unit=_UNIT[rule.unit])
+        st = response.statuses.add(code=OVER_LIMIT if over else OK, current_limit=current,
+                                   limit_remaining=remaining)
+        st.duration_until_reset.FromNanoseconds(int(reset * 1e9))
+        if over:
+            response.overall_code = OVER_LIMIT
+        return remaining, reset
 
     async def _take(self, bucket: Bucket, key: str, hits: int) -> Tuple[bool, int, float]:
         """(over the limit, remaining, seconds until full) for ``hits`` tokens."""
@@ -163,7 +161,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             return rule.path.split(".", 1)[0] + "." + ".".join(f"{e.key}_{e.value}" for e in d.entries)
         return rule.path
 
-    def _override(self, limit: Any, context: Any) -> Optional[Rule]:
+    def _override(self, limit: Any) -> Optional[Rule]:
         unit = _UNIT_NAME.get(limit.unit)
         if unit is None:
             return None  # ratelimit ignores an override with an unknown unit
@@ -172,13 +170,24 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         if rule is None:
             if len(self._overrides) >= MAX_OVERRIDES:
                 return None
-            from .policy import _bucket  # the one place rules become configs
-
-            rpu = int(limit.requests_per_unit)
-            rule = Rule(f"override.{rpu}_per_{unit}", "", unit, rpu,
-                        config=_bucket(rpu, unit, None, "descriptor limit override"))
-            self._overrides[ident] = rule
+            rule = self._overrides[ident] = override_rule(int(limit.requests_per_unit), unit)
         return rule
+
+
+def _replaced(rules: List[Optional[Rule]]) -> Set[str]:
+    """The names the request's matched rules replace."""
+    out: Set[str] = set()
+    for rule in rules:
+        if rule is not None and rule.replaces and not rule.unlimited:
+            out.update(rule.replaces)
+    return out
+
+
+def _add_headers(response: Any, remaining: int, rule: Rule, reset: float) -> None:
+    add = response.response_headers_to_add.add
+    add(key="RateLimit-Limit", value=f"{rule.requests_per_unit}, {rule.requests_per_unit};w={rule.window}")
+    add(key="RateLimit-Remaining", value=str(remaining))
+    add(key="RateLimit-Reset", value=str(int(-(-reset // 1))))
 
 
 async def _abort(context: Any, message: str) -> NoReturn:
