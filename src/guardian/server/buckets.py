@@ -28,6 +28,9 @@ __all__ = ["Bucket", "Buckets", "shared_table_prefix", "redis_prefix"]
 
 log = logging.getLogger("guardian.server")
 
+#: Slots of a small table (256 KiB; 8,192 keys at the core's load of 1/2).
+SMALL_SLOTS = 1 << 14
+
 
 def shared_table_prefix(run_id: str) -> str:
     return f"gs{run_id}."
@@ -92,14 +95,17 @@ class Buckets:
 
             self.redis_client = make_client(redis.asyncio, opts.redis_url, 0.25, 0.25, {})
 
-    def get(self, namespace: str, config: TokenBucketConfig) -> Bucket:
+    def get(self, namespace: str, config: TokenBucketConfig, small: bool = False) -> Bucket:
+        """The bucket of ``config`` in ``namespace``; ``small``: a table of
+        SMALL_SLOTS slots in memory (a full one denies new keys; never grows)."""
         ident = (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
         bucket = self._by_config.get(ident)
         if bucket is None:
-            bucket = self._by_config[ident] = Bucket(self._backend(ident, config), self.opts.fail_open)
+            backend = self._backend(ident, config, SMALL_SLOTS if small else self.opts.slots)
+            bucket = self._by_config[ident] = Bucket(backend, self.opts.fail_open)
         return bucket
 
-    def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig) -> Any:
+    def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig, slots: Optional[int]) -> Any:
         if self.redis_client is not None:
             prefix = redis_prefix(ident[0], config)
             if self.opts.batched:
@@ -111,8 +117,8 @@ class Buckets:
             return AsyncRedisBackend(config, client=self.redis_client, prefix=prefix)
         tag = _tag(ident[0], config)
         if self.run_id is not None:
-            return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=self.opts.slots)
-        return MemoryBackend(config, slots=self.opts.slots)
+            return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=slots)
+        return MemoryBackend(config, slots=slots)
 
     def core_counts(self) -> Iterator[Tuple[str, int, int]]:
         """(limit name, allowed, denied) of each guardian.v1 limit's memory

@@ -34,6 +34,7 @@ ENV = {
     "response_headers": "GUARDIAN_RESPONSE_HEADERS",
     "grace": "GUARDIAN_GRACE",
     "batched": "GUARDIAN_BATCHED",
+    "response_dynamic_metadata": "GUARDIAN_RESPONSE_DYNAMIC_METADATA",
 }
 
 
@@ -59,6 +60,8 @@ class ServeOptions:
     grace: float = 3.0
     #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
     batched: bool = False
+    #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
+    response_dynamic_metadata: bool = False
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -109,11 +112,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="with --redis-url: reserve tokens from Redis in leases and answer checks from "
                          "them locally; unused tokens go back at exit (env GUARDIAN_BATCHED)")
     g3.add_argument("--no-batched", dest="batched", action="store_const", const=False)
+    g4 = p.add_mutually_exclusive_group()
+    g4.add_argument("--response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
+                    const=True, help="send the request and the passed rules' metadata to Envoy as "
+                                     "dynamic_metadata (env GUARDIAN_RESPONSE_DYNAMIC_METADATA)")
+    g4.add_argument("--no-response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
+                    const=False)
 
 
 _CONVERT = {
     "grpc_port": int, "http_port": int, "workers": int, "slots": int, "grace": float,
     "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
+    "response_dynamic_metadata": _flag,
 }
 
 

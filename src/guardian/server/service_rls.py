@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from time import perf_counter
-from typing import Any, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -27,7 +27,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from .._errors import RateLimitError
 from .._region import MAX_KEY_BYTES
 from .buckets import Bucket
-from .policy import UNIT_SECONDS, Domain, Rule, override_rule
+from .policy import UNIT_SECONDS, Domain, Match, PolicyError, Rule, override_rule
 from .state import State
 
 __all__ = ["RateLimitService"]
@@ -40,8 +40,18 @@ _UNIT = {name: Response.RateLimit.Unit.Value(name.upper()) for name in UNIT_SECO
 _UNIT_NAME = {v: k for k, v in _UNIT.items()}
 UNLIMITED_REMAINING = 2**32 - 1
 _SEP = "\x1f"
-#: Override configs built from requests, at most (each is a backend).
-MAX_OVERRIDES = 1024
+#: Distinct descriptor ``limit`` overrides, at most: each is a small table
+#: (OVERRIDE_SLOTS slots of 16 bytes), so together at most 128 x 256 KiB.
+MAX_OVERRIDES = 128
+OVERRIDE_NAMESPACE = "rls-override"
+#: Descriptors in one request, at most (Envoy sends a handful).
+MAX_DESCRIPTORS = 1024
+#: What a descriptor gets once MAX_OVERRIDES rates are in use: blocked, and named so.
+_OVERRIDES_FULL = Rule("override.refused", "guardian: too many distinct limit overrides", "second", 0)
+
+
+class InvalidRequest(ValueError):
+    """A request ratelimit answers with INVALID_ARGUMENT (HTTP 400 on /json)."""
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -51,76 +61,77 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         self._overrides: Dict[Tuple[int, int], Rule] = {}
 
     async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
+        try:
+            return await self.decide(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc  # abort raises
+
+    async def decide(self, request: Any) -> Any:
+        """The response to one RateLimitRequest (raises InvalidRequest)."""
         t0 = perf_counter()
-        await self._validate(request, context)
+        _validate(request)
         domain = self.state.policy.domains.get(request.domain)
-        rules = self._rules(domain, request.descriptors)
+        matches = self._matches(domain, request.descriptors)
+        replaced = _replaced(matches)
         response = Response(overall_code=OK)
-        closest: Optional[Tuple[int, Rule, float]] = None
         default_hits = request.hits_addend or 1
-        replaced = _replaced(rules)
-        for d, rule in zip(request.descriptors, rules):
+        outcomes: List[Tuple[Any, Optional[Rule]]] = []
+        for d, found in zip(request.descriptors, matches):
+            rule = found.rule if found is not None else None
             if rule is None or (rule.name and rule.name in replaced):
-                response.statuses.add(code=OK)
-                continue
-            remaining, reset = await self._decide(response, request.domain, d, rule, default_hits)
-            if reset is not None and (closest is None or remaining < closest[0]):
-                closest = (remaining, rule, reset)
-        if closest is not None and self.state.opts.response_headers:
-            _add_headers(response, *closest)
+                outcomes.append((response.statuses.add(code=OK), None))
+            elif rule.unlimited:
+                outcomes.append((response.statuses.add(code=OK, limit_remaining=UNLIMITED_REMAINING), None))
+                self.stats.count(found.metric, "unlimited")  # type: ignore[union-attr]
+            else:
+                status = await self._decide(response, request.domain, d, found, default_hits)  # type: ignore[arg-type]
+                outcomes.append((status, rule))
+        response.overall_code = _overall(outcomes)
+        opts = self.state.opts
+        if opts.response_headers:
+            _add_headers(response, outcomes)
+        if opts.response_dynamic_metadata:
+            _dynamic_metadata(response, request, outcomes)
         self.stats.observe("should_rate_limit", perf_counter() - t0)
         return response
 
-    @staticmethod
-    async def _validate(request: Any, context: Any) -> None:
-        if not request.domain:
-            await _abort(context, "rate limit domain must not be empty")
-        if not request.descriptors:
-            await _abort(context, "rate limit descriptor list must not be empty")
-        for i, d in enumerate(request.descriptors):
-            if not d.entries:
-                await _abort(context, f"descriptors[{i}] has no entries")
-            for j, e in enumerate(d.entries):
-                if not e.key:
-                    await _abort(context, f"descriptors[{i}].entries[{j}]: key must not be empty")
-
-    def _rules(self, domain: Optional[Domain], descriptors: Any) -> List[Optional[Rule]]:
+    def _matches(self, domain: Optional[Domain], descriptors: Any) -> List[Optional[Match]]:
         """Each descriptor's rule, found before any bucket is touched, as ratelimit does."""
         if domain is None:
             return [None] * len(descriptors)
-        return [self._override(d.limit) if d.HasField("limit")
-                else domain.match([(e.key, e.value) for e in d.entries])
-                for d in descriptors]
+        out: List[Optional[Match]] = []
+        for i, d in enumerate(descriptors):
+            if d.HasField("limit"):
+                rule = self._override(d.limit, i)
+                values = tuple(e.value for e in d.entries)
+                out.append(None if rule is None else Match(rule, values, rule.path))
+            else:
+                out.append(domain.find([(e.key, e.value) for e in d.entries]))
+        return out
 
-    async def _decide(self, response: Any, domain: str, d: Any, rule: Rule,
-                      default_hits: int) -> Tuple[int, Optional[float]]:
-        """Adds the descriptor's status; returns (remaining, reset) for the headers."""
-        if rule.unlimited:
-            response.statuses.add(code=OK, limit_remaining=UNLIMITED_REMAINING)
-            self.stats.count(rule.path, "unlimited")
-            return UNLIMITED_REMAINING, None
+    async def _decide(self, response: Any, domain: str, d: Any, found: Match, default_hits: int) -> Any:
+        """Takes the descriptor's hits and adds its status."""
+        rule = found.rule
         hits = d.hits_addend.value if d.HasField("hits_addend") else default_hits
-        metric = self._metric(rule, d)
         if rule.config is None:  # requests_per_unit: 0 blocks everything
             over, remaining, reset = True, 0, float(rule.window)
         else:
             bucket = self.state.rule_buckets.get(id(rule))
             if bucket is None:  # a descriptor-level override
-                bucket = self.state.buckets.get("rls", rule.config)
-            over, remaining, reset = await self._take(bucket, self._key(domain, d), hits)
+                bucket = self.state.buckets.get(OVERRIDE_NAMESPACE, rule.config, small=True)
+            over, remaining, reset = await self._take(bucket, _key(domain, d, found.values), hits)
         if over and rule.shadow_mode:
-            self.stats.count(metric, "shadow_denied")
+            self.stats.count(found.metric, "shadow_denied")
             over = False
         else:
-            self.stats.count(metric, "denied" if over else "allowed")
+            self.stats.count(found.metric, "denied" if over else "allowed")
         current = Response.RateLimit(name=rule.name, requests_per_unit=rule.requests_per_unit,
                                      unit=_UNIT[rule.unit])
-        st = response.statuses.add(code=OVER_LIMIT if over else OK, current_limit=current,
-                                   limit_remaining=remaining)
-        st.duration_until_reset.FromNanoseconds(int(reset * 1e9))
-        if over:
-            response.overall_code = OVER_LIMIT
-        return remaining, reset
+        status = response.statuses.add(code=OVER_LIMIT if over else OK, current_limit=current,
+                                       limit_remaining=min(remaining, UNLIMITED_REMAINING))
+        status.duration_until_reset.FromNanoseconds(int(reset * 1e9))
+        return status
 
     async def _take(self, bucket: Bucket, key: str, hits: int) -> Tuple[bool, int, float]:
         """(over the limit, remaining, seconds until full) for ``hits`` tokens."""
@@ -142,55 +153,127 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             self.stats.remote += 1
         return not r.allowed, r.remaining, r.reset_after
 
-    @staticmethod
-    def _key(domain: str, d: Any) -> str:
-        parts = [domain]
-        for e in d.entries:
-            parts.append(e.key)
-            parts.append(e.value)
-        key = _SEP.join(parts)
-        if len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:
-            key = domain[:64] + _SEP + "sha256" + _SEP + hashlib.sha256(key.encode()).hexdigest()
-        return key
-
-    @staticmethod
-    def _metric(rule: Rule, d: Any) -> str:
-        if rule.name:
-            return rule.name
-        if rule.detailed_metric:  # opted in to one series per value
-            return rule.path.split(".", 1)[0] + "." + ".".join(f"{e.key}_{e.value}" for e in d.entries)
-        return rule.path
-
-    def _override(self, limit: Any) -> Optional[Rule]:
+    def _override(self, limit: Any, index: int) -> Optional[Rule]:
         unit = _UNIT_NAME.get(limit.unit)
         if unit is None:
             return None  # ratelimit ignores an override with an unknown unit
         ident = (limit.requests_per_unit, limit.unit)
         rule = self._overrides.get(ident)
         if rule is None:
+            try:
+                rule = override_rule(int(limit.requests_per_unit), unit)
+            except PolicyError as exc:
+                raise InvalidRequest(f"descriptors[{index}].limit: {exc}") from exc
             if len(self._overrides) >= MAX_OVERRIDES:
-                return None
-            rule = self._overrides[ident] = override_rule(int(limit.requests_per_unit), unit)
+                # Not unlimited (that would let a client lift its own limit):
+                # a fixed block the caller is told about in the rule's name.
+                self.stats.count("override_refused", "denied")
+                return _OVERRIDES_FULL
+            self._overrides[ident] = rule
         return rule
 
 
-def _replaced(rules: List[Optional[Rule]]) -> Set[str]:
-    """The names the request's matched rules replace."""
+def _validate(request: Any) -> None:
+    if not request.domain:
+        raise InvalidRequest("rate limit domain must not be empty")
+    if not request.descriptors:
+        raise InvalidRequest("rate limit descriptor list must not be empty")
+    if len(request.descriptors) > MAX_DESCRIPTORS:
+        raise InvalidRequest(f"at most {MAX_DESCRIPTORS} descriptors per request, got {len(request.descriptors)}")
+    for i, d in enumerate(request.descriptors):
+        if not d.entries:
+            raise InvalidRequest(f"descriptors[{i}] has no entries")
+        for j, e in enumerate(d.entries):
+            if not e.key:
+                raise InvalidRequest(f"descriptors[{i}].entries[{j}]: key must not be empty")
+
+
+def _key(domain: str, d: Any, values: Tuple[str, ...]) -> str:
+    """The bucket: the domain and every key and value (a shared wildcard's pattern for its value)."""
+    parts = [domain]
+    for e, value in zip(d.entries, values):
+        parts.append(e.key)
+        parts.append(value)
+    key = _SEP.join(parts)
+    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:
+        key = domain[:64] + _SEP + "sha256" + _SEP + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
+def _replaced(matches: List[Optional[Match]]) -> Set[str]:
+    """The names the request's matched rules replace (an unlimited rule's too, as in ratelimit)."""
     out: Set[str] = set()
-    for rule in rules:
-        if rule is not None and rule.replaces and not rule.unlimited:
-            out.update(rule.replaces)
+    for found in matches:
+        if found is not None and found.rule.replaces:
+            out.update(found.rule.replaces)
     return out
 
 
-def _add_headers(response: Any, remaining: int, rule: Rule, reset: float) -> None:
+def _overall(outcomes: List[Tuple[Any, Optional[Rule]]]) -> int:
+    """OVER_LIMIT when a rule is over its limit, or when every quota_mode rule is."""
+    quota = quota_over = 0
+    for status, rule in outcomes:
+        if rule is None:
+            continue
+        if rule.quota_mode:
+            quota += 1
+            quota_over += status.code == OVER_LIMIT
+        elif status.code == OVER_LIMIT:
+            return int(OVER_LIMIT)
+    return int(OVER_LIMIT if quota and quota == quota_over else OK)
+
+
+def _add_headers(response: Any, outcomes: List[Tuple[Any, Optional[Rule]]]) -> None:
+    """ratelimit's choice: the status closest to its limit (an over-limit one
+    of a rule not in quota mode wins); ratelimit's values, except Reset: the
+    seconds until the bucket is full again, not until a fixed window ends."""
+    chosen: Optional[Any] = None
+    for status, rule in outcomes:
+        if rule is None:
+            continue
+        if status.code == OVER_LIMIT and not rule.quota_mode:
+            chosen = status
+        elif chosen is None or status.limit_remaining < chosen.limit_remaining:
+            chosen = status
+    if chosen is None:
+        return
     add = response.response_headers_to_add.add
-    add(key="RateLimit-Limit", value=f"{rule.requests_per_unit}, {rule.requests_per_unit};w={rule.window}")
-    add(key="RateLimit-Remaining", value=str(remaining))
-    add(key="RateLimit-Reset", value=str(int(-(-reset // 1))))
+    add(key="RateLimit-Limit", value=str(chosen.current_limit.requests_per_unit))
+    add(key="RateLimit-Remaining", value=str(chosen.limit_remaining))
+    reset = chosen.duration_until_reset
+    add(key="RateLimit-Reset", value=str(reset.seconds + (reset.nanos > 0)))
 
 
-async def _abort(context: Any, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-    raise AssertionError("unreachable")
+def _dynamic_metadata(response: Any, request: Any, outcomes: List[Tuple[Any, Optional[Rule]]]) -> None:
+    """ratelimit's RESPONSE_DYNAMIC_METADATA: the request, and the metadata of
+    the rules whose descriptors passed (the first value wins on overlap)."""
+    fields: Dict[str, Any] = {"domain": request.domain, "descriptors": [
+        _descriptor_dict(d) for d in request.descriptors]}
+    if request.hits_addend:
+        fields["hitsAddend"] = request.hits_addend
+    passed: Dict[str, Any] = {}
+    for status, rule in outcomes:
+        if rule is not None and rule.metadata and status.code != OVER_LIMIT:
+            _merge(passed, rule.metadata)
+    if passed:
+        fields["metadata"] = passed
+    response.dynamic_metadata.update(fields)
 
+
+def _descriptor_dict(d: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"entries": [f"{e.key}={e.value}" for e in d.entries]}
+    if d.HasField("limit"):
+        out["limit"] = str(d.limit)
+    if d.HasField("hits_addend"):
+        out["hitsAddend"] = d.hits_addend.value
+    return out
+
+
+def _merge(dest: Dict[str, Any], src: Dict[str, Any]) -> None:
+    for k, v in src.items():
+        if k not in dest:
+            dest[k] = v
+        elif isinstance(dest[k], dict) and isinstance(v, dict):
+            merged = dict(dest[k])
+            _merge(merged, v)
+            dest[k] = merged

@@ -43,7 +43,7 @@ class State:
     def _walk(self, node: Node, out: Dict[int, Bucket]) -> None:
         if node.rule is not None and node.rule.config is not None:
             out[id(node.rule)] = self.buckets.get("rls", node.rule.config)
-        for child in [*node.exact.values(), *(n for _, _, n in node.wildcards), *node.any_value.values()]:
+        for child in node.children():
             self._walk(child, out)
 
     def load(self) -> None:
