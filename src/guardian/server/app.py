@@ -39,6 +39,9 @@ V1_NAME = guardian_pb2.DESCRIPTOR.services_by_name["RateLimiter"].full_name
 RLS_NAME = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 SERVICE_NAMES = (V1_NAME, RLS_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME)
+#: Names gRPC health answers: the server, each service, and the name
+#: envoyproxy/ratelimit registers (a deployment may already probe it).
+HEALTH_NAMES = ("", V1_NAME, RLS_NAME, "ratelimit")
 #: How often the backend is probed, and snapshots are written.
 MONITOR_INTERVAL = 0.5
 SNAPSHOT_INTERVAL = 1.0
@@ -60,6 +63,7 @@ class Worker:
         self.state.stats.gauges = self._gauges
         self.state.stats.core = self.state.buckets.core_counts
         self.health = health.aio.HealthServicer()
+        self.rls = RateLimitService(self.state)
         self.stop_event = asyncio.Event()
         self.tasks: List["asyncio.Task[Any]"] = []
         self.who = f"worker {index}" if opts.workers > 1 else "server"
@@ -80,7 +84,7 @@ class Worker:
     async def _set_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.state.serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", V1_NAME, RLS_NAME):
+        for name in HEALTH_NAMES:
             await self.health.set(name, status)
 
     async def run(self) -> int:
@@ -116,7 +120,7 @@ class Worker:
             ("grpc.max_concurrent_streams", 1000),
         ])
         guardian_pb2_grpc.add_RateLimiterServicer_to_server(RateLimiterService(self.state), server)
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(self.state), server)
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.rls, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         return server
@@ -137,7 +141,8 @@ class Worker:
             return None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(GuardianCollector(self.state.stats, self.store))
-        return await start_http(self.opts.bind, self.opts.http_port, registry, self.ready, self.opts.workers > 1)
+        return await start_http(self.opts.bind, self.opts.http_port, registry, self.ready, self.opts.workers > 1,
+                                self.rls.answer_json)
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

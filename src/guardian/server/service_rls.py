@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import json_format
 
 from .._errors import RateLimitError
 from .._region import MAX_KEY_BYTES
@@ -66,6 +67,17 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc  # abort raises
+
+    async def answer_json(self, body: bytes) -> Tuple[int, bytes, str]:
+        """ratelimit's POST /json: a RateLimitRequest as JSON in, the response as
+        JSON out; 429 when OVER_LIMIT, 400 for a request it cannot answer."""
+        try:
+            request = json_format.Parse(body, rls_pb2.RateLimitRequest())
+            response = await self.decide(request)
+        except (json_format.ParseError, InvalidRequest, UnicodeDecodeError) as exc:
+            return 400, f"{exc}\n".encode(), "text/plain; charset=utf-8"
+        status = 429 if response.overall_code == OVER_LIMIT else 200
+        return status, json_format.MessageToJson(response, indent=None).encode(), "application/json"
 
     async def decide(self, request: Any) -> Any:
         """The response to one RateLimitRequest (raises InvalidRequest)."""
