@@ -24,11 +24,13 @@ from prometheus_client.registry import CollectorRegistry
 from .. import __version__
 from .._errors import ConfigurationError
 from ..v1 import guardian_pb2, guardian_pb2_grpc
-from .config import ServeOptions
+from .config import ServeOptions, redact
+from .policy import load_policy
 from .probes import start_http
 from .metrics import GuardianCollector, SnapshotStore
 from .service_rls import RateLimitService
 from .service_v1 import RateLimiterService
+from .signals import stop_requested
 from .state import State
 
 __all__ = ["run_worker", "SERVICE_NAMES"]
@@ -65,6 +67,8 @@ class Worker:
         self.health = health.aio.HealthServicer()
         self.rls = RateLimitService(self.state)
         self.stop_event = asyncio.Event()
+        self._reloading: "Optional[asyncio.Future[None]]" = None
+        self._reload_again = False
         self.tasks: List["asyncio.Task[Any]"] = []
         self.who = f"worker {index}" if opts.workers > 1 else "server"
 
@@ -93,6 +97,9 @@ class Worker:
         except ConfigurationError as exc:
             log.error("guardian: %s", exc)
             return 2
+        except Exception:  # noqa: BLE001 - any failure to load the policy is one a restart repeats
+            log.exception("guardian: cannot load the policy")
+            return 2
         server = self._grpc_server()
         try:
             port = self._listen(server)
@@ -110,6 +117,7 @@ class Worker:
         self._install_signals()
         self._start_tasks()
         self._log_started(port, http is not None)
+        self._warn_open_admin()
         await self.stop_event.wait()
         await self._drain(server, http)
         return 0
@@ -147,8 +155,11 @@ class Worker:
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        if self.opts.workers == 1:  # a worker leaves Ctrl-C to its supervisor
+            loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        if stop_requested():  # a SIGTERM while it started: serve no longer, drain
+            self.stop_event.set()
 
     def _start_tasks(self) -> None:
         self.tasks.append(asyncio.ensure_future(self._monitor()))
@@ -166,12 +177,23 @@ class Worker:
                  _mode(opts.fail_open, "open", "closed", "local"),
                  self.state.policy.summary())
 
+    def _warn_open_admin(self) -> None:
+        if not self.opts.admin_token and self.index == 0 and self.opts.bind not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("guardian %s: no admin token and listening on %s: anyone who reaches the port may "
+                        "call ResetLimit (give --admin-token-file)", self.who, self.opts.bind)
+
     async def _drain(self, server: Any, http: Any) -> None:
         """Health NOT_SERVING, stop accepting, wait for in-flight calls, return leases."""
         opts = self.opts
         loop = asyncio.get_running_loop()
         stop_at = loop.time()
         log.info("guardian %s (pid %d) stopping: draining for up to %gs", self.who, os.getpid(), opts.grace)
+        # Another SIGTERM (the supervisor forwards the one the whole group got)
+        # must not kill the drain, nor the process once the loop has closed and
+        # put the default action back.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
         if http is not None:
@@ -192,12 +214,29 @@ class Worker:
         log.info("guardian %s (pid %d) stopped", self.who, os.getpid())
 
     def _reload(self) -> None:
-        try:
-            self.state.load()
-        except ConfigurationError as exc:
-            log.error("guardian %s: policy reload rejected, keeping the old policy: %s", self.who, exc)
-        else:
-            log.info("guardian %s: policy reloaded: %s", self.who, self.state.policy.summary())
+        """SIGHUP: reads and parses the policy in a thread, so checks keep
+        being answered meanwhile; installs it on the loop. One reload at a
+        time; a SIGHUP during one asks for another after it."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.ensure_future(self._reload_off_loop())
+
+    async def _reload_off_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._reload_again = False
+            try:
+                policy = await loop.run_in_executor(None, load_policy, self.opts.config)
+                self.state.install(policy)
+            except ConfigurationError as exc:
+                log.error("guardian %s: policy reload rejected, keeping the old policy: %s", self.who, exc)
+            except Exception:  # noqa: BLE001 - a reload must never take the worker down
+                log.exception("guardian %s: policy reload failed, keeping the old policy", self.who)
+            else:
+                log.info("guardian %s: policy reloaded: %s", self.who, self.state.policy.summary())
+            if not self._reload_again:
+                return
 
     async def _monitor(self) -> None:
         """Probes Redis; logs and reports each change of its state."""
@@ -213,10 +252,10 @@ class Worker:
             if up != self.state.backend_up:
                 self.state.backend_up = up
                 if up:
-                    log.info("guardian %s: backend %s is reachable again", self.who, _redact(self.opts.redis_url))
+                    log.info("guardian %s: backend %s is reachable again", self.who, redact(self.opts.redis_url or ""))
                 else:
                     log.warning("guardian %s: backend %s is unreachable; checks are %s", self.who,
-                                _redact(self.opts.redis_url),
+                                redact(self.opts.redis_url or ""),
                                 _mode(self.opts.fail_open, "allowed", "denied", "limited in-process"))
                 await self._set_health()
             await asyncio.sleep(MONITOR_INTERVAL)
@@ -234,18 +273,14 @@ def _mode(fail_open: object, when_open: str, when_closed: str, when_local: str) 
     return when_local if fail_open == "local" else when_open if fail_open else when_closed
 
 
-def _redact(url: Optional[str]) -> str:
-    if not url:
-        return ""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
-
-
 def run_worker(opts: ServeOptions, run_id: Optional[str] = None, index: int = 0,
                metrics_dir: Optional[str] = None) -> int:
     async def main() -> int:
-        return await Worker(opts, run_id, index, metrics_dir).run()
+        try:
+            worker = Worker(opts, run_id, index, metrics_dir)
+        except ConfigurationError as exc:  # e.g. a Redis URL its client cannot use
+            log.error("guardian: %s", exc)
+            return 2
+        return await worker.run()
 
     return asyncio.run(main())

@@ -9,7 +9,15 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 
-__all__ = ["ServeOptions", "add_arguments", "options_from_args", "WORKER_ENV", "RUN_ENV", "DIR_ENV"]
+__all__ = ["ServeOptions", "OptionsError", "add_arguments", "options_from_args", "WORKER_ENV", "RUN_ENV",
+           "DIR_ENV", "REDIS_SCHEMES", "redact"]
+
+#: The URL schemes --redis-url understands.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
+class OptionsError(ValueError):
+    """Options that cannot work together or are out of range (exit 2, one line)."""
 
 #: Set by the supervisor in the environment of each worker it starts.
 WORKER_ENV = "GUARDIAN_WORKER_INDEX"
@@ -29,6 +37,7 @@ ENV = {
     "workers": "GUARDIAN_WORKERS",
     "uds": "GUARDIAN_UDS",
     "admin_token": "GUARDIAN_ADMIN_TOKEN",
+    "admin_token_file": "GUARDIAN_ADMIN_TOKEN_FILE",
     "log_level": "GUARDIAN_LOG_LEVEL",
     "slots": "GUARDIAN_SLOTS",
     "response_headers": "GUARDIAN_RESPONSE_HEADERS",
@@ -51,6 +60,8 @@ class ServeOptions:
     workers: int = 1
     uds: Optional[str] = None
     admin_token: Optional[str] = None
+    #: A file holding the admin token (read at start; not visible in ps like --admin-token).
+    admin_token_file: Optional[str] = None
     log_level: str = "INFO"
     #: Slots per in-memory table (None: the core's default).
     slots: Optional[int] = None
@@ -82,11 +93,12 @@ def _flag(text: str) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--bind", help="address to listen on (default 127.0.0.1; env GUARDIAN_BIND)")
-    a("--grpc-port", type=int, help="gRPC port (default 50051; env GUARDIAN_GRPC_PORT)")
-    a("--http-port", type=int, help="HTTP port for /metrics, /health, /ready; 0: none "
+    a("--grpc-port", type=_port, help="gRPC port, 1-65535 (default 50051; env GUARDIAN_GRPC_PORT)")
+    a("--http-port", type=_port, help="HTTP port for /metrics, /health, /ready; 0: none "
                                     "(default 9090; env GUARDIAN_HTTP_PORT)")
     a("--config", help="policy file or directory of *.yaml (envoyproxy/ratelimit format plus "
-                       "guardian's named limits; env GUARDIAN_CONFIG)")
+                       "guardian's named limits; env GUARDIAN_CONFIG); without it guardian.v1 serves one "
+                       "limit, 'default': a burst of 100, then 10 per second per key")
     a("--redis-url", help="keep buckets in Redis (redis://, rediss://, redis+sentinel://, "
                           "redis+cluster://; env REDIS_URL); default: the embedded memory backend")
     g = p.add_mutually_exclusive_group()
@@ -99,7 +111,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--workers", type=int, help="processes serving the same ports (SO_REUSEPORT), sharing one "
                                   "shared-memory table or one Redis (default 1; env GUARDIAN_WORKERS)")
     a("--uds", help="also listen on this Unix socket (the first worker; env GUARDIAN_UDS)")
-    a("--admin-token", help="ResetLimit needs 'authorization: Bearer TOKEN' (env GUARDIAN_ADMIN_TOKEN)")
+    a("--admin-token-file", help="file holding the token ResetLimit needs as 'authorization: Bearer TOKEN' "
+                                 "(env GUARDIAN_ADMIN_TOKEN_FILE); without a token ResetLimit is open")
+    a("--admin-token", help="the token itself (env GUARDIAN_ADMIN_TOKEN); prefer --admin-token-file: "
+                            "a command line is visible to every user in ps")
     a("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO; env GUARDIAN_LOG_LEVEL)")
     a("--slots", type=int, help="slots per in-memory table (env GUARDIAN_SLOTS)")
     g2 = p.add_mutually_exclusive_group()
@@ -120,15 +135,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     const=False)
 
 
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+
+
 _CONVERT = {
-    "grpc_port": int, "http_port": int, "workers": int, "slots": int, "grace": float,
+    "grpc_port": _port, "http_port": _port, "workers": int, "slots": int, "grace": float,
     "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
     "response_dynamic_metadata": _flag,
 }
 
 
 def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> ServeOptions:
-    """Flags, then the environment, then the defaults."""
+    """Flags, then the environment, then the defaults. Raises OptionsError."""
     env = os.environ if environ is None else environ
     opts = ServeOptions()
     for dest, var in ENV.items():
@@ -138,14 +160,49 @@ def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, s
             try:
                 value = _CONVERT.get(dest, str)(raw)  # type: ignore[operator]
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"guardian serve: bad {var}={raw!r}: {exc}") from exc
+                raise OptionsError(f"bad {var}={raw!r}: {exc}") from exc
         if value is not None:
             setattr(opts, dest, value)
-    if opts.workers < 1:
-        raise SystemExit("guardian serve: --workers must be at least 1")
-    if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise SystemExit(f"guardian serve: unknown log level {opts.log_level!r}")
-    opts.log_level = opts.log_level.upper()
-    if opts.batched and not opts.redis_url:
-        raise SystemExit("guardian serve: --batched needs --redis-url (leases are reserved from Redis)")
+    _check(opts)
     return opts
+
+
+def _check(opts: ServeOptions) -> None:
+    if not 1 <= opts.grpc_port <= 65535:
+        raise OptionsError(f"--grpc-port must be 1-65535, got {opts.grpc_port}")
+    if not 0 <= opts.http_port <= 65535:
+        raise OptionsError(f"--http-port must be 1-65535 (0: no HTTP port), got {opts.http_port}")
+    if opts.workers < 1:
+        raise OptionsError("--workers must be at least 1")
+    if opts.slots is not None and opts.slots < 1:
+        raise OptionsError("--slots must be at least 1")
+    if opts.grace < 0:
+        raise OptionsError("--grace must be at least 0")
+    if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise OptionsError(f"unknown log level {opts.log_level!r}")
+    opts.log_level = opts.log_level.upper()
+    if opts.redis_url is not None:
+        scheme, sep, _ = opts.redis_url.partition("://")
+        if not sep or scheme.lower() not in REDIS_SCHEMES:
+            raise OptionsError(f"--redis-url must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+                               f", got {redact(opts.redis_url)!r}")
+    if opts.batched and not opts.redis_url:
+        raise OptionsError("--batched needs --redis-url (leases are reserved from Redis)")
+    if opts.admin_token_file:
+        if opts.admin_token:
+            raise OptionsError("use --admin-token-file or --admin-token, not both")
+        try:
+            with open(opts.admin_token_file, encoding="utf-8") as f:
+                opts.admin_token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptionsError(f"cannot read --admin-token-file {opts.admin_token_file}: {exc}") from exc
+        if not opts.admin_token:
+            raise OptionsError(f"--admin-token-file {opts.admin_token_file} is empty")
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest

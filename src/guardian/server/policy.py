@@ -224,10 +224,29 @@ class Policy:
     digest: str = ""
 
     def summary(self) -> str:
+        """One line for the log: what is limited, and from where."""
         rules = sum(_count_rules(d.root) for d in self.domains.values())
-        return (f"{len(self.domains)} domain(s), {rules} descriptor rule(s), "
-                f"{len(self.limits)} named limit(s) from {self.source}"
+        shown = [_describe(name, rule) for name, rule in list(self.limits.items())[:_SHOWN]]
+        if len(self.limits) > _SHOWN:
+            shown.append(f"... {len(self.limits) - _SHOWN} more")
+        domains = ", ".join(list(self.domains)[:_SHOWN]) + (" ..." if len(self.domains) > _SHOWN else "")
+        return (f"{len(self.limits)} named limit(s)" + (f" [{'; '.join(shown)}]" if shown else "")
+                + f", {len(self.domains)} Envoy domain(s)" + (f" [{domains}]" if domains else "")
+                + f" with {rules} descriptor rule(s), from {self.source}"
                 + (f" (sha256 {self.digest[:12]})" if self.digest else ""))
+
+
+#: Named limits and domains listed in the startup log, at most.
+_SHOWN = 8
+
+
+def _describe(name: str, rule: Rule) -> str:
+    c = rule.config
+    if c is None:
+        return f"{name}: blocked"
+    if rule.requests_per_unit:
+        return f"{name}: burst {c.capacity}, {rule.requests_per_unit}/{rule.unit}"
+    return f"{name}: burst {c.capacity}, {c.refill_rate:g} per {c.refill_interval:g}s"
 
 
 def _count_rules(node: Node) -> int:
