@@ -228,7 +228,11 @@ class Worker:
             self._reload_again = False
             try:
                 policy = await loop.run_in_executor(None, load_policy, self.opts.config)
-                self.state.install(policy)
+                if self.state.buckets.in_memory:  # tables take time to build; Redis clients stay on the loop
+                    prepared = await loop.run_in_executor(None, self.state.prepare, policy)
+                else:
+                    prepared = self.state.prepare(policy)
+                self.state.commit(prepared)
             except ConfigurationError as exc:
                 log.error("guardian %s: policy reload rejected, keeping the old policy: %s", self.who, exc)
             except Exception:  # noqa: BLE001 - a reload must never take the worker down

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
+from .._region import DEFAULT_SLOTS, SLOT_BYTES
 from .._result import LimitResult
 from .config import ServeOptions
 from .metrics import LEASE_METRICS
@@ -27,6 +28,8 @@ from .metrics import LEASE_METRICS
 __all__ = ["Bucket", "Buckets", "shared_table_prefix", "redis_prefix"]
 
 log = logging.getLogger("guardian.server")
+
+Ident = Tuple[str, int, int, int]
 
 #: Slots of a small table (256 KiB; 8,192 keys at the core's load of 1/2).
 SMALL_SLOTS = 1 << 14
@@ -95,10 +98,36 @@ class Buckets:
 
             self.redis_client = make_client(redis.asyncio, opts.redis_url, 0.25, 0.25, {})
 
+    @staticmethod
+    def ident(namespace: str, config: TokenBucketConfig) -> Ident:
+        return (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.redis_client is None
+
+    def table_bytes(self) -> int:
+        """The memory of one (not small) table."""
+        return (self.opts.slots or DEFAULT_SLOTS) * SLOT_BYTES
+
+    def build(self, namespace: str, config: TokenBucketConfig) -> Bucket:
+        """The bucket ``get`` would return, built without registering it
+        (safe off the event loop; ``adopt`` it on the loop)."""
+        ident = self.ident(namespace, config)
+        return self._by_config.get(ident) or Bucket(self._backend(ident, config, self.opts.slots),
+                                                    self.opts.fail_open)
+
+    def adopt(self, buckets: Dict[Ident, Bucket]) -> None:
+        """Registers built buckets (a table built twice keeps the first)."""
+        for ident, bucket in buckets.items():
+            kept = self._by_config.setdefault(ident, bucket)
+            if kept is not bucket:
+                bucket.backend.close()
+
     def get(self, namespace: str, config: TokenBucketConfig, small: bool = False) -> Bucket:
         """The bucket of ``config`` in ``namespace``; ``small``: a table of
         SMALL_SLOTS slots in memory (a full one denies new keys; never grows)."""
-        ident = (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
+        ident = self.ident(namespace, config)
         bucket = self._by_config.get(ident)
         if bucket is None:
             backend = self._backend(ident, config, SMALL_SLOTS if small else self.opts.slots)
@@ -119,6 +148,17 @@ class Buckets:
         if self.run_id is not None:
             return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=slots)
         return MemoryBackend(config, slots=slots)
+
+    def prune(self, keep: Set[Ident]) -> List[Tuple[Ident, Bucket]]:
+        """Forgets the policy's memory tables (guardian.v1 limits, Envoy rules;
+        not overrides) a new policy no longer uses, so reloads cannot grow
+        memory; returns them to be closed. Redis buckets stay: they hold no
+        memory, and a call may be awaiting one."""
+        gone = [(i, b) for i, b in self._by_config.items()
+                if b.local and i not in keep and (i[0] == "rls" or i[0].startswith("v1:"))]
+        for ident, bucket in gone:
+            del self._by_config[ident]
+        return gone
 
     def core_counts(self) -> Iterator[Tuple[str, int, int]]:
         """(limit name, allowed, denied) of each guardian.v1 limit's memory

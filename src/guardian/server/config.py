@@ -44,6 +44,7 @@ ENV = {
     "grace": "GUARDIAN_GRACE",
     "batched": "GUARDIAN_BATCHED",
     "response_dynamic_metadata": "GUARDIAN_RESPONSE_DYNAMIC_METADATA",
+    "max_table_memory": "GUARDIAN_MAX_TABLE_MEMORY",
 }
 
 
@@ -71,6 +72,8 @@ class ServeOptions:
     grace: float = 3.0
     #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
     batched: bool = False
+    #: MiB the policy's in-memory tables may take together (one table per distinct limit).
+    max_table_memory: int = 256
     #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
     response_dynamic_metadata: bool = False
 
@@ -116,7 +119,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--admin-token", help="the token itself (env GUARDIAN_ADMIN_TOKEN); prefer --admin-token-file: "
                             "a command line is visible to every user in ps")
     a("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO; env GUARDIAN_LOG_LEVEL)")
-    a("--slots", type=int, help="slots per in-memory table (env GUARDIAN_SLOTS)")
+    a("--slots", type=int, help="slots per in-memory table, 16 bytes each (default 131072: 2 MiB; "
+                                "env GUARDIAN_SLOTS)")
+    a("--max-table-memory", type=int, help="MiB all in-memory tables of the policy may take; each distinct "
+                                           "limit is one table; a policy that needs more is refused "
+                                           "(default 256; env GUARDIAN_MAX_TABLE_MEMORY)")
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--response-headers", dest="response_headers", action="store_const", const=True,
                     help="send RateLimit-Limit/-Remaining/-Reset to Envoy (env GUARDIAN_RESPONSE_HEADERS)")
@@ -143,7 +150,7 @@ def _port(text: str) -> int:
 
 
 _CONVERT = {
-    "grpc_port": _port, "http_port": _port, "workers": int, "slots": int, "grace": float,
+    "grpc_port": _port, "http_port": _port, "workers": int, "slots": int, "max_table_memory": int, "grace": float,
     "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
     "response_dynamic_metadata": _flag,
 }
@@ -176,6 +183,8 @@ def _check(opts: ServeOptions) -> None:
         raise OptionsError("--workers must be at least 1")
     if opts.slots is not None and opts.slots < 1:
         raise OptionsError("--slots must be at least 1")
+    if opts.max_table_memory < 1:
+        raise OptionsError("--max-table-memory must be at least 1 (MiB)")
     if opts.grace < 0:
         raise OptionsError("--grace must be at least 0")
     if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -45,8 +45,10 @@ _SEP = "\x1f"
 #: (OVERRIDE_SLOTS slots of 16 bytes), so together at most 128 x 256 KiB.
 MAX_OVERRIDES = 128
 OVERRIDE_NAMESPACE = "rls-override"
-#: Descriptors in one request, at most (Envoy sends a handful).
+#: Descriptors, and entries over all descriptors, in one request, at most
+#: (Envoy sends a handful): bounds the work and the answer of one request.
 MAX_DESCRIPTORS = 1024
+MAX_ENTRIES = 4096
 #: What a descriptor gets once MAX_OVERRIDES rates are in use: blocked, and named so.
 _OVERRIDES_FULL = Rule("override.refused", "guardian: too many distinct limit overrides", "second", 0)
 
@@ -192,6 +194,9 @@ def _validate(request: Any) -> None:
         raise InvalidRequest("rate limit descriptor list must not be empty")
     if len(request.descriptors) > MAX_DESCRIPTORS:
         raise InvalidRequest(f"at most {MAX_DESCRIPTORS} descriptors per request, got {len(request.descriptors)}")
+    entries = sum(len(d.entries) for d in request.descriptors)
+    if entries > MAX_ENTRIES:
+        raise InvalidRequest(f"at most {MAX_ENTRIES} descriptor entries per request, got {entries}")
     for i, d in enumerate(request.descriptors):
         if not d.entries:
             raise InvalidRequest(f"descriptors[{i}] has no entries")
