@@ -24,6 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 from .. import __version__
 from .._errors import ConfigurationError
 from ..v1 import guardian_pb2, guardian_pb2_grpc
+from .backend_probe import REFUSED, UP, probe
 from .config import ServeOptions, redact
 from .policy import load_policy
 from .probes import start_http
@@ -75,12 +76,15 @@ class Worker:
     def _gauges(self) -> Dict[str, float]:
         g = self.state.buckets.gauges()
         g["backend_up"] = float(self.state.backend_up)
+        g["backend_config_error"] = float(self.state.backend_state == REFUSED)
         g["workers"] = 1.0
         return g
 
     def ready(self) -> Tuple[bool, str]:
         if self.state.draining:
             return False, "draining"
+        if self.state.backend_state == REFUSED:
+            return False, f"configuration error: the backend refuses our credentials or ACL ({self.state.backend_why})"
         if not self.state.serving:
             return False, "backend unreachable and fail-closed"
         return True, ""
@@ -248,21 +252,23 @@ class Worker:
         if client is None:
             return
         while True:
-            try:
-                await asyncio.wait_for(client.ping(), 0.5)
-                up = True
-            except Exception:  # noqa: BLE001 - any failure means unreachable
-                up = False
-            if up != self.state.backend_up:
-                self.state.backend_up = up
-                if up:
-                    log.info("guardian %s: backend %s is reachable again", self.who, redact(self.opts.redis_url or ""))
-                else:
-                    log.warning("guardian %s: backend %s is unreachable; checks are %s", self.who,
-                                redact(self.opts.redis_url or ""),
-                                _mode(self.opts.fail_open, "allowed", "denied", "limited in-process"))
+            state, why = await probe(client, 0.5)
+            if state != self.state.backend_state:
+                self.state.backend_state, self.state.backend_why = state, why
+                self._log_backend(state, why)
                 await self._set_health()
             await asyncio.sleep(MONITOR_INTERVAL)
+
+    def _log_backend(self, state: str, why: str) -> None:
+        url = redact(self.opts.redis_url or "")
+        mode = _mode(self.opts.fail_open, "allowed", "denied", "limited in-process")
+        if state == UP:
+            log.info("guardian %s: backend %s is reachable again", self.who, url)
+        elif state == REFUSED:
+            log.error("guardian %s: configuration error: backend %s refuses our credentials or ACL (%s); "
+                      "checks are %s until it is fixed", self.who, url, why, mode)
+        else:
+            log.warning("guardian %s: backend %s is unreachable; checks are %s", self.who, url, mode)
 
     async def _snapshots(self) -> None:
         while True:

@@ -152,7 +152,7 @@ LEASE_METRICS = {
 }
 
 #: How gauges of several workers combine.
-_GAUGE_FOLD = {"backend_up": min, "breaker_open": max}
+_GAUGE_FOLD = {"backend_up": min, "breaker_open": max, "backend_config_error": max}
 
 
 def merge(snaps: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -214,6 +214,9 @@ class GuardianCollector(Collector):
                                   value=g.get("policy_decisions", 0.0))
         yield GaugeMetricFamily("guardian_backend_up", "1 while the backend answers (always 1 in memory).",
                                 value=g.get("backend_up", 1.0))
+        yield GaugeMetricFamily("guardian_backend_config_error",
+                                "1 while the backend refuses our credentials or ACL (a configuration error).",
+                                value=g.get("backend_config_error", 0.0))
         yield GaugeMetricFamily("guardian_breaker_open",
                                 "1 while a circuit breaker keeps checks off the backend.",
                                 value=g.get("breaker_open", 0.0))

@@ -27,7 +27,9 @@ class State:
         self.limits: Dict[str, Tuple[Rule, Bucket]] = {}
         #: id(rule) -> bucket, for the Envoy service's rules with a config.
         self.rule_buckets: Dict[int, Bucket] = {}
-        self.backend_up = True
+        #: backend_probe.UP, UNREACHABLE or REFUSED (credentials or ACL), and why.
+        self.backend_state = "up"
+        self.backend_why = ""
         self.draining = False
 
     def install(self, policy: Policy) -> None:
@@ -94,6 +96,10 @@ class State:
         if self.draining:
             return False
         return self.backend_up or self.opts.fail_open is not False
+
+    @property
+    def backend_up(self) -> bool:
+        return self.backend_state == "up"
 
 
 @dataclass
