@@ -417,7 +417,7 @@ def override_rule(requests_per_unit: int, unit: str) -> Rule:
                 config=_bucket(requests_per_unit, unit, None, "descriptor limit override"))
 
 
-class _PolicyLoader(yaml.SafeLoader):
+class _PolicyLoader(yaml.SafeLoader):  # type: ignore[misc]
     """safe_load, minus what lets a small file build a huge or deep tree, or
     hide a second value of a key: aliases, deep nesting, duplicate keys."""
 

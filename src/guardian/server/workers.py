@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .. import MemoryBackend
 from .buckets import shared_table_prefix
@@ -41,7 +41,8 @@ _KILL_MARGIN = 1.0
 #: The exit code of a worker (and of the command) that met a configuration error.
 CONFIG_ERROR = 2
 
-Popen = "subprocess.Popen[bytes]"
+if TYPE_CHECKING:
+    Popen = subprocess.Popen[bytes]
 
 
 def _remove_tables(run_id: str) -> None:
@@ -64,7 +65,7 @@ class Supervisor:
         self.run_dir = tempfile.mkdtemp(prefix=f"guardian-{self.run_id}-")
         self.stopping: List[int] = []
         self.hup: List[int] = []
-        self.procs: Dict[int, Popen] = {}
+        self.procs: "Dict[int, Popen]" = {}
         self.started: Dict[int, float] = {}
         self.restart_at: Dict[int, float] = {}
         #: Exit codes of workers that will not be restarted.
@@ -121,7 +122,7 @@ class Supervisor:
                 return
             self._schedule_restart(i, p, code, now)
 
-    def _schedule_restart(self, i: int, p: Popen, code: int, now: float) -> None:
+    def _schedule_restart(self, i: int, p: "Popen", code: int, now: float) -> None:
         if i not in self.restart_at:
             fast = now - self.started[i] < _FAST_DEATH
             self.restart_at[i] = now + (1.0 if fast else 0.0)
