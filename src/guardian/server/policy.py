@@ -177,22 +177,37 @@ class Domain:
         must match one level, and the rule is the one at the last entry's level."""
         node = self.root
         last = len(entries) - 1
-        values: List[str] = []
-        metric: List[str] = [self.name]
+        shared = named = False  # whether a level keys by its pattern / names the metric by the value
         for i, (key, value) in enumerate(entries):
             nxt, how = node.child(key, value)
             if nxt is None:
                 return None
-            values.append(nxt.value if nxt.share_threshold and how == "wildcard" else value)
-            metric.append(_metric_part(nxt, how, key, value))
+            shared = shared or (nxt.share_threshold and how == "wildcard")
+            named = named or nxt.value_to_metric
             if i == last:
-                if nxt.rule is None:
+                rule = nxt.rule
+                if rule is None:
                     return None
-                return Match(nxt.rule, tuple(values), self._metric(nxt.rule, entries, values, metric))
+                if not (shared or named or rule.detailed_metric):  # the common case: no per-value work
+                    return Match(rule, tuple(v for _, v in entries), rule.name or rule.path)
+                return self._slow_match(entries, rule)
             if not nxt.has_children:
                 return None
             node = nxt
         return None
+
+    def _slow_match(self, entries: Sequence[Tuple[str, str]], rule: Rule) -> Match:
+        """share_threshold, value_to_metric or detailed_metric on the way: walks again, naming each level."""
+        node = self.root
+        values: List[str] = []
+        parts: List[str] = [self.name]
+        for key, value in entries:
+            nxt, how = node.child(key, value)
+            assert nxt is not None
+            values.append(nxt.value if nxt.share_threshold and how == "wildcard" else value)
+            parts.append(_metric_part(nxt, how, key, value))
+            node = nxt
+        return Match(rule, tuple(values), self._metric(rule, entries, values, parts))
 
     def _metric(self, rule: Rule, entries: Sequence[Tuple[str, str]], values: List[str],
                 parts: List[str]) -> str:
