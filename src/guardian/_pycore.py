@@ -196,12 +196,29 @@ class Table:
                 self._count(_region.W_RECLAIMS)
             w[s] = fp
             w[s + 1] = 0
-        tat = max(w[s + 1], now)
+        r = self._judge(w[s + 1], cost, now)
+        if r[0]:
+            w[s + 1] = now + r[3]
+        return r
+
+    def _judge(self, t: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        """The GCRA rule for a bucket whose TAT is ``t``."""
+        tat = max(t, now)
         new = tat + cost * self._P
         if new - now <= self._tau:
-            w[s + 1] = new
             return True, (self._tau - (new - now)) // self._P, 0, new - now
         return False, (self._tau - (tat - now)) // self._P, new - now - self._tau, tat - now
+
+    def _peek(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        """``_decide`` without the write (an absent key is a full bucket,
+        unless its window has no slot for it)."""
+        s = self._find(fp, home)
+        if s >= 0:
+            return self._judge(self._words[s + 1], cost, now)
+        free, wait = self._claim(fp, home, now)
+        if free < 0:
+            return False, 0, wait, wait
+        return self._judge(0, cost, now)
 
     def _count(self, index: int) -> None:
         self._words[index] = (self._words[index] + 1 + (1 << 63)) % (1 << 64) - (1 << 63)
@@ -238,6 +255,18 @@ class Table:
         self._enter()
         try:
             return [self._result(self._take_locked(fp, home, cost, now)) for fp, home in hashed]
+        finally:
+            self._leave()
+
+    def peek(self, key: str, cost: int = 1) -> Result:
+        """What ``check(key, cost)`` would answer now, changing nothing;
+        ``cost`` may be 0: the bucket as it is."""
+        fp, home = self._hash(check_key(key))
+        cost = check_cost(cost, self.capacity, 0)
+        now = self._now()
+        self._enter()
+        try:
+            return self._result(self._peek(fp, home, cost, now))
         finally:
             self._leave()
 

@@ -36,9 +36,9 @@ def test_shared_gcra_cases(core: ModuleType, clock: ManualClock, case: str) -> N
         if op == "usage":
             assert backend.usage(key) == expected, (at, op, key)
             continue
-        r = backend.take(key, cost)
+        r = backend.peek(key, cost) if op == "peek" else backend.take(key, cost)
         got = (r.allowed, r.remaining, r.retry_after, r.reset_after)
-        assert got[:2] == expected[:2], (at, key, cost, got)
+        assert got[:2] == expected[:2], (at, op, key, cost, got)
         assert got[2] == pytest.approx(expected[2], abs=1e-12), (at, key, cost, got)
         assert got[3] == pytest.approx(expected[3], abs=1e-12), (at, key, cost, got)
         assert r.limit == capacity
@@ -86,6 +86,44 @@ def test_three_per_seven_seconds_does_not_drift_over_an_hour(core: ModuleType, c
 def test_seven_per_second_exact_over_an_hour(core: ModuleType, clock: ManualClock) -> None:
     backend = make(core, clock, 5, 7)
     assert len(jump_hammer(backend, clock, 3600.0)) == 5 + 7 * 3600
+
+
+def test_peek_is_the_take_it_predicts_and_writes_nothing(core: ModuleType, clock: ManualClock) -> None:
+    """On a full table too: a peek for an absent key whose window has no
+    slot answers the denial a take would get, and claims nothing."""
+    backend = make(core, clock, 3, 1, 3600.0, slots=8)
+    for i in range(8):
+        assert backend.try_take(f"k{i}")
+    before = backend.stats()
+    predicted = backend.peek("newcomer", 1)
+    assert not predicted.allowed and predicted.retry_after == pytest.approx(3600.0)
+    assert backend.stats() == before  # not a take, not a FULL denial, no reclaim
+    assert backend.take("newcomer", 1) == predicted
+    for cost in (0, 1, 2, 3):
+        p = backend.peek("k1", cost)
+        assert backend.peek("k1", cost) == p  # nothing moved
+        if cost:
+            assert backend.take("k1", cost) == p
+            backend.reset("k1")
+            backend.take("k1", 1)
+    clock.advance(3600.0 * 3)
+    assert backend.peek("newcomer", 0) == LimitResult(True, 3, 0.0, 0.0, 3)  # an expired slot is room
+    assert backend.usage("newcomer") == 0
+
+
+@pytest.mark.parametrize("cost, error, message", [
+    (-1, InvalidArgumentError, "at least 0"),
+    (4, InvalidArgumentError, "above the bucket's capacity 3"),
+    (1.0, ArgumentTypeError, "cost must be an int"),
+    (True, ArgumentTypeError, "cost must be an int"),
+])
+def test_peek_refuses_bad_costs(core: ModuleType, clock: ManualClock, cost: object, error: type,
+                                message: str) -> None:
+    backend = make(core, clock, 3, 1)
+    with pytest.raises(error, match=message):
+        backend.peek("k", cost)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="must not be empty"):
+        backend.peek("", 1)
 
 
 def test_usage_and_reset(core: ModuleType, clock: ManualClock) -> None:

@@ -57,6 +57,12 @@ class MemoryBackend:
         limit = self.config.capacity
         return [LimitResult(*r, limit) for r in self.table.check_many(keys, cost)]
 
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What ``take(key, cost)`` would answer now, without taking;
+        ``cost=0`` reads the bucket as it is (remaining now, seconds until
+        full)."""
+        return LimitResult(*self.table.peek(key, cost), self.config.capacity)
+
     def stats(self) -> Dict[str, int]:
         """Slots, denials because a key's window was full, reclaims."""
         return dict(self.table.stats())
