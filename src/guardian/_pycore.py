@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from . import _region
 from ._args import check_cost, check_key
 
-__all__ = ["Table", "siphash13", "unlink"]
+__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
+
+MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 
 _M64 = (1 << 64) - 1
 _TOMB = 2  # fingerprint of a repaired slot; real fingerprints are odd
@@ -62,6 +64,51 @@ def siphash13(k0: int, k1: int, data: bytes) -> int:
     sipround()
     sipround()
     return v0 ^ v1 ^ v2 ^ v3
+
+
+class LimitResult:
+    """The decision for one check of ``cost`` tokens against a bucket.
+
+    ``allowed``: whether the tokens were taken. ``remaining``: whole tokens
+    left after this check. ``retry_after``: seconds until the same check
+    would be allowed (0 when allowed). ``reset_after``: seconds until the
+    bucket is full again. ``limit``: the bucket's capacity. A result is
+    truthy when allowed.
+    """
+
+    __slots__ = ("allowed", "remaining", "retry_after", "reset_after", "limit")
+
+    def __init__(
+        self, allowed: bool, remaining: int, retry_after: float, reset_after: float, limit: int
+    ) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+        self.limit = limit
+
+    def is_allowed(self) -> bool:
+        return self.allowed
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LimitResult):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:  # type: ignore[type-arg]
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))
+
+    def __repr__(self) -> str:
+        return (
+            f"LimitResult(allowed={self.allowed}, remaining={self.remaining}, "
+            f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
+            f"limit={self.limit})"
+        )
 
 
 class Table:
@@ -241,10 +288,8 @@ class Table:
         finally:
             self._leave()
 
-    def check_result(self, key: str, cost: int = 1) -> Any:
+    def check_result(self, key: str, cost: int = 1) -> LimitResult:
         """The same take as ``check``, answered as a LimitResult."""
-        from ._result import LimitResult  # here: _result imports the core selector
-
         return LimitResult(*self.check(key, cost), self.capacity)
 
     def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]:
