@@ -324,6 +324,8 @@ cdef class Table:
         r.limit = self.capacity
         return r
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)  # i runs over range(len(held)): held[i] needs no check
     def check_many(self, keys, cost=1):
         """One take per key, all decided at the same instant; the loop runs
         without the GIL. Every key is checked before any is taken."""
