@@ -37,6 +37,7 @@ class BatchedRedisBackend(BatchedCommon):
     """
 
     redis_class = RedisBackend
+    redis: RedisBackend
     lock_class = threading.Lock
     refiller_class = Refiller
 

@@ -37,6 +37,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
     """
 
     redis_class = AsyncRedisBackend
+    redis: AsyncRedisBackend
     lock_class = asyncio.Lock
     refiller_class = Refiller
 
