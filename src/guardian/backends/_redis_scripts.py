@@ -178,6 +178,13 @@ class Packer:
         self._take_sha = take
         self._text_prefix = self.prefix.decode()
 
+    def load_scripts(self) -> Tuple[bytes, int]:
+        """SCRIPT LOAD of every script, packed, and how many replies it
+        gets: sent on the backend's own connection after a NOSCRIPT."""
+        parts = [b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + resp_bulk(s.source.encode())
+                 for s in self.scripts.values()]
+        return b"".join(parts), len(parts)
+
     def key(self, key: str) -> bytes:
         """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
         return self.prefix + check_key(key) + b"}"

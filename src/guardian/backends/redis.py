@@ -132,8 +132,7 @@ class RedisBackend(RedisCommon):
         if replies is None:
             replies = self._send(packed, count)
         if not self.usable(replies, reloaded=False):
-            for script in self.packer.scripts.values():
-                self.client.script_load(script.source)
+            self.checked(self._send(*self.packer.load_scripts()))
             replies = self._send(packed, count)
             self.usable(replies, reloaded=True)
         return replies

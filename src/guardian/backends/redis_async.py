@@ -283,8 +283,7 @@ class AsyncRedisBackend(RedisCommon):
         if replies is None:
             replies = await self._send(packed, count)
         if not self.usable(replies, reloaded=False):
-            for script in self.packer.scripts.values():
-                await self.client.script_load(script.source)
+            self.checked(await self._send(*self.packer.load_scripts()))
             replies = await self._send(packed, count)
             self.usable(replies, reloaded=True)
         return replies
