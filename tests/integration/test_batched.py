@@ -71,7 +71,7 @@ def test_sigkill_loses_leased_tokens_until_the_key_expires(redis_server: Server,
     assert admitted + burst <= 100 + 50 * (elapsed + 0.5)
     assert burst <= 100 - held - admitted + 50 * (elapsed + 0.5)
     # The lost tokens come back as the bucket refills: the key expires.
-    wait_until(lambda: raw.exists(f"{prefix}:{{k}}") == 0, 5.0, "the bucket key to expire")
+    wait_until(lambda: raw.exists(other.packer.key("k")) == 0, 5.0, "the bucket key to expire")
     t0 = time.monotonic()
     full = sum(other.try_take("k") for _ in range(150))
     assert 100 <= full <= 100 + 50 * (time.monotonic() - t0) + 1  # + what refilled meanwhile

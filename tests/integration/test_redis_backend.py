@@ -131,13 +131,13 @@ def test_results_and_usage_and_reset(make) -> None:
 def test_ttl_present_and_no_longer_than_a_full_refill(make, raw: redis.Redis, prefix: str) -> None:
     backend = make(5, 20)  # a full refill takes 250 ms
     backend.take("k", 3)
-    ttl = raw.pttl(f"{prefix}:{{k}}")
+    ttl = raw.pttl(backend.packer.key("k"))
     assert 0 < ttl <= 150
     backend.take("k", 2)
-    assert 150 < raw.pttl(f"{prefix}:{{k}}") <= 250
+    assert 150 < raw.pttl(backend.packer.key("k")) <= 250
     backend.take("k", 1)  # denied: nothing changes
-    assert raw.pttl(f"{prefix}:{{k}}") <= 250
-    wait_until(lambda: not raw.exists(f"{prefix}:{{k}}"), 1.0, "the key to expire")
+    assert raw.pttl(backend.packer.key("k")) <= 250
+    wait_until(lambda: not raw.exists(backend.packer.key("k")), 1.0, "the key to expire")
     assert backend.take("k", 5).allowed  # an expired key is a full bucket
 
 
@@ -149,7 +149,7 @@ def test_any_key_is_its_own_bucket(make, raw: redis.Redis, prefix: str, key: str
     assert backend.try_take(key)
     assert not backend.try_take(key)
     assert backend.try_take(key + "}")  # a near neighbour is another bucket
-    assert raw.exists(f"{prefix}:{{{key}}}".encode())
+    assert raw.exists(backend.packer.key(key))
 
 
 def test_take_many_in_order_with_duplicates_and_chunks(make) -> None:
@@ -175,8 +175,8 @@ def test_script_cache_flushed_is_reloaded(make, raw: redis.Redis) -> None:
 
 def test_a_foreign_value_is_a_backend_error(make, raw: redis.Redis, prefix: str) -> None:
     backend = make(10, 1)
-    raw.hset(f"{prefix}:{{h}}", "a", 1)
-    raw.set(f"{prefix}:{{s}}", "not a TAT")
+    raw.hset(backend.packer.key("h"), "a", 1)
+    raw.set(backend.packer.key("s"), "not a TAT")
     for key in ("h", "s"):
         with pytest.raises(BackendError, match="guardian did not write"):
             backend.take(key)
@@ -219,9 +219,9 @@ def test_an_existing_client_is_used_and_not_closed(redis_server: Server, prefix:
     backend = flavor(TokenBucketConfig(1, 1, 3600), client=client, prefix=prefix)
     assert backend.try_take("k") and not backend.try_take("k")
     backend.close()
-    assert client.exists(f"{prefix}:{{k}}") == 1
+    assert client.exists(backend.packer.key("k")) == 1
     if flavor.kind == "async":  # the asyncio client the backend was given is still open
-        assert backend.loop.run_until_complete(backend.backend.client.exists(f"{prefix}:{{k}}")) == 1
+        assert backend.loop.run_until_complete(backend.backend.client.exists(backend.packer.key("k"))) == 1
         backend.loop.run_until_complete(backend.backend.client.aclose())
     client.close()
 
@@ -267,7 +267,7 @@ def test_clients_clocks_hours_apart_share_one_limit(deployment, prefix: str) -> 
     behind = run_hammers(url, prefix, 1, capacity=30, rate=0.01, takes=40, skew=-5)
     assert ahead[0] + behind[0] == 30
     assert ahead[0] == 30 and behind[0] == 0
-    key = f"{prefix}:{{k}}"
+    key = RedisBackend(TokenBucketConfig(30, 0.01), url=url, prefix=prefix).packer.key("k")
     if isinstance(raw, redis.RedisCluster):  # the TIME of the node holding the key
         sec, us = raw.time(target_nodes=raw.get_node_from_key(key))
     else:
@@ -343,3 +343,25 @@ async def test_a_burst_waits_for_the_few_connections_allowed(redis_server: Serve
     assert all(r.allowed for r in done if not isinstance(r, BaseException))
     assert b._wires is not None and b._wires.open <= 2 and not b._wires.queue
     await b.aclose()
+
+
+def test_two_limits_on_one_key_never_share_a_bucket(redis_server: Server, prefix: str, flavor: Any) -> None:
+    """A 5-burst and a 100-burst limit on one Redis, one prefix, one key:
+    1,000 mixed checks leave each bucket exactly where it would be alone
+    (a slow refill: nothing refills during the test)."""
+    small_config, big_config = TokenBucketConfig(5, 1, 3600), TokenBucketConfig(100, 1, 3600)
+    small = flavor(small_config, url=redis_server.url, prefix=prefix)
+    big = flavor(big_config, url=redis_server.url, prefix=prefix)
+    results = {"small": [], "big": []}
+    for i in range(1000):
+        name, backend = ("small", small) if i % 3 == 0 else ("big", big)
+        results[name].append(backend.try_take("k"))
+    # Alone, each would admit exactly its capacity, in order, then deny.
+    assert results["small"] == [True] * 5 + [False] * (len(results["small"]) - 5)
+    assert results["big"] == [True] * 100 + [False] * (len(results["big"]) - 100)
+    assert small.usage("k") == 5 and big.usage("k") == 100
+    # Sharing on purpose: without the limit in the key, both use one bucket.
+    shared_small = flavor(small_config, url=redis_server.url, prefix=prefix + "s", limit_in_key=False)
+    shared_big = flavor(big_config, url=redis_server.url, prefix=prefix + "s", limit_in_key=False)
+    assert sum(shared_big.try_take("k") for _ in range(3)) == 3
+    assert sum(shared_small.try_take("k") for _ in range(5)) == 2  # the 3 taken count

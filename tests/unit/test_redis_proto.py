@@ -89,7 +89,8 @@ def test_bulk_packing_checks_every_key(bad: object) -> None:
 def test_the_hot_path_template_packs_what_the_generic_packer_does(key: str, prefix: str) -> None:
     packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
     bkey = packer.key(key)
-    assert bkey == f"{prefix}:{{{key}}}".encode()
+    assert bkey == f"{prefix}:c10:t1000000/1:{{{key}}}".encode()  # T = 1 s = 10^6 us
+    assert Packer(prefix, packer.layout, limit_in_key=False).key(key) == f"{prefix}:{{{key}}}".encode()
     assert packer.take1(key) == packer.take(key, 1) == packer.command("take", [bkey], b"1")
     assert packer.take(key, 3) == packer.command("take", [bkey], b"3")
     expected = redis.Redis().connection_pool.make_connection().pack_command(
@@ -188,3 +189,11 @@ def test_the_slot_is_redis_pys(key: str, prefix: str) -> None:
 
     packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
     assert packer.slot(key) == key_slot(packer.key(key))
+
+
+def test_two_limits_never_share_a_key_unless_told_to() -> None:
+    a, b = Layout(TokenBucketConfig(5, 1)), Layout(TokenBucketConfig(100, 1))
+    c = Layout(TokenBucketConfig(5, 2))  # same capacity, another rate
+    keys = {Packer("g", layout).key("k") for layout in (a, b, c)}
+    assert len(keys) == 3
+    assert Packer("g", a, limit_in_key=False).key("k") == Packer("g", b, limit_in_key=False).key("k")

@@ -332,13 +332,15 @@ class BatchedCommon:
         max_share: float = 0.2,
         connect_timeout: float = 0.25,
         timeout: float = 0.25,
+        limit_in_key: bool = True,
         clock: Optional[Clock] = None,
         **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
         self.redis = self.redis_class(config, url, client=client, prefix=prefix,
-                                      connect_timeout=connect_timeout, timeout=timeout, **client_options)
+                                      connect_timeout=connect_timeout, timeout=timeout,
+                                      limit_in_key=limit_in_key, **client_options)
         self.config = config
         self.book = LeaseBook(config, shared=shared, slots=slots, lease_lifetime=lease_lifetime,
                               refresh_interval=refresh_interval, max_share=max_share,
@@ -351,7 +353,7 @@ class BatchedCommon:
         self.scan_interval = min(lease_lifetime / 4, 0.5)
         #: To give leases back at interpreter exit over a fresh connection.
         self._url = url
-        self._timeouts = {"connect_timeout": connect_timeout, "timeout": timeout}
+        self._timeouts = {"connect_timeout": connect_timeout, "timeout": timeout, "limit_in_key": limit_in_key}
         self._closed = False
         self._refiller = self.refiller_class(self)
         live.add(self)

@@ -23,6 +23,7 @@ from .._errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    MisuseError,
     RateLimitError,
 )
 from ._redis_scripts import Layout, Packer, Reserved, malformed
@@ -139,15 +140,18 @@ class RedisCommon:
         prefix: str = "guardian",
         connect_timeout: float = 0.25,
         timeout: float = 0.25,
+        limit_in_key: bool = True,
         **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
         if (url is None) == (client is None):
             raise ConfigurationError("pass exactly one of url= and client=")
+        if not isinstance(limit_in_key, bool):
+            raise MisuseError(f"limit_in_key must be True or False, got {limit_in_key!r}")
         self.config = config
         self.layout = Layout(config)
-        self.packer = Packer(prefix, self.layout)
+        self.packer = Packer(prefix, self.layout, limit_in_key)
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:

@@ -73,7 +73,7 @@ class Layout:
     the scripts on a nanosecond clock to replay the shared GCRA cases.
     """
 
-    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv")
+    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv", "tag")
 
     def __init__(self, config: TokenBucketConfig, clock_unit_ns: int = 1000) -> None:
         interval = Fraction(config.emission_ticks, config.ticks_per_ns * clock_unit_ns)
@@ -89,6 +89,8 @@ class Layout:
                 f"{'us' if clock_unit_ns == 1000 else 'clock units'} (see docs/redis.md)"
             )
         self.ticks_per_second = self.D * (1_000_000_000 // clock_unit_ns)
+        #: The limit in a bucket's key: capacity and T in ticks (P/D us).
+        self.tag = b"c%d:t%d/%d" % (self.capacity, self.P, self.D)
         self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
 
     def result(self, v: Any, cost: int = 1) -> LimitResult:
@@ -160,8 +162,12 @@ class Packer:
     validates its arguments first: a bad key or cost raises before any
     byte is sent."""
 
-    def __init__(self, prefix: str, layout: Layout) -> None:
-        self.prefix = check_prefix(prefix) + b":{"
+    def __init__(self, prefix: str, layout: Layout, limit_in_key: bool = True) -> None:
+        #: ``prefix:<limit>:{key}``: a bucket belongs to one limit, so two
+        #: backends with different configs never share one by accident.
+        #: Without the limit (``limit_in_key=False``): ``prefix:{key}``,
+        #: shared on purpose by every config that uses the prefix.
+        self.prefix = check_prefix(prefix) + (b":" + layout.tag if limit_in_key else b"") + b":{"
         self.layout = layout
         self.scripts = scripts()
         take = self.scripts["take"].sha.encode()
@@ -186,7 +192,8 @@ class Packer:
         return b"".join(parts), len(parts)
 
     def key(self, key: str) -> bytes:
-        """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
+        """The bucket's Redis key: ``prefix:<limit>:{key}`` (the hash tag is
+        the key)."""
         return self.prefix + check_key(key) + b"}"
 
     def take1(self, key: str) -> bytes:
