@@ -210,3 +210,20 @@ def test_override_out_of_range_is_invalid_argument(ask: Any) -> None:
 def test_huge_hits_addend_is_over_the_limit_not_an_error(ask: Any) -> None:
     r = ask("reset", descriptor([("k", "huge")], hits=2**64 - 1))
     assert r.overall_code == OVER and r.statuses[0].limit_remaining == 60
+
+
+def test_zero_hit_check_counts_down_with_time(ask: Any) -> None:
+    # hits_addend 0 reads the bucket (the cores' peek): its duration_until_reset moves with time
+    from sidecar import wait_until
+
+    ask("reset", descriptor([("k", "zero")], hits=3))     # 60/minute: 3 s until full again
+
+    def read() -> Tuple[int, float]:
+        s = ask("reset", descriptor([("k", "zero")], hits=0)).statuses[0]
+        return s.limit_remaining, s.duration_until_reset.ToNanoseconds() / 1e9
+
+    remaining, first = read()
+    assert remaining == 57 and 2.0 < first < 3.0  # not whole tokens x interval: the time since the take counts
+    later: List[float] = []
+    wait_until(lambda: later.append(read()[1]) or later[-1] < first, 5, "the reset to move", step=0.02)
+    assert read()[0] >= 57  # reading took nothing

@@ -59,7 +59,9 @@ class Bucket:
         self.config: TokenBucketConfig = backend.config
         self.capacity = self.config.capacity
         self.backend = backend
-        self.local = not backend.can_fail
+        # in-process tables answer without awaiting (a shared table may be
+        # can_fail for a stuck lock, still no I/O to await)
+        self.local = isinstance(backend, MemoryBackend)
         self.fast = backend.take if self.local else None
         self.limiter: Optional[AsyncRateLimiter] = (
             None if self.local else AsyncRateLimiter(backend, fail_open=fail_open)
@@ -71,6 +73,16 @@ class Bucket:
             return result
         assert self.limiter is not None
         return await self.limiter.check_limit(key, cost)
+
+    async def peek(self, key: str) -> Tuple[int, float]:
+        """(remaining, seconds until full) without taking. In memory the
+        cores answer it (the reset moves with time); over Redis, until the
+        backends expose peek.lua, it is derived from the usage in whole tokens."""
+        if self.limiter is None:
+            r = self.backend.peek(key, 0)
+            return r.remaining, r.reset_after
+        used = await self.limiter.get_usage(key)
+        return self.capacity - used, used * self.config.emission_interval
 
     async def usage(self, key: str) -> int:
         if self.limiter is None:

@@ -152,13 +152,13 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         capacity = bucket.capacity
         if hits == 0 or hits > capacity:
             # 0 reads without taking; more than the capacity can never be allowed.
-            try:
-                used = await bucket.usage(key)
-            except RateLimitError:
-                used = 0
             self.stats.remote += bucket.fast is None
             self.stats.local += bucket.fast is not None
-            return hits > capacity, capacity - used, used * bucket.config.emission_interval
+            try:
+                remaining, reset = await bucket.peek(key)
+            except RateLimitError:
+                remaining, reset = capacity, 0.0
+            return hits > capacity, remaining, reset
         if bucket.fast is not None:
             r = bucket.fast(key, hits)
             self.stats.local += 1
