@@ -41,8 +41,8 @@ def free_port() -> int:
 
 def _probe(target: str, stop: Any, out: "multiprocessing.Queue[List[Tuple[float, float]]]") -> None:
     """CheckLimit in a loop; (start, latency) of each call."""
-    from guardian.v1 import guardian_pb2 as pb
-    from guardian.v1 import guardian_pb2_grpc as pb_grpc
+    from guardian.v1 import guardian_pb2 as pb  # type: ignore[import-not-found]
+    from guardian.v1 import guardian_pb2_grpc as pb_grpc  # type: ignore[import-not-found]
 
     async def main() -> List[Tuple[float, float]]:
         samples = []
@@ -110,8 +110,9 @@ class Server:
         self.log.close()
 
 
-def measured(server: Server, action: Callable[[], str], settle: float = 0.3) -> Tuple[str, float]:
-    """Runs ``action`` while a prober calls CheckLimit; (outcome, longest stall in ms)."""
+def measured(server: Server, action: Callable[[], str], settle: float = 0.3) -> Tuple[str, float, float]:
+    """Runs ``action`` while a prober calls CheckLimit; (outcome, longest stall
+    in ms, the longest call in the 0.8 s before: the machine's noise)."""
     ctx = multiprocessing.get_context("spawn")
     q: "multiprocessing.Queue[List[Tuple[float, float]]]" = ctx.Queue()
     stop = ctx.Event()
@@ -132,7 +133,8 @@ def measured(server: Server, action: Callable[[], str], settle: float = 0.3) -> 
     if p.exitcode is None:
         p.kill()
     stall = max((lat for start, lat in samples if start <= t1 and start + lat >= t0), default=float("nan"))
-    return outcome, stall * 1000
+    noise = max((lat for start, lat in samples if t0 - 0.8 <= start and start + lat < t0), default=float("nan"))
+    return outcome, stall * 1000, noise * 1000
 
 
 # --- the inputs ----------------------------------------------------------------
@@ -192,13 +194,13 @@ def run_policy(name: str, text: str, tmp: Path) -> Dict[str, Any]:
         line = [ln for ln in s.text().splitlines() if "policy reload" in ln][-1:]
         return line[0].split("guardian server: ", 1)[-1][:160] if line else "no answer in 30 s"
 
-    outcome, stall = measured(s, reload)
+    outcome, stall, noise = measured(s, reload)
     rss = s.peak_rss_mib()
     alive = s.proc.poll() is None
     s.stop()
     return {"input": f"policy: {name} ({len(text.encode())} bytes)", "at start": at_start[:160],
             "on SIGHUP": outcome, "alive": alive, "peak RSS MiB": round(max(rss, start_rss or 0), 1),
-            "stall ms": round(stall, 1)}
+            "stall ms": round(stall, 1), "noise ms": round(noise, 1)}
 
 
 def run_request(name: str, call: Callable[[grpc.Channel], str]) -> Dict[str, Any]:
@@ -206,13 +208,13 @@ def run_request(name: str, call: Callable[[grpc.Channel], str]) -> Dict[str, Any
     assert s.wait_ready(), s.text()
     ch = grpc.insecure_channel(s.target, options=[("grpc.max_receive_message_length", 64 << 20),
                                                  ("grpc.max_send_message_length", 64 << 20)])
-    outcome, stall = measured(s, lambda: call(ch))
+    outcome, stall, noise = measured(s, lambda: call(ch))
     ch.close()
     rss = s.peak_rss_mib()
     alive = s.proc.poll() is None
     s.stop()
     return {"input": f"request: {name}", "outcome": outcome[:160], "alive": alive,
-            "peak RSS MiB": round(rss, 1), "stall ms": round(stall, 1)}
+            "peak RSS MiB": round(rss, 1), "stall ms": round(stall, 1), "noise ms": round(noise, 1)}
 
 
 _POLICY_DIR = tempfile.mkdtemp(prefix="guardian-hostile-")

@@ -235,7 +235,14 @@ def _billion_laughs(levels: int) -> str:
      "burst must be at most 4294967295"),
     ("limits: {a: {requests_per_unit: 4294967296, unit: second}}", "must be at most 4294967295"),
 ])
-def test_hostile_policy_refused_at_once(text: str, message: str) -> None:
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "pure"])
+def test_hostile_policy_refused_at_once(text: str, message: str, libyaml: bool,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import guardian.server.policy as policy_module
+
+    if libyaml and not policy_module._FAST:
+        pytest.skip("PyYAML without libyaml")
+    monkeypatch.setattr(policy_module, "_FAST", libyaml)
     t0 = time.perf_counter()
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "f.yaml")

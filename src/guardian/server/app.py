@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import grpc
@@ -45,6 +46,8 @@ SERVICE_NAMES = (V1_NAME, RLS_NAME, health_pb2.DESCRIPTOR.services_by_name["Heal
 #: Names gRPC health answers: the server, each service, and the name
 #: envoyproxy/ratelimit registers (a deployment may already probe it).
 HEALTH_NAMES = ("", V1_NAME, RLS_NAME, "ratelimit")
+#: The GIL switch interval while a reload parses in a thread (default 5 ms).
+RELOAD_SWITCH_INTERVAL = 0.0005
 #: How often the backend is probed, and snapshots are written.
 MONITOR_INTERVAL = 0.5
 SNAPSHOT_INTERVAL = 1.0
@@ -228,6 +231,16 @@ class Worker:
 
     async def _reload_off_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        # The parsing thread holds the GIL in slices of the switch interval;
+        # shorter slices let the loop answer between them (restored after).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
+        try:
+            await self._reload_loop(loop)
+        finally:
+            sys.setswitchinterval(interval)
+
+    async def _reload_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             self._reload_again = False
             try:
