@@ -165,3 +165,24 @@ def test_a_signal_while_starting_still_exits_0(tmp_path: Path) -> None:
     code, _ = s.stop()
     assert code == 0, s.log()
     assert "stopping: draining" in s.log()
+
+
+def test_unwritable_lock_directory_is_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    r = subprocess.run([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(free_port()),
+                        "--http-port", str(free_port())], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, XDG_RUNTIME_DIR=str(blocked)))
+    assert r.returncode == 2 and "cannot take the lock of gRPC port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_redis_refusals_are_told_apart_from_outages() -> None:
+    import redis.exceptions as rx
+
+    from guardian.server.backend_probe import refusal
+
+    assert refusal(rx.AuthenticationError("invalid username-password pair or user is disabled."))
+    assert refusal(rx.NoPermissionError("this user has no permissions to run the 'evalsha' command"))
+    assert refusal(rx.ResponseError("NOAUTH Authentication required."))
+    assert refusal(rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")) is None
+    assert refusal(rx.TimeoutError("Timeout reading from socket")) is None

@@ -38,9 +38,13 @@ def lock_dir() -> str:
 
 def _lock(port: int, what: str, flag: str) -> int:
     directory = lock_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, f"{port}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise PortBusy(f"cannot take the lock of {what} port {port} ({path}: {exc.strerror}); "
+                       "point XDG_RUNTIME_DIR or TMPDIR at a writable directory") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
