@@ -8,7 +8,8 @@ after the run id) or the same Redis, so a limit is one limit across them.
 The supervisor forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that
 dies (with a pause if it dies at once), and at exit removes the run's
 shared tables and run directory. It exits 0 after a SIGTERM when every
-worker exited 0.
+worker it stopped exited 0 (or of that SIGTERM); a worker that had died
+just before is logged, not counted.
 """
 
 from __future__ import annotations
@@ -101,15 +102,24 @@ def supervise(opts: ServeOptions, argv: List[str]) -> int:
             time.sleep(0.05)
         log.info("guardian supervisor: %s, stopping %d workers",
                  signal.Signals(stopping[0]).name, len(procs))
-        for p in procs.values():
+        for i, p in procs.items():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+            elif i not in codes:
+                # Died before the stop (logged above, or not yet noticed) with
+                # its replacement pending: nothing left to stop, not an error
+                # of the run (a pod must not end in Error for it).
+                log.warning("guardian supervisor: worker %d (pid %d) had exited with %s before the stop",
+                            i, p.pid, p.returncode)
+                codes[i] = 0
         deadline = time.monotonic() + opts.grace + _KILL_MARGIN
         for i, p in procs.items():
             if i in codes:
                 continue
             try:
                 codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
+                if codes[i] == -signal.SIGTERM:
+                    codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
