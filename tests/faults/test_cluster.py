@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-from faults import Tally, hung, pool_size
+from faults import SLACK, Tally, hung, pool_size
 from redis_servers import Cluster, Server, wait_until
 
 from guardian import RateLimiter, TokenBucketConfig
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.redis, pytest.mark.cluster]
 TIMEOUT = 0.25
 CONFIG = TokenBucketConfig(10**6, 10**6, 1)  # fail-closed: allowed only when Redis decided
 #: The aim: a check takes at most about one timeout (plus slack for a loaded box).
-BOUND = 1.5 * TIMEOUT + 0.15
+BOUND = 1.5 * TIMEOUT + SLACK
 RESTARTS = int(os.environ.get("GUARDIAN_FAULT_RESTARTS", "8"))
 
 UNBOUNDED = pytest.mark.xfail(strict=True, reason="issue 11 item 3: a cluster check keeps redis-py's "

@@ -10,7 +10,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from faults import Proxy, Tally
+from faults import SLACK, Proxy, Tally
 from redis_servers import Server
 
 from guardian import AsyncRateLimiter, RateLimiter, TokenBucketConfig
@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.redis]
 
 TIMEOUT = 0.25
 COOLDOWN = 0.2
-SLACK = 0.15  # scheduling on a loaded 2-core box
 HUGE = TokenBucketConfig(10**6, 10**6, 1)  # fail-closed: allowed only when Redis decided
 
 

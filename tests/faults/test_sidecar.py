@@ -125,7 +125,8 @@ def test_sigterm_just_after_a_worker_died_exits_0(tmp_path: Path, age: float, de
 def test_sigterm_while_starting_and_under_load(tmp_path: Path) -> None:
     """SIGTERM before the workers serve, and SIGTERM with calls in flight."""
     early = Sidecar(tmp_path, "--config", _policy(tmp_path), "--workers", "2").start(wait=False)
-    time.sleep(0.3)
+    # The supervisor has its handlers (it logged its start); the workers are still importing.
+    wait_until(lambda: "starting 2 workers" in early.log(), 20, "the supervisor", step=0.005)
     code, took = early.stop()
     assert code == 0 and took < 5.0, early.log()[-3000:]
     s = Sidecar(tmp_path, "--config", _policy(tmp_path), "--workers", "2").start()
