@@ -262,13 +262,14 @@ class RateLimiter(_Policy):
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
         check_backend(backend, "RateLimiter")
         if _is_async(backend):
             raise MisuseError(
                 f"{type(backend).__name__} is an asyncio backend: use AsyncRateLimiter, or its "
                 f"synchronous twin ({type(backend).__name__.replace('Async', '', 1)}) with RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
@@ -386,6 +387,7 @@ class AsyncRateLimiter(_Policy):
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
         check_backend(backend, "AsyncRateLimiter")
         if not _is_async(backend) and backend.can_fail:
@@ -393,7 +395,7 @@ class AsyncRateLimiter(_Policy):
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
                 f"RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Any) -> None:
         #: False for an in-process backend, whose calls return at once.

@@ -4,7 +4,7 @@ a fraction of the limit (issue 11 item 5)."""
 from __future__ import annotations
 
 import pytest
-from test_limiter import BrokenBackend
+from test_limiter import AsyncBrokenBackend, BrokenBackend
 
 from guardian import AsyncRateLimiter, ConfigurationError, InvalidArgumentError, RateLimiter, TokenBucketConfig
 from guardian.limiter import local_config
@@ -41,5 +41,5 @@ def test_the_fallback_admits_its_share() -> None:
 
 
 async def test_the_async_fallback_admits_its_share() -> None:
-    limiter = AsyncRateLimiter(BrokenBackend(), fail_open="local", local_share=0.4)
+    limiter = AsyncRateLimiter(AsyncBrokenBackend(), fail_open="local", local_share=0.4)
     assert [await limiter.try_acquire("k") for _ in range(3)] == [True, True, False]
