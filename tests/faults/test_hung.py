@@ -30,18 +30,13 @@ CONCURRENT = 20
 #: (plus scheduling slack for 20 threads on a shared 2-core CI box).
 BOUND = 1.5 * TIMEOUT + SLACK
 
-QUEUED = pytest.mark.xfail(strict=True, reason="issue 11 item 2: checks queued on one cold key's lease "
-                                               "lock each make their own Redis call, one timeout each")
-
-
 def _limiter(cls: Any, server: Server, prefix: str, **kw: Any) -> Any:
     backend = cls(CONFIG, url=server.url, prefix=prefix, connect_timeout=TIMEOUT, timeout=TIMEOUT)
     facade = AsyncRateLimiter if cls in (AsyncRedisBackend, AsyncBatchedRedisBackend) else RateLimiter
     return facade(backend, fail_open=False, log_interval=3600, **kw)
 
 
-@pytest.mark.parametrize("cls", [RedisBackend, pytest.param(BatchedRedisBackend, marks=QUEUED)],
-                         ids=["plain", "batched"])
+@pytest.mark.parametrize("cls", [RedisBackend, BatchedRedisBackend], ids=["plain", "batched"])
 def test_concurrent_cold_key_checks_while_hung_sync(own_server: Server, prefix: str, cls: Any) -> None:
     limiter = _limiter(cls, own_server, prefix)
     assert limiter.try_acquire("warm")  # connected, scripts loaded
@@ -65,8 +60,7 @@ def test_concurrent_cold_key_checks_while_hung_sync(own_server: Server, prefix: 
     limiter.close()
 
 
-@pytest.mark.parametrize("cls", [AsyncRedisBackend, pytest.param(AsyncBatchedRedisBackend, marks=QUEUED)],
-                         ids=["plain", "batched"])
+@pytest.mark.parametrize("cls", [AsyncRedisBackend, AsyncBatchedRedisBackend], ids=["plain", "batched"])
 async def test_concurrent_cold_key_checks_while_hung_async(own_server: Server, prefix: str, cls: Any) -> None:
     limiter = _limiter(cls, own_server, prefix)
     assert await limiter.try_acquire("warm")

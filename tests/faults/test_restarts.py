@@ -39,17 +39,11 @@ KINDS = {
     "batched": BatchedRedisBackend,
     "batched-async": AsyncBatchedRedisBackend,
 }
-LEAK = pytest.mark.xfail(strict=True, reason="issue 11 item 1: the sync pool counts every dropped "
-                                             "connection, so after max_connections failures Redis is never used again")
 
 
 def _params() -> List[Any]:
-    out = []
-    for kind in KINDS:
-        for max_conn in (None, 4):
-            marks = [LEAK] if kind in ("sync", "batched") else []
-            out.append(pytest.param(kind, max_conn, marks=marks, id=f"{kind}-max{max_conn or 'default'}"))
-    return out
+    return [pytest.param(kind, max_conn, id=f"{kind}-max{max_conn or 'default'}")
+            for kind in KINDS for max_conn in (None, 4)]
 
 
 def _report(kind: str, max_conn: Optional[int], recoveries: List[float], pools: List[int]) -> None:
