@@ -6,6 +6,7 @@ master, recovered from every time with a bounded pool (item 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -16,8 +17,9 @@ import pytest
 from faults import SLACK, Tally, hung, pool_size
 from redis_servers import Cluster, Server, wait_until
 
-from guardian import RateLimiter, TokenBucketConfig
+from guardian import AsyncRateLimiter, RateLimiter, TokenBucketConfig
 from guardian.backends.redis import RedisBackend
+from guardian.backends.redis_async import AsyncRedisBackend
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis, pytest.mark.cluster]
 
@@ -26,9 +28,6 @@ CONFIG = TokenBucketConfig(10**6, 10**6, 1)  # fail-closed: allowed only when Re
 #: The aim: a check takes at most about one timeout (plus slack for a loaded box).
 BOUND = 1.5 * TIMEOUT + SLACK
 RESTARTS = int(os.environ.get("GUARDIAN_FAULT_RESTARTS", "8"))
-
-UNBOUNDED = pytest.mark.xfail(strict=True, reason="issue 11 item 3: a cluster check keeps redis-py's "
-                                                  "retries and CLUSTERDOWN sleeps, so it is not bounded by timeout")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +51,11 @@ def _limiter(cluster: Cluster, prefix: str, **kw: Any) -> RateLimiter:
     backend = RedisBackend(CONFIG, url=cluster.url, prefix=prefix, connect_timeout=TIMEOUT, timeout=TIMEOUT,
                            **kw)
     return RateLimiter(backend, fail_open=False, breaker_cooldown=0.5, log_interval=3600)
+
+
+def _async_limiter(cluster: Cluster, prefix: str) -> AsyncRateLimiter:
+    backend = AsyncRedisBackend(CONFIG, url=cluster.url, prefix=prefix, connect_timeout=TIMEOUT, timeout=TIMEOUT)
+    return AsyncRateLimiter(backend, fail_open=False, breaker_cooldown=0.5, log_interval=3600)
 
 
 def _keys_by_master(limiter: RateLimiter, n: int = 400) -> Dict[int, List[str]]:
@@ -90,27 +94,51 @@ class Load:
         self.limiter, self.keys = limiter, keys
         self.tally = Tally()
         self.opened_at: Optional[float] = None
+        #: After ``since``: when a check was first decided by Redis again.
+        self.since = float("inf")
+        self.back_at: Optional[float] = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
+        if isinstance(self.limiter, AsyncRateLimiter):
+            asyncio.run(self.arun())
+            return
         i = 0
         while not self.stop.is_set():
             i += 1
-            self.tally.check(lambda: self.limiter.check_limit(self.keys[i % len(self.keys)]))
-            breaker = self.limiter.breaker
-            if self.opened_at is None and breaker is not None and breaker.is_open:
-                self.opened_at = time.monotonic()
+            self.watch(self.tally.check(lambda: self.limiter.check_limit(self.keys[i % len(self.keys)])))
             time.sleep(0.002)
 
+    async def arun(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            self.watch(await self.tally.acheck(lambda: self.limiter.check_limit(self.keys[i % len(self.keys)])))
+            await asyncio.sleep(0.002)
+        await self.limiter.aclose()
 
-def _fail_master(healthy: Cluster, prefix: str, how: str) -> Dict[str, Any]:
+    def watch(self, allowed: Optional[bool]) -> None:
+        if allowed and self.back_at is None:  # fail-closed: allowed means Redis answered
+            now = time.monotonic()
+            if now > self.since and self.limiter.failures:
+                self.back_at = now
+        breaker = self.limiter.breaker
+        if self.opened_at is None and breaker is not None and breaker.is_open:
+            self.opened_at = time.monotonic()
+
+
+def _fail_master(healthy: Cluster, prefix: str, how: str, asynchronous: bool) -> Dict[str, Any]:
     """Runs load on the victim's keys and on the others' while the victim is
     hung or killed until a replica took over; the numbers."""
-    on_victim_limiter = _limiter(healthy, prefix)
-    others_limiter = _limiter(healthy, prefix)
-    by_master = _keys_by_master(on_victim_limiter)
-    _keys_by_master(others_limiter)
+    sync_limiter = _limiter(healthy, prefix)
+    by_master = _keys_by_master(sync_limiter)
+    if asynchronous:
+        sync_limiter.close()
+        on_victim_limiter: Any = _async_limiter(healthy, prefix)
+        others_limiter: Any = _async_limiter(healthy, prefix)
+    else:
+        on_victim_limiter, others_limiter = sync_limiter, _limiter(healthy, prefix)
     port = sorted(by_master)[0]
     victim = _victim(healthy, port)
     loads = {"victim": Load(on_victim_limiter, by_master[port]),
@@ -119,6 +147,7 @@ def _fail_master(healthy: Cluster, prefix: str, how: str) -> Dict[str, Any]:
         load.thread.start()
     time.sleep(0.2)
     start = time.monotonic()
+    loads["victim"].since = start
     assert victim.proc is not None
     if how == "hung":
         with hung(victim.proc.pid):
@@ -132,8 +161,9 @@ def _fail_master(healthy: Cluster, prefix: str, how: str) -> Dict[str, Any]:
         victim.start()
     recovered = None
     while recovered is None and time.monotonic() - start < 20:
-        if loads["victim"].limiter.try_acquire(by_master[port][0]):
-            recovered = time.monotonic() - start
+        back_at = loads["victim"].back_at
+        if back_at is not None:
+            recovered = back_at - start
         time.sleep(0.01)
     for load in loads.values():
         load.stop.set()
@@ -147,16 +177,19 @@ def _fail_master(healthy: Cluster, prefix: str, how: str) -> Dict[str, Any]:
         "escapes": loads["victim"].tally.escapes + loads["others"].tally.escapes,
         "others_failures": others_limiter.failures,
     }
-    print(f"\ncluster, master {how}: " + ", ".join(
+    print(f"\ncluster ({'async' if asynchronous else 'sync'}), master {how}: " + ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
-    on_victim_limiter.close()
-    others_limiter.close()
+    if not asynchronous:  # the async ones closed on their own loops
+        on_victim_limiter.close()
+        others_limiter.close()
     return out
 
 
-@pytest.mark.parametrize("how", [pytest.param("hung", marks=UNBOUNDED), pytest.param("killed", marks=UNBOUNDED)])
-def test_a_failed_master_costs_one_deadline_per_check(healthy: Cluster, prefix: str, how: str) -> None:
-    out = _fail_master(healthy, prefix, how)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("how", ["hung", "killed"])
+def test_a_failed_master_costs_one_deadline_per_check(healthy: Cluster, prefix: str, how: str,
+                                                      asynchronous: bool) -> None:
+    out = _fail_master(healthy, prefix, how, asynchronous)
     assert out["escapes"] == []
     assert out["recovered_s"] is not None  # the replica took over and checks use it
     assert out["breaker_open_s"] is not None and out["breaker_open_s"] < 3 * BOUND + 0.5
@@ -164,8 +197,6 @@ def test_a_failed_master_costs_one_deadline_per_check(healthy: Cluster, prefix: 
     assert out["others_slowest_s"] < BOUND
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 items 1 and 3: a check waits for redis-py's cluster "
-                                       "retries (2 s), and the node pools count dropped connections")
 def test_quick_master_restarts_are_recovered_from(healthy: Cluster, prefix: str) -> None:
     """A master SIGKILLed and started again before the cluster fails it over
     (an empty master, as after a crash without persistence)."""

@@ -203,6 +203,10 @@ def pool_size(backend: Any) -> int:
     asyncio backends' own pool, else what the redis-py pool counts as made
     (what ``max_connections`` caps)."""
     redis_backend = getattr(backend, "redis", backend)
+    if not getattr(redis_backend, "direct", True):  # a cluster: the busiest node's pool
+        nodes = redis_backend.client.nodes_manager.nodes_cache.values()
+        return max((int(getattr(getattr(n.redis_connection, "connection_pool", None), "_created_connections", 0))
+                    for n in nodes if n.redis_connection is not None), default=0)
     wires = getattr(redis_backend, "_wires", None)
     if wires is not None:
         return int(wires.open)
