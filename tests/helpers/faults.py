@@ -21,9 +21,11 @@ from redis_servers import Server, free_port, ping, wait_until
 __all__ = ["Proxy", "hung", "restart_empty", "Tally", "rss_kib", "open_fds", "pool_size", "SLACK"]
 
 #: Seconds added to every latency bound for scheduling: the suite shares a
-#: 2-core box, where a thread can wait this long for a core. The promises
-#: themselves (one timeout, 1.5 timeouts) are multiples of the timeout.
-SLACK = float(os.environ.get("GUARDIAN_FAULT_SLACK", "0.2"))
+#: 2-core box (load averages of 8 per core were seen while helpers ran
+#: side by side), where a thread can wait this long for a core. The
+#: promises themselves (one timeout, 1.5 timeouts) are multiples of the
+#: timeout; the failures they catch cost seconds (5 s, 2-3 s, minutes).
+SLACK = float(os.environ.get("GUARDIAN_FAULT_SLACK", "0.3"))
 
 
 # --- processes -----------------------------------------------------------------
