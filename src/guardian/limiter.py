@@ -3,7 +3,10 @@
 They add the failure policy to a backend: when storage fails, a check is
 allowed (``fail_open=True``, the default), denied (``fail_open=False``) or
 decided by an in-process MemoryBackend with the same config
-(``fail_open="local"``) until the backend is back. A circuit breaker stops
+(``fail_open="local"``) until the backend is back; ``local_share`` (0 < f
+<= 1) scales that in-process limit to a fraction of the limit (capacity and
+refill rate), so N processes falling back together admit about f x N
+times the limit, not N times (docs/reliability.md). A circuit breaker stops
 calling a backend that failed ``breaker_threshold`` times in a row and
 probes it again every ``breaker_cooldown`` seconds, so a dead Redis costs
 no network time per check and recovery needs no restart. Failures are
@@ -19,13 +22,16 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
+from fractions import Fraction
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
 from ._config import TokenBucketConfig
-from ._errors import ArgumentTypeError, BackendConfigError, BackendError, InvalidArgumentError, MisuseError, RateLimitExceeded
+from ._errors import (ArgumentTypeError, BackendConfigError, BackendError, ConfigurationError, InvalidArgumentError,
+                      MisuseError, RateLimitExceeded)
 from ._args import check_cost, check_key
 from ._result import LimitResult
 from .backends.base import AsyncBackend, Backend
@@ -98,11 +104,18 @@ class _Policy:
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
         if not isinstance(fail_open, bool) and fail_open != "local":
             raise MisuseError(
                 f'fail_open must be True (allow), False (deny) or "local" (an in-process limit), '
                 f"got {fail_open!r}")
+        if isinstance(local_share, bool) or not isinstance(local_share, (int, float)) \
+                or not 0 < local_share <= 1:
+            raise ConfigurationError(
+                f"local_share must be a fraction of the limit in (0, 1], got {local_share!r} "
+                "(for N processes sharing one limit, 1/N keeps their fallbacks within it)")
+        self.local_share = float(local_share)
         self.backend = backend
         self.fail_open = fail_open
         self.log_interval = log_interval
@@ -176,14 +189,20 @@ class _Policy:
         if self._local is None:
             with self._local_lock:
                 if self._local is None:
-                    self._local = MemoryBackend(self.backend.config)
+                    self._local = MemoryBackend(local_config(self.backend.config, self.local_share))
         return self._local
 
     def _decide(self, key: str, cost: int) -> LimitResult:
         """The policy's answer while the backend cannot give one."""
         self.failures += 1
         if self.fail_open == "local":
-            return self._fallback().take(key, cost)
+            local = self._fallback()
+            if cost <= local.config.capacity or self.local_share == 1.0:
+                return local.take(key, cost)
+            # A cost the limit allows but the scaled local bucket never can.
+            check_key(key)
+            check_cost(cost, self._limit)
+            return LimitResult(False, 0, 0.0, 0.0, local.config.capacity)
         check_key(key)
         check_cost(cost, self._limit)
         retry = 0.0 if self.fail_open or self.breaker is None else self.breaker.retry_after()
@@ -205,12 +224,25 @@ class _Policy:
         return wait
 
     def _decide_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
-        if self.fail_open == "local":
+        if self.fail_open == "local" and cost <= self._fallback().config.capacity:
             self.failures += len(keys)
             return self._fallback().take_many(keys, cost)
         for key in keys:
             check_key(key)
         return [self._decide(key, cost) for key in keys] if keys else []
+
+
+def local_config(config: TokenBucketConfig, share: float) -> TokenBucketConfig:
+    """The in-process fallback's limit: ``share`` of ``config``'s capacity
+    (at least 1 token) and of its refill rate."""
+    if share == 1.0:
+        return config
+    # 1/3 as a float is 0.333...; the nearest simple fraction is what was meant.
+    fraction = Fraction(share).limit_denominator(1_000_000)
+    rate = config.refill_rate
+    exact = Fraction(str(rate)) if isinstance(rate, float) else Fraction(rate)
+    return TokenBucketConfig(max(1, math.floor(config.capacity * fraction)), exact * fraction,  # type: ignore[arg-type]
+                             config.refill_interval)
 
 
 class RateLimiter(_Policy):
@@ -230,13 +262,14 @@ class RateLimiter(_Policy):
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
         check_backend(backend, "RateLimiter")
         if _is_async(backend):
             raise MisuseError(
                 f"{type(backend).__name__} is an asyncio backend: use AsyncRateLimiter, or its "
                 f"synchronous twin ({type(backend).__name__.replace('Async', '', 1)}) with RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
@@ -354,6 +387,7 @@ class AsyncRateLimiter(_Policy):
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
         check_backend(backend, "AsyncRateLimiter")
         if not _is_async(backend) and backend.can_fail:
@@ -361,7 +395,7 @@ class AsyncRateLimiter(_Policy):
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
                 f"RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Any) -> None:
         #: False for an in-process backend, whose calls return at once.

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import _impl
 from .._config import TokenBucketConfig
-from .._errors import ConfigurationError
+from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from .._result import LimitResult
 from ._redis_scripts import Reserved
 
@@ -91,7 +91,7 @@ def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lea
 class Lease:
     """This process' bookkeeping for one key's lease."""
 
-    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock")
+    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock", "failed", "error")
 
     def __init__(self, lock: Any, expires: int) -> None:
         self.size = 0  # tokens last asked for; 0: cold
@@ -106,6 +106,21 @@ class Lease:
         self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
         self.lock = lock  # one Redis reservation per key at a time
+        #: Reservations of this key that failed, and the last failure: a check
+        #: that waited on ``lock`` while one failed shares that outcome instead
+        #: of trying Redis again (N queued checks cost one timeout, not N).
+        self.failed = 0
+        self.error: Optional[BackendError] = None
+
+    def shared_failure(self) -> BackendError:
+        """The failure of the reservation a queued check waited for, as a
+        new exception of the same kind (the original is another caller's)."""
+        error = self.error
+        assert error is not None
+        try:
+            return type(error)(f"{error} (the reservation of this key that this check waited for)")
+        except Exception:  # pragma: no cover - a subclass with another signature
+            return BackendError(str(error))
 
 
 class LeaseBook:
@@ -334,10 +349,19 @@ class BatchedCommon:
         timeout: float = 0.25,
         limit_in_key: bool = True,
         clock: Optional[Clock] = None,
+        close_timeout: float = 2.0,
         **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) \
+                or not 0 <= close_timeout < math.inf:
+            raise ConfigurationError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
+        #: Seconds close() and the at-exit return may spend giving leased
+        #: tokens back (plus at most one ``timeout`` for a call in flight);
+        #: what is left then is abandoned: it only under-admits until the
+        #: buckets refill.
+        self.close_timeout = float(close_timeout)
         self.redis = self.redis_class(config, url, client=client, prefix=prefix,
                                       connect_timeout=connect_timeout, timeout=timeout,
                                       limit_in_key=limit_in_key, **client_options)
@@ -360,6 +384,22 @@ class BatchedCommon:
 
     def returned(self, tokens: int) -> None:
         self.book.counts["returned_tokens"] += tokens
+
+    def close_deadline(self) -> float:
+        """When close() stops giving tokens back (time.monotonic()); at
+        interpreter exit, one deadline shared by every backend."""
+        return min(time.monotonic() + self.close_timeout, _exit_deadline[0])
+
+    def abandon(self, returns: Returns) -> None:
+        """Tokens close() will not give back (past its deadline, or Redis
+        stopped answering): counted as dropped."""
+        self.book.counts["dropped_tokens"] += sum(n for _, n, _ in returns)
+
+    @staticmethod
+    def hopeless(exc: BaseException) -> bool:
+        """A failed return after which the others would fail the same way,
+        each after a timeout: Redis does not answer."""
+        return isinstance(exc, (BackendTimeoutError, BackendUnavailableError))
 
     def stats(self) -> Dict[str, int]:
         """Counters: local_hits, reservations (Redis calls that reserved),
@@ -387,9 +427,15 @@ class BatchedCommon:
 live: "weakref.WeakSet[BatchedCommon]" = weakref.WeakSet()
 
 
+#: At interpreter exit: when every backend stops giving tokens back.
+_exit_deadline = [math.inf]
+
+
 @atexit.register
 def _close_all_at_exit() -> None:
-    for backend in list(live):
+    backends = list(live)
+    _exit_deadline[0] = time.monotonic() + max((b.close_timeout for b in backends), default=0.0)
+    for backend in backends:
         try:
             backend._refiller.close_at_exit(backend)
         except Exception:  # pragma: no cover - exit must not fail on one backend

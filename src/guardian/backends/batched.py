@@ -10,6 +10,7 @@ this file; edit batched_async.py and run ``python tests/helpers/unasync.py``.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, List, Sequence
 
 from .._errors import BackendError
@@ -85,17 +86,25 @@ class BatchedRedisBackend(BatchedCommon):
         if denial is not None:
             return denial
         lease = book.lease(key)
+        failed = lease.failed
         with lease.lock:
             left = self._spend(key, cost)  # a refill may have landed meanwhile
             if left >= 0:
                 return book.hit(left)
+            if lease.failed != failed:  # the reservation we waited for failed: so do we, at once
+                raise lease.shared_failure()
             reply = self._reserve(key, lease, cost)
             return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
 
     def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
         n = self.book.size(lease, self.book.table.held(key), cost)
-        reply = self.redis.reserve_tokens(key, n)
+        try:
+            reply = self.redis.reserve_tokens(key, n)
+        except BackendError as exc:
+            lease.failed += 1
+            lease.error = exc
+            raise
         spill = self.book.granted(key, lease, n, reply)
         self._low_cap = self.book.low_cap
         if spill:
@@ -127,12 +136,24 @@ class BatchedRedisBackend(BatchedCommon):
     # --- shutdown -----------------------------------------------------------
 
     def close(self) -> None:
-        """Gives every unused leased token back to Redis and closes."""
+        """Gives every unused leased token back to Redis, for at most
+        ``close_timeout`` seconds (plus one ``timeout``), and closes."""
         if self._closed:
             return
         self._closed = True
-        self._refiller.stop()
-        for key, n, reservation in self.book.everything():
-            self._release(key, n, reservation)
+        deadline = self.close_deadline()
+        self._refiller.stop(deadline)
+        returns = self.book.everything()
+        for i, (key, n, (us, ahead)) in enumerate(returns):
+            if time.monotonic() >= deadline:
+                self.abandon(returns[i:])
+                break
+            try:
+                self.returned(self.redis.release_tokens(key, n, us, ahead))
+            except BackendError as exc:
+                if self.hopeless(exc):
+                    self.abandon(returns[i:])
+                    break
+                self.book.counts["dropped_tokens"] += n
         self.redis.close()
         self.book.table.close()

@@ -10,6 +10,7 @@ checks it): edit this one and run ``python tests/helpers/unasync.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, List, Sequence
 
 from .._errors import BackendError
@@ -85,17 +86,25 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         if denial is not None:
             return denial
         lease = book.lease(key)
+        failed = lease.failed
         async with lease.lock:
             left = self._spend(key, cost)  # a refill may have landed meanwhile
             if left >= 0:
                 return book.hit(left)
+            if lease.failed != failed:  # the reservation we waited for failed: so do we, at once
+                raise lease.shared_failure()
             reply = await self._reserve(key, lease, cost)
             return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
 
     async def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
         n = self.book.size(lease, self.book.table.held(key), cost)
-        reply = await self.redis.reserve_tokens(key, n)
+        try:
+            reply = await self.redis.reserve_tokens(key, n)
+        except BackendError as exc:
+            lease.failed += 1
+            lease.error = exc
+            raise
         spill = self.book.granted(key, lease, n, reply)
         self._low_cap = self.book.low_cap
         if spill:
@@ -127,12 +136,24 @@ class AsyncBatchedRedisBackend(BatchedCommon):
     # --- shutdown -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Gives every unused leased token back to Redis and closes."""
+        """Gives every unused leased token back to Redis, for at most
+        ``close_timeout`` seconds (plus one ``timeout``), and closes."""
         if self._closed:
             return
         self._closed = True
-        await self._refiller.stop()
-        for key, n, reservation in self.book.everything():
-            await self._release(key, n, reservation)
+        deadline = self.close_deadline()
+        await self._refiller.stop(deadline)
+        returns = self.book.everything()
+        for i, (key, n, (us, ahead)) in enumerate(returns):
+            if time.monotonic() >= deadline:
+                self.abandon(returns[i:])
+                break
+            try:
+                self.returned(await self.redis.release_tokens(key, n, us, ahead))
+            except BackendError as exc:
+                if self.hopeless(exc):
+                    self.abandon(returns[i:])
+                    break
+                self.book.counts["dropped_tokens"] += n
         await self.redis.aclose()
         self.book.table.close()

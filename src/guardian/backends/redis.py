@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
@@ -181,12 +182,29 @@ class RedisBackend(RedisCommon):
                 wire = self._node_wire(node)
                 reply = wire.exchange(packed)
             except (OSError, rex.ConnectionError, rex.TimeoutError):
+                # One deadline per check: no second try (it would find the
+                # same dead or hung primary until a failover is mapped).
                 self._drop_node(node.name, wire)
-            else:
-                self._nodes.setdefault(node.name, []).append(wire)
-                if self.routed_reply(reply):
-                    return reply
+                self._remap()
+                raise
+            self._nodes.setdefault(node.name, []).append(wire)
+            if self.routed_reply(reply):
+                return reply
         return self._via_client([self.take_call(key, cost)])[0]
+
+    def _remap(self) -> None:
+        """Refreshes the cluster client's slot map in a thread, so the next
+        check (the breaker's probe) finds a promoted replica."""
+        if self.remap_due():
+            threading.Thread(target=self._remap_now, name="guardian-cluster-map", daemon=True).start()
+
+    def _remap_now(self) -> None:
+        try:
+            self.client.nodes_manager.initialize()
+        except Exception:  # no node answers: the next failed check tries again
+            pass
+        finally:
+            self._remapping = False
 
     def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
         """Many calls: every node's calls are written before any reply is
@@ -197,26 +215,29 @@ class RedisBackend(RedisCommon):
         packer = self.packer
         replies: List[Any] = [None] * len(calls)
         sent = []
+        failed: Optional[BaseException] = None
         for name, (node, positions) in by_node.items():
             wire = None
             try:
                 wire = self._node_wire(node)
                 wire.sock.sendall(b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions))
-            except (OSError, rex.ConnectionError, rex.TimeoutError):
+            except (OSError, rex.ConnectionError, rex.TimeoutError) as exc:
                 self._drop_node(name, wire)
-                again.extend(positions)
+                failed = exc
             else:
                 sent.append((name, wire, positions))
         for name, wire, positions in sent:
-            n = 0
             try:
-                for n, i in enumerate(positions):
+                for i in positions:
                     replies[i] = wire.exchange(b"")
-            except (OSError, rex.ConnectionError, rex.TimeoutError):
+            except (OSError, rex.ConnectionError, rex.TimeoutError) as exc:
                 self._drop_node(name, wire)
-                again.extend(positions[n:])
+                failed = exc
             else:
                 self._nodes.setdefault(name, []).append(wire)
+        if failed is not None:  # one deadline: the calls are not retried (see _route_one)
+            self._remap()
+            raise failed
         again = self.retries(replies, again)
         if again:
             for i, reply in zip(again, self._via_client([calls[i] for i in again])):

@@ -8,7 +8,8 @@ after the run id) or the same Redis, so a limit is one limit across them.
 The supervisor forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that
 dies (with a pause if it dies at once), and at exit removes the run's
 shared tables and run directory. It exits 0 after a SIGTERM when every
-worker exited 0. A worker that exits 2 (a configuration error: a bad
+worker it stopped exited 0 (or of that SIGTERM); a worker that had died
+just before is logged, not counted. A worker that exits 2 (a configuration error: a bad
 policy, a port it cannot bind) is not restarted: the supervisor stops the
 others and exits 2, since a restart would meet the same error.
 """
@@ -135,15 +136,24 @@ class Supervisor:
     def _stop_all(self) -> None:
         log.info("guardian supervisor: %s, stopping %d workers",
                  signal.Signals(self.stopping[0]).name, len(self.procs))
-        for p in self.procs.values():
+        for i, p in self.procs.items():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+            elif i not in self.codes:
+                # Died before the stop (its replacement pending): nothing left
+                # to stop, not an error of the run (a pod must not end in
+                # Error for it).
+                log.warning("guardian supervisor: worker %d (pid %d) had exited with %s before the stop",
+                            i, p.pid, p.returncode)
+                self.codes[i] = 0
         deadline = time.monotonic() + self.opts.grace + _KILL_MARGIN
         for i, p in self.procs.items():
             if i in self.codes:
                 continue
             try:
                 self.codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
+                if self.codes[i] == -signal.SIGTERM:
+                    self.codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
