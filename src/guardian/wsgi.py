@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .http import CostFunc, KeyFunc, Plan, Request, RoutesArg
+from .http import CostFunc, KeyFunc, Plan, Request, Resolver, RoutesArg
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -23,7 +23,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 _BODY = b"Too Many Requests\n"
 
 
-def _request(environ: Environ) -> Request:
+def _request(environ: Environ, resolver: Optional[Resolver] = None) -> Request:
     def lookup(name: str) -> Optional[str]:
         if name == "content-type":
             return environ.get("CONTENT_TYPE") or None
@@ -40,22 +40,27 @@ def _request(environ: Environ) -> Request:
         except UnicodeError:
             pass
     return Request(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR") or None,
-                   lookup, environ)
+                   lookup, environ, None, resolver)
 
 
 class RateLimitMiddleware:
     """WSGI middleware limiting requests with ``limiter`` (a RateLimiter);
-    see guardian.asgi.RateLimitMiddleware for the options."""
+    see guardian.asgi.RateLimitMiddleware for the options. ``resolver``
+    asks the framework which route it will run: guardian.flask.RateLimit
+    installs this middleware with Flask's; under Django pass
+    ``guardian.django.resolve_route``."""
 
     def __init__(self, app: WSGIApp, limiter: Any = None, key_func: Optional[KeyFunc] = None,
                  cost_func: Optional[CostFunc] = None, *, routes: RoutesArg = None,
-                 policy: str = "default", headers: str = "draft", headers_on_allowed: bool = True) -> None:
+                 policy: str = "default", headers: str = "draft", headers_on_allowed: bool = True,
+                 resolver: Optional[Resolver] = None) -> None:
         self.app = app
         self.plan = Plan(limiter, key_func, cost_func, routes, policy, headers, headers_on_allowed)
+        self.resolver = resolver
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         plan = self.plan
-        decision = plan.resolve(_request(environ))
+        decision = plan.resolve(_request(environ, self.resolver))
         if decision is None:
             return self.app(environ, start_response)
         limiter, key, cost, policy = decision
@@ -63,7 +68,7 @@ class RateLimitMiddleware:
         if not result.allowed:
             headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_BODY)))]
             start_response("429 Too Many Requests", headers + plan.fields(limiter, result, policy))
-            return [_BODY]
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [_BODY]
         if not plan.headers_on_allowed:
             return self.app(environ, start_response)
         extra = plan.fields(limiter, result, policy)

@@ -223,7 +223,7 @@ def test_client_ip_reads_forwarded() -> None:
     key = client_ip(trusted_proxies=["10.0.0.0/8", "2001:db8::/32"], forwarded_header="forwarded")
     value = 'for=6.6.6.6, for="[2001:db8:cafe::17]:4711", for=198.51.100.7:1234;proto=https, for=10.0.0.9'
     assert key(_req("10.0.0.2", forwarded=value)) == "198.51.100.7"
-    assert key(_req("2001:db8::1", forwarded='for="[2001:db9::5]", for="[2001:db8::2]"')) == "2001:db9::5"
+    assert key(_req("2001:db8::1", forwarded='for="[2001:db9::5]", for="[2001:db8::2]"')) == "2001:db9::/64"
 
 
 def test_response_headers_escape_the_policy_name() -> None:
