@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from urllib.parse import unquote
 from typing import Any, Callable, Collection, List, Optional, Tuple
 
 import grpc
@@ -80,7 +81,8 @@ def peer_key_func(ipv6_prefix: int = 64) -> Callable[[Call], Optional[str]]:
         scheme, sep, rest = peer.partition(":")
         if not sep or scheme not in ("ipv4", "ipv6"):
             return peer
-        addr = _parse_ip(rest)  # "1.2.3.4:5", "[2001:db8::1]:5"; unmaps ::ffff:a.b.c.d
+        # "1.2.3.4:5", "[2001:db8::1]:5" (newer gRPC writes "%5B2001:db8::1%5D:5")
+        addr = _parse_ip(unquote(rest))  # unmaps ::ffff:a.b.c.d
         if addr is None:
             return peer
         return f"ipv{addr.version}:{address_key(addr, ipv6_prefix)}"

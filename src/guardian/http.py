@@ -290,11 +290,11 @@ def client_ip(trusted_proxies: Iterable[Union[str, Network]] = (),
                 return address_key(addr, ipv6_prefix)
         if not warned[0]:
             warned[0] = True
-            log.warning(
-                "guardian: a request has no peer address (a Unix-socket listener?); %s"
-                " all such requests share one bucket %r. Behind a proxy on that socket,"
-                " add \"unix\" to client_ip(trusted_proxies=...) to key by its forwarded header.",
-                "the forwarded header is missing, so" if trust_unix else "", UNIX_PEER)
+            why = ("the trusted Unix-socket proxy sent no %s header" % name if trust_unix else
+                   'behind a proxy on that socket, add "unix" to client_ip(trusted_proxies=...) '
+                   "to key by its forwarded header")
+            log.warning("guardian: a request has no peer address (a Unix-socket listener?): it and all "
+                        "such requests share one bucket %r (%s); logged once", UNIX_PEER, why)
         return UNIX_PEER
 
     def key(request: Request) -> Optional[str]:

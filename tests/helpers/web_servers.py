@@ -109,7 +109,11 @@ class WebServer:
         if self.unix_path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(10)
-            sock.connect(self.unix_path)
+            try:
+                sock.connect(self.unix_path)
+            except OSError:
+                sock.close()
+                raise
         else:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         with sock:
