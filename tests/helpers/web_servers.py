@@ -51,13 +51,15 @@ class WebServer:
     """One server process; ``address`` is a port (TCP on 127.0.0.1) or a socket path."""
 
     def __init__(self, framework: str, server: str, workdir: Path, unix: bool = False,
-                 env: Optional[Dict[str, str]] = None, args: Tuple[str, ...] = ()) -> None:
-        self.target = TARGETS[(framework, server)]
+                 env: Optional[Dict[str, str]] = None, args: Tuple[str, ...] = (),
+                 app: Optional[str] = None, cwd: Path = APPS) -> None:
+        self.target = app or TARGETS[(framework, server)]
+        self.cwd = cwd
         self.server = server
         self.log = workdir / f"{framework}-{server}.log"
         self.unix_path: Optional[str] = str(workdir / "app.sock") if unix else None
         self.port = 0 if unix else free_port()
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(APPS), str(HELPERS)] + sys.path),
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(cwd), str(APPS), str(HELPERS)] + sys.path),
                         **(env or {}))
         self.args = args
         self.proc: Optional["subprocess.Popen[bytes]"] = None
@@ -76,7 +78,7 @@ class WebServer:
     def start(self) -> "WebServer":
         with open(self.log, "wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=APPS)
+                                         cwd=self.cwd)
         wait_until(lambda: self.up() or self.proc.poll() is not None, 30, " ".join(self.command()))  # type: ignore[union-attr]
         if self.proc.poll() is not None:
             raise RuntimeError(self.log.read_text())

@@ -526,3 +526,24 @@ def test_flask_decorator_and_bare_limit(clock: ManualClock) -> None:
     assert client.get("/me").status_code == 200  # no user: not limited here
     assert [client.get("/bare").status_code for _ in range(2)] == [200, 429]
     assert client.get("/bare").headers["Retry-After"] == "1"
+
+
+# -- docs/middleware.md: every snippet runs ------------------------------------------
+
+def _doc_snippets() -> List[str]:
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "middleware.md").read_text()
+    return re.findall(r"```python\n(.+?)\n```", text, re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_doc_snippets())))
+def test_docs_middleware_snippet_runs(index: int, tmp_path: Any) -> None:
+    """Each snippet in its own interpreter (Django configures settings once per process)."""
+    import subprocess
+    import sys
+    script = tmp_path / "snippet.py"
+    script.write_text(_doc_snippets()[index])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
