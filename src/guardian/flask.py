@@ -38,10 +38,13 @@ def route_resolver(app: Flask) -> Resolver:
     """Asks ``app``'s URL map which rule it will run (``/items/<int:id>``);
     None when it would answer 404, 405 or a redirect instead."""
     def resolve(request: Request) -> Optional[str]:
-        adapter = app.url_map.bind_to_environ(request.raw)
         try:
+            # Flask's own adapter (SERVER_NAME, subdomains, host matching, trusted hosts).
+            adapter = app.create_url_adapter(app.request_class(request.raw))
+            if adapter is None:
+                return None
             rule, _ = adapter.match(return_rule=True)
-        except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect: no view runs
+        except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect, a bad Host: no view runs
             return None
         return str(rule.rule)
     return resolve

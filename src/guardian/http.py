@@ -58,6 +58,7 @@ Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 _UNSET: Any = object()
+_FAILED_RESOLVERS: "set[Any]" = set()
 
 
 class Request:
@@ -96,7 +97,10 @@ class Request:
             try:
                 self._template = self._resolver(self)  # type: ignore[misc]
             except Exception:  # a framework's router must not turn a check into a 500
-                log.exception("guardian: the route resolver failed; limiting by path")
+                if self._resolver not in _FAILED_RESOLVERS:  # nor into a log line per request
+                    _FAILED_RESOLVERS.add(self._resolver)
+                    log.exception("guardian: the route resolver %r failed; limiting by path "
+                                  "(logged once)", self._resolver)
                 self._template = None
         return self._template  # type: ignore[no-any-return]
 
@@ -151,6 +155,9 @@ def bounded_key(key: str) -> str:
 
 
 _SEPARATORS = re.compile(r"[\x00-\x20\x7f]+")
+# Already normal: non-empty segments of printable ASCII without upper case
+# or ";", none "." or "..", no trailing slash. Most paths; no rewriting.
+_NORMAL = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[\x21-\x2e\x30-\x3a\x3c-\x40\x5b-\x7e]+)+\Z")
 
 
 def normalize_path(path: str) -> str:
@@ -159,6 +166,12 @@ def normalize_path(path: str) -> str:
     ``;params`` dropped from each segment, empty and ``.`` segments dropped,
     ``..`` applied, no trailing slash. Used to match limited routes broadly
     (a variant the framework does not route is merely limited too)."""
+    if _NORMAL.match(path) is not None:
+        return path
+    return _rewrite(path)
+
+
+def _rewrite(path: str) -> str:
     path = _SEPARATORS.sub("", path).lower()
     out: List[str] = []
     for seg in path.split("/"):
@@ -402,12 +415,14 @@ class Route:
     def applies(self, request: Request) -> bool:
         if self.methods is not None and request.method.upper() not in self.methods:
             return False
-        template = request.template
-        if template is not None and self._exact.match(template) is not None:
-            return True
+        # The path first: when it matches, the router need not be asked.
         if self._broad is None:
-            return self._exact.match(request.path) is not None
-        return self._broad.match(request.normal_path) is not None
+            if self._exact.match(request.path) is not None:
+                return True
+        elif self._broad.match(request.normal_path) is not None:
+            return True
+        template = request.template
+        return template is not None and self._exact.match(template) is not None
 
 
 RoutesArg = Union[None, Sequence[Route], Mapping[str, Any]]

@@ -427,7 +427,9 @@ async def test_a_failing_resolver_falls_back_to_the_path(clock: ManualClock,
     rec = Recording(limiter(clock, capacity=5))
     app = asgi.RateLimitMiddleware(starlette_app(), limiter=rec, key_func=route(), resolver=broken)
     assert (await get(app, "/items/1")).status_code == 200
-    assert rec.keys == ["GET /items/1"]
+    assert (await get(app, "/items/2")).status_code == 200
+    assert rec.keys == ["GET /items/1", "GET /items/2"]
+    assert len([r for r in caplog.records if "resolver" in r.getMessage()]) == 1  # once, not per request
     assert "router exploded" in caplog.text
 
 
@@ -547,3 +549,19 @@ def test_docs_middleware_snippet_runs(index: int, tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PATH_CHARS = st.sampled_from(list("/;.aAzZ%é\n\r\t 0-_~") + ["\x00", "\x7f", "É"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(PATH_CHARS, max_size=16).map("".join))
+def test_normalize_path_fast_path_agrees_and_is_idempotent(path: str) -> None:
+    from guardian.http import _rewrite, normalize_path
+    once = normalize_path(path)
+    assert once == _rewrite(path)  # the no-rewrite fast path changes nothing
+    assert normalize_path(once) == once
+    assert once.startswith("/") and "//" not in once and not any(c in once for c in "\n\r\t \x00\x7f;")
