@@ -80,17 +80,17 @@ def guardian_asgi_routes() -> Any:
     return app
 
 
-def slowapi_app(headers: bool) -> Callable[[], Any]:
+def slowapi_app(headers: bool, pure_asgi: bool = False) -> Callable[[], Any]:
     def make() -> Any:
         from slowapi import Limiter, _rate_limit_exceeded_handler
         from slowapi.errors import RateLimitExceeded
-        from slowapi.middleware import SlowAPIMiddleware
+        from slowapi.middleware import SlowAPIASGIMiddleware, SlowAPIMiddleware
         from slowapi.util import get_remote_address
         app = starlette_app()
         app.state.limiter = Limiter(key_func=get_remote_address, default_limits=[f"{BIG}/second"],
                                     headers_enabled=headers)
         app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
-        app.add_middleware(SlowAPIMiddleware)
+        app.add_middleware(SlowAPIASGIMiddleware if pure_asgi else SlowAPIMiddleware)
         return app
     return make
 
@@ -104,6 +104,7 @@ ASGI: Dict[str, Callable[[], Any]] = {
     "guardian.asgi, route(client_ip()) + routes (router walk)": guardian_asgi_routes,
     "SlowAPI middleware, no headers (its default)": slowapi_app(headers=False),
     "SlowAPI middleware, X-RateLimit headers": slowapi_app(headers=True),
+    "SlowAPI pure-ASGI middleware, no headers": slowapi_app(headers=False, pure_asgi=True),
 }
 
 

@@ -27,7 +27,9 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 
 from .http import CostFunc, KeyFunc, Plan, Request, Resolver, RoutesArg
 
-__all__ = ["RateLimitMiddleware", "starlette_template"]
+__all__ = ["RateLimitMiddleware", "find_router", "starlette_template"]
+
+_UNSET: Any = object()
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,14 +76,37 @@ def _walk(routes: Any, scope: Scope, prefix: str) -> Optional[str]:
     return partial
 
 
+def find_router(app: Any) -> Any:
+    """The Starlette router that ``app`` ends in: ``app.router``, or a Router
+    reached through the ``.app`` of each wrapping middleware; None if none."""
+    for _ in range(32):
+        if app is None:
+            return None
+        router = getattr(app, "router", None)
+        if router is not None and hasattr(router, "routes"):
+            return router
+        if hasattr(app, "routes") and hasattr(app, "redirect_slashes"):  # a Router itself
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
 def starlette_template(scope: Scope, app: Any = None) -> Optional[str]:
     """The route template Starlette/FastAPI will pick for ``scope``
-    (``/items/{id}``), None when the app has no router or no route matches."""
-    router = getattr(scope.get("app") or app, "router", None)
-    routes = getattr(router, "routes", None)
-    if routes is None:
+    (``/items/{id}``), None when no router is found or no route matches.
+    The router is ``app``'s (see find_router), else ``scope["app"]``'s."""
+    router = find_router(app) or find_router(scope.get("app"))
+    if router is None:
         return None
-    return _walk(routes, scope, "")
+    return _walk(router.routes, scope, "")
+
+
+def _framework_resolver(app: Any) -> Optional[Resolver]:
+    """The resolver for a framework recognised by ``app``'s type, else None."""
+    if type(app).__module__.startswith("django.core.handlers"):
+        from .django import resolve_route
+        return resolve_route
+    return None
 
 
 def _request(scope: Scope, resolver: Optional[Resolver]) -> Request:
@@ -111,9 +136,10 @@ class RateLimitMiddleware:
 
     ``resolver(request) -> template | None`` asks the framework which route
     it will run, so that ``routes`` and ``route()`` keys follow the
-    framework's own routing. The default finds a Starlette/FastAPI router
-    (``scope["app"]`` or the wrapped app) by itself; under Django pass
-    ``guardian.django.resolve_route``.
+    framework's own routing. By default: Django's URL resolver when ``app``
+    is Django's ASGI handler, else the Starlette/FastAPI router that the
+    wrapped app ends in (or ``scope["app"]``'s). None found: patterns match
+    the path (see guardian.http.Route) and ``route()`` keys by path.
     """
 
     def __init__(self, app: ASGIApp, limiter: Any = None, key_func: Optional[KeyFunc] = None,
@@ -123,13 +149,18 @@ class RateLimitMiddleware:
                  resolver: Optional[Resolver] = None) -> None:
         self.app = app
         self.plan = Plan(limiter, key_func, cost_func, routes, policy, headers, headers_on_allowed)
-        self.resolver: Resolver = resolver or self._starlette
+        self.resolver: Resolver = resolver or _framework_resolver(app) or self._starlette
+        self._router: Any = _UNSET
         self.websocket = websocket
         self.offload = offload
         self._callers: Dict[int, Callable[[str, int], Awaitable[Any]]] = {}
 
     def _starlette(self, request: Request) -> Optional[str]:
-        return starlette_template(request.raw, self.app)
+        scope = request.raw
+        if self._router is _UNSET:  # the wrapped stack is fixed once built: look once
+            self._router = find_router(self.app)
+        router = self._router or find_router(scope.get("app"))
+        return None if router is None else _walk(router.routes, scope, "")
 
     def _caller(self, limiter: Any) -> Callable[[str, int], Awaitable[Any]]:
         """How to call ``limiter.check_limit`` from the event loop, decided once per limiter."""

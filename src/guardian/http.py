@@ -68,9 +68,10 @@ class Request:
     peer (None when there is none, e.g. a Unix socket); ``route`` is the
     route template the framework picks for this request (``/items/{id}``,
     asked of the framework's own router by a resolver, see
-    guardian.starlette, guardian.flask, guardian.django), else the
-    middleware's matching ``routes=`` pattern, else None; ``raw`` is the
-    ASGI scope or the WSGI environ.
+    guardian.asgi.starlette_template, guardian.flask.route_resolver,
+    guardian.django.resolve_route), else the middleware's matching
+    ``routes=`` pattern, else None; ``raw`` is the ASGI scope or the WSGI
+    environ.
     """
 
     __slots__ = ("method", "path", "peer", "raw", "_headers", "_route", "_template", "_resolver", "_normal")
@@ -350,8 +351,8 @@ def route(inner: Optional[KeyFunc] = None) -> KeyFunc:
 
     The route is the template the framework picks (``/items/{id}``: every
     item shares one bucket) when a resolver can ask the framework's router
-    (automatic on Starlette and FastAPI; guardian.flask, guardian.django),
-    else the matching ``routes=`` pattern, else the normalized path.
+    (found by itself for Starlette, FastAPI, Flask and Django), else the
+    matching ``routes=`` pattern, else the normalized path.
     HEAD shares GET's bucket."""
 
     def key(request: Request) -> Optional[str]:
@@ -385,8 +386,8 @@ class Route:
     default to the middleware's.
 
     A limited route matches the framework's route template when a resolver
-    gives one, and otherwise every spelling of its path that a framework
-    might route to it (see normalize_path: ``/login%0A``, ``//login``,
+    gives one, and also every spelling of its path that a framework might
+    route to it (see normalize_path: ``/login%0A``, ``//login``,
     ``/LOGIN/``, ``/login;x`` all use the login limiter). An exemption
     (``limiter=None``) is narrow: the template or the exact path only."""
 

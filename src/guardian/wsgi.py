@@ -10,6 +10,7 @@ one limit.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .http import CostFunc, KeyFunc, Plan, Request, Resolver, RoutesArg
@@ -43,12 +44,26 @@ def _request(environ: Environ, resolver: Optional[Resolver] = None) -> Request:
                    lookup, environ, None, resolver)
 
 
+def _framework_resolver(app: Any) -> Optional[Resolver]:
+    """The resolver for a framework recognised from ``app`` (Django's WSGI
+    handler, a Flask app or its ``wsgi_app`` method), else None."""
+    owner = getattr(app, "__self__", app)
+    if type(owner).__module__.startswith("django.core.handlers"):
+        from .django import resolve_route
+        return resolve_route
+    flask = sys.modules.get("flask")
+    if flask is not None and isinstance(owner, flask.Flask):
+        from .flask import route_resolver
+        return route_resolver(owner)
+    return None
+
+
 class RateLimitMiddleware:
     """WSGI middleware limiting requests with ``limiter`` (a RateLimiter);
     see guardian.asgi.RateLimitMiddleware for the options. ``resolver``
-    asks the framework which route it will run: guardian.flask.RateLimit
-    installs this middleware with Flask's; under Django pass
-    ``guardian.django.resolve_route``."""
+    asks the framework which route it will run; by default Flask's URL map
+    when ``app`` is a Flask app or its ``wsgi_app``, Django's URL resolver
+    when it is Django's WSGI handler."""
 
     def __init__(self, app: WSGIApp, limiter: Any = None, key_func: Optional[KeyFunc] = None,
                  cost_func: Optional[CostFunc] = None, *, routes: RoutesArg = None,
@@ -56,7 +71,7 @@ class RateLimitMiddleware:
                  resolver: Optional[Resolver] = None) -> None:
         self.app = app
         self.plan = Plan(limiter, key_func, cost_func, routes, policy, headers, headers_on_allowed)
-        self.resolver = resolver
+        self.resolver = resolver or _framework_resolver(app)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         plan = self.plan

@@ -215,7 +215,7 @@ class _Recording:
 async def test_django_asgi_route_key_is_the_url_pattern(clock: ManualClock) -> None:
     from guardian.http import client_ip, route
     rec = _Recording(RateLimiter(bucket(clock)))
-    app = django_asgi(rec, key_func=route(client_ip()), resolver=resolve_route)
+    app = django_asgi(rec, key_func=route(client_ip()))  # Django's handler is recognised: no resolver= needed
     transport = httpx.ASGITransport(app=app, client=("1.2.3.4", 5))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         codes = [(await c.get(f"/items/{i}")).status_code for i in range(3)]
@@ -231,6 +231,7 @@ def test_django_wsgi_route_key_is_the_url_pattern(clock: ManualClock) -> None:
     app = django_wsgi(rec, key_func=route(), resolver=resolve_route)
     assert [Client(app).get(f"/items/{i}").status_code for i in range(3)] == [200, 200, 429]
     assert set(rec.keys) == {"GET /items/<int:id>"}
+    assert django_wsgi(rec, key_func=route()).resolver is resolve_route  # recognised by itself too
 
 
 async def test_django_view_decorator_per_user() -> None:

@@ -419,6 +419,36 @@ async def test_fastapi_added_middleware_keys_by_template(clock: ManualClock) -> 
     assert set(rec.keys) == {"GET /users/{uid}/posts/{pid}|1.2.3.4"}
 
 
+async def test_router_found_through_wrapping_middleware(clock: ManualClock) -> None:
+    """Wrapped from outside (scope["app"] not set yet), with another middleware
+    in between: the router is found along the ``.app`` chain."""
+    from starlette.middleware.cors import CORSMiddleware
+    api = FastAPI()
+
+    @api.get("/items/{id}")
+    async def item(id: int) -> dict:
+        return {}
+
+    rec = Recording(limiter(clock, capacity=2))
+    app = asgi.RateLimitMiddleware(CORSMiddleware(api, allow_origins=["*"]), limiter=rec, key_func=route())
+    assert [(await get(app, f"/items/{i}")).status_code for i in range(3)] == [200, 200, 429]
+    assert set(rec.keys) == {"GET /items/{id}"}
+
+
+def test_flask_wsgi_app_is_recognised(clock: ManualClock) -> None:
+    app = Flask(__name__)
+
+    @app.get("/items/<int:id>")
+    def item(id: int) -> str:
+        return "item"
+
+    rec = Recording(limiter(clock, capacity=2))
+    app.wsgi_app = wsgi.RateLimitMiddleware(app.wsgi_app, limiter=rec, key_func=route())  # type: ignore[method-assign]
+    client = app.test_client()
+    assert [client.get(f"/items/{i}").status_code for i in range(3)] == [200, 200, 429]
+    assert set(rec.keys) == {"GET /items/<int:id>"}
+
+
 async def test_a_failing_resolver_falls_back_to_the_path(clock: ManualClock,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     def broken(request: Request) -> Any:
