@@ -63,8 +63,11 @@ def limit(limiter: Any, key: Callable[[HttpRequest], Optional[str]], cost: int =
     limited) before the view runs. Sync views need a RateLimiter; async
     views take an AsyncRateLimiter or a RateLimiter on the memory backend."""
     app_limit = AppLimit(limiter, cost, policy, headers)
+    async_limiter = inspect.iscoroutinefunction(limiter.check_limit)
 
     def decorate(view: F) -> F:
+        if async_limiter and not inspect.iscoroutinefunction(view):
+            raise TypeError("an AsyncRateLimiter limits async views; give a sync view a RateLimiter")
         if inspect.iscoroutinefunction(view):
             @functools.wraps(view)
             async def limited_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:

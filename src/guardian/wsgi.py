@@ -10,6 +10,7 @@ one limit.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -71,6 +72,9 @@ class RateLimitMiddleware:
                  resolver: Optional[Resolver] = None) -> None:
         self.app = app
         self.plan = Plan(limiter, key_func, cost_func, routes, policy, headers, headers_on_allowed)
+        for each in [limiter] + [r.limiter for r in self.plan.table.routes]:
+            if each is not None and inspect.iscoroutinefunction(each.check_limit):
+                raise TypeError("WSGI checks limits synchronously: give it a RateLimiter, not an AsyncRateLimiter")
         self.resolver = resolver or _framework_resolver(app)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -250,3 +250,9 @@ async def test_django_view_decorator_per_user() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         codes = [(await c.get("/me-async", headers={"X-User": "dj-c"})).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_django_sync_view_refuses_an_async_limiter() -> None:
+    alimiter = AsyncRateLimiter(MemoryBackend(TokenBucketConfig(2, 1)))
+    with pytest.raises(TypeError, match="sync view"):
+        django_limit(alimiter, key=_user)(_hello)

@@ -595,3 +595,15 @@ def test_normalize_path_fast_path_agrees_and_is_idempotent(path: str) -> None:
     assert once == _rewrite(path)  # the no-rewrite fast path changes nothing
     assert normalize_path(once) == once
     assert once.startswith("/") and "//" not in once and not any(c in once for c in "\n\r\t \x00\x7f;")
+
+
+def test_async_limiter_where_checks_are_sync_fails_at_construction(clock: ManualClock) -> None:
+    """Misuse fails loudly when the app is built, not as a 500 per request."""
+    from guardian.flask import limit as flask_limit
+    alimiter = AsyncRateLimiter(MemoryBackend(TokenBucketConfig(2, 1), clock=clock))
+    with pytest.raises(TypeError, match="RateLimiter"):
+        wsgi.RateLimitMiddleware(Flask(__name__).wsgi_app, limiter=alimiter)
+    with pytest.raises(TypeError, match="RateLimiter"):
+        wsgi.RateLimitMiddleware(Flask(__name__).wsgi_app, routes={"/x": alimiter})
+    with pytest.raises(TypeError, match="AsyncRateLimiter"):
+        flask_limit(alimiter, key=lambda: "k")
