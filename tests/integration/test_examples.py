@@ -81,7 +81,7 @@ def test_fastapi_per_user(tmp_path: Path) -> None:
             assert replies[0].body == f'{{"user":"{user}"}}'.encode()
             assert replies[0].item("ratelimit", "per-user") == '"per-user";r=2;t=1200'
             denied = replies[3]
-            assert int(denied.headers["retry-after"]) == 1200  # one token back every 20 minutes
+            assert 1100 < int(denied.headers["retry-after"]) <= 1200  # one token back every 20 minutes
             assert denied.item("ratelimit-policy", "per-user") == '"per-user";q=3;w=3600'
         assert web.request("/me").status == 401  # authentication runs first; no user, no limit to take
         assert "Traceback" not in web.log_text()
