@@ -52,9 +52,10 @@ class WebServer:
 
     def __init__(self, framework: str, server: str, workdir: Path, unix: bool = False,
                  env: Optional[Dict[str, str]] = None, args: Tuple[str, ...] = (),
-                 app: Optional[str] = None, cwd: Path = APPS) -> None:
+                 app: Optional[str] = None, cwd: Path = APPS, proxy_headers: bool = False) -> None:
         self.target = app or TARGETS[(framework, server)]
         self.cwd = cwd
+        self.proxy_headers = proxy_headers
         self.server = server
         self.log = workdir / f"{framework}-{server}.log"
         self.unix_path: Optional[str] = str(workdir / "app.sock") if unix else None
@@ -67,10 +68,11 @@ class WebServer:
     def command(self) -> List[str]:
         if self.server == "uvicorn":
             where = ["--uds", self.unix_path] if self.unix_path else ["--host", "127.0.0.1", "--port", str(self.port)]
-            # --no-proxy-headers: uvicorn's own X-Forwarded-For rewriting is off, so
-            # what guardian sees is the peer the socket gives.
+            # --no-proxy-headers (unless asked): uvicorn's own X-Forwarded-For rewriting
+            # is off, so what guardian sees is the peer the socket gives.
+            proxy = [] if self.proxy_headers else ["--no-proxy-headers"]
             return [sys.executable, "-m", "uvicorn", self.target, *where, "--log-level", "warning",
-                    "--no-proxy-headers", *self.args]
+                    *proxy, *self.args]
         bind = f"unix:{self.unix_path}" if self.unix_path else f"127.0.0.1:{self.port}"
         return [sys.executable, "-m", "gunicorn", "-w", "1", "-b", bind, "--log-level", "warning",
                 *self.args, self.target]

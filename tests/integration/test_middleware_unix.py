@@ -71,3 +71,16 @@ def test_trusted_unix_socket_keys_by_forwarded_header(trusted: WebServer) -> Non
     log = trusted.log_text()
     assert log.count(WARNING) == 1, log
     assert "Traceback" not in log
+
+
+def test_uvicorn_proxy_headers_leave_a_unix_peer_empty(tmp_path: Path) -> None:
+    """uvicorn's default --proxy-headers does not trust a Unix-socket peer:
+    guardian still sees no peer, so the untrusted rules hold."""
+    web = WebServer("starlette", "uvicorn", tmp_path, unix=True, proxy_headers=True,
+                    env={"MW_EDGE_CAPACITY": "2", "MW_TRUST_UNIX": "0"}).start()
+    try:
+        assert [web.request("/", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status
+                for i in range(10)] == [200, 200] + [429] * 8
+        assert web.log_text().count(WARNING) == 1
+    finally:
+        web.stop()
