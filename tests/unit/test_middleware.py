@@ -607,3 +607,36 @@ def test_async_limiter_where_checks_are_sync_fails_at_construction(clock: Manual
         wsgi.RateLimitMiddleware(Flask(__name__).wsgi_app, routes={"/x": alimiter})
     with pytest.raises(TypeError, match="AsyncRateLimiter"):
         flask_limit(alimiter, key=lambda: "k")
+
+
+def test_app_limit_styles_and_flask_init_app(clock: ManualClock) -> None:
+    from flask import request as flask_request
+
+    from guardian.flask import RateLimit as FlaskRateLimit
+    from guardian.http import AppLimit
+
+    lim = limiter(clock, capacity=1)
+    assert AppLimit(lim, headers="none").fields(lim.check_limit("a")) == []
+    denied = lim.check_limit("a")
+    assert AppLimit(lim, headers="none").fields(denied) == [("Retry-After", "1")]
+    assert dict(AppLimit(lim, headers="legacy").fields(denied))["X-RateLimit-Remaining"] == "0"
+    with pytest.raises(ValueError):
+        AppLimit(lim, headers="x")
+    with pytest.raises(ValueError, match="printable ASCII"):
+        AppLimit(lim, policy="per-üser")
+
+    guard = FlaskRateLimit(headers="legacy")  # the app-factory pattern
+    app = Flask(__name__)
+    guard.init_app(app)
+    assert app.extensions["guardian"] is guard
+
+    @app.get("/k")
+    @guard.limit(limiter(clock, capacity=1), key=lambda: flask_request.args.get("k"))
+    def k() -> str:
+        return "k"
+
+    client = app.test_client()
+    assert client.get("/k?k=1").headers["X-RateLimit-Remaining"] == "0"
+    denied_reply = client.get("/k?k=1")
+    assert denied_reply.status_code == 429 and "RateLimit" not in denied_reply.headers
+    assert denied_reply.headers["Retry-After"] == "1"
