@@ -33,6 +33,7 @@ from ._config import TokenBucketConfig
 from ._errors import (ArgumentTypeError, BackendConfigError, BackendError, ConfigurationError, InvalidArgumentError,
                       MisuseError, RateLimitExceeded)
 from ._args import check_cost, check_key
+from ._config import TokenBucketConfig
 from ._result import LimitResult
 from .backends.base import AsyncBackend, Backend
 from .backends.memory import MemoryBackend
@@ -138,6 +139,18 @@ class _Policy:
 
     def _bind(self, backend: Any) -> None:
         """Subclasses look at the backend once here."""
+
+    @property
+    def config(self) -> TokenBucketConfig:
+        """The limit every key of this limiter is checked against."""
+        config: TokenBucketConfig = self.backend.config
+        return config
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether a check may wait on I/O (a network backend) rather than
+        only compute (the in-process memory core)."""
+        return bool(getattr(self.backend, "can_fail", True))
 
     def _log(self, channel: str, level: int, msg: str, *args: Any) -> None:
         """Logs at most once per ``log_interval`` per channel."""
