@@ -156,8 +156,9 @@ class LeaseBook:
         #: The highest low water of the live leases: a hit that leaves more
         #: held tokens than this needs no look at its lease.
         self.low_cap = 0
-        #: key: clock time (ns) until which Redis' last denial holds.
-        self.denied: Dict[str, int] = {}
+        #: key: (clock time (ns) until which Redis' last denial is served
+        #: from here, until which it holds).
+        self.denied: Dict[str, Tuple[int, int]] = {}
         self.counts = dict.fromkeys(
             ("reservations", "reserved_tokens", "redis_denials", "denial_cache_hits",
              "returned_tokens", "dropped_tokens", "expired_leases", "refill_errors"), 0)
@@ -169,13 +170,14 @@ class LeaseBook:
 
     def cached_denial(self, key: str, cost: int) -> Optional[LimitResult]:
         """Redis' last denial of ``key`` while it holds: no call needed."""
-        until = self.denied.get(key)
-        if until is None:
+        entry = self.denied.get(key)
+        if entry is None:
             return None
-        wait = until - self.now()
-        if wait <= 0:
+        now = self.now()
+        if entry[0] <= now:
             self.denied.pop(key, None)
             return None
+        wait = entry[1] - now
         self.counts["denial_cache_hits"] += 1
         wait_s = wait / _NS
         return LimitResult(False, 0, wait_s + (cost - 1) * self.emission, wait_s, self.capacity)
@@ -216,7 +218,10 @@ class LeaseBook:
         lease.expires = now + self._lifetime_ns
         if got == 0:
             counts["redis_denials"] += 1
-            self.denied[key] = now + reply.retry_ticks * _NS // self.tps
+            # Cached until Redis' retry_after, but at most a lease lifetime:
+            # a flood of denied keys leaves no entry for long.
+            retry_at = now + reply.retry_ticks * _NS // self.tps
+            self.denied[key] = (min(retry_at, now + self._lifetime_ns), retry_at)
             return 0
         self.denied.pop(key, None)
         counts["reserved_tokens"] += got
@@ -272,7 +277,7 @@ class LeaseBook:
                 self.counts["expired_leases"] += 1
                 del self.leases[key]
                 self.take_back(key, lease, out)
-        for key, until in list(self.denied.items()):
+        for key, (until, _) in list(self.denied.items()):
             if until <= now:
                 self.denied.pop(key, None)
         self.low_cap = max((lease.low for lease in self.leases.values()), default=0)
