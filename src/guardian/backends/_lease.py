@@ -272,23 +272,25 @@ class LeaseBook:
         a refill in flight), and cached denials past their end."""
         now = self.now()
         out: Returns = []
+        # Checks add entries meanwhile (other threads): copy before iterating,
+        # and pop, never del.
         for key, lease in list(self.leases.items()):
             if lease.expires <= now and not lease.busy and not lease.lock.locked():
-                self.counts["expired_leases"] += 1
-                del self.leases[key]
-                self.take_back(key, lease, out)
+                if self.leases.pop(key, None) is lease:
+                    self.counts["expired_leases"] += 1
+                    self.take_back(key, lease, out)
         for key, (until, _) in list(self.denied.items()):
             if until <= now:
                 self.denied.pop(key, None)
-        self.low_cap = max((lease.low for lease in self.leases.values()), default=0)
+        self.low_cap = max((lease.low for lease in list(self.leases.values())), default=0)
         return out
 
     def everything(self) -> Returns:
         """Every lease, drained and forgotten (close, exit)."""
         out: Returns = []
         for key, lease in list(self.leases.items()):
-            del self.leases[key]
-            self.take_back(key, lease, out)
+            if self.leases.pop(key, None) is lease:
+                self.take_back(key, lease, out)
         return out
 
     def forget(self, key: str) -> None:

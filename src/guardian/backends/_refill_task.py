@@ -42,8 +42,12 @@ class Refiller:
             else:
                 if key is None:
                     return
-                await backend._refill(key)
-            await backend._expire()
+            try:
+                if key is not None:
+                    await backend._refill(key)
+                await backend._expire()
+            except Exception:  # pragma: no cover - the worker must outlive any one error
+                backend.book.counts["refill_errors"] += 1
 
     async def stop(self) -> None:
         if self.worker is not None and not self.worker.done():
