@@ -202,3 +202,31 @@ def test_shared_leases_serve_every_process_of_a_host(redis_server: Server, raw: 
     assert script_calls(raw) - before <= 1  # at most b's own prefetch
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("rate, interval", [(1, 3600), (50, 1)], ids=["no-refill", "50-per-s"])
+def test_results_report_the_bucket_like_the_plain_backend(redis_server: Server, prefix: str,
+                                                          rate: float, interval: float) -> None:
+    """The same checks (costs 1 and 2, through denials) on a plain and a
+    batched backend, each on its own bucket: remaining and reset_after
+    match within a token's rounding (the batched ones come from the bucket,
+    not the lease)."""
+    config = TokenBucketConfig(100, rate, interval)
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix + "p")
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix + "b", max_share=0.5)
+    worst_remaining, worst_reset = 0, 0.0
+    for i in range(400):
+        cost = 1 + (i % 3 == 0)
+        a, b = plain.take("k", cost), batched.take("k", cost)
+        if rate == 1:  # nothing refills: the same decision every time
+            assert a.allowed == b.allowed, i
+        worst_remaining = max(worst_remaining, abs(a.remaining - b.remaining))
+        worst_reset = max(worst_reset, abs(a.reset_after - b.reset_after))
+    print(f"\nrate {rate}/{interval}s: largest difference in remaining {worst_remaining}, "
+          f"in reset_after {worst_reset * 1000:.1f} ms (T = {config.emission_interval * 1000:g} ms)")
+    if rate == 1:
+        assert worst_remaining == 0 and worst_reset < 0.05  # the time between the two reads
+    else:  # the two are read a moment apart, while tokens refill every T
+        assert worst_remaining <= 2 and worst_reset <= 3 * config.emission_interval
+    batched.close()
+    plain.close()

@@ -91,13 +91,17 @@ def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lea
 class Lease:
     """This process' bookkeeping for one key's lease."""
 
-    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock")
+    __slots__ = ("size", "low", "held_at", "at", "ahead", "ahead_at", "expires", "reservations", "busy", "lock")
 
     def __init__(self, lock: Any, expires: int) -> None:
         self.size = 0  # tokens last asked for; 0: cold
         self.low = 0  # refill in the background at or below this many held
         self.held_at = 0  # tokens held right after the last credit...
         self.at = 0  # ...at this clock time (ns)
+        #: Ticks the bucket's TAT lay ahead of the server's clock right
+        #: after the last reservation (the leased tokens included); -1: none.
+        self.ahead = -1
+        self.ahead_at = 0  # ...at this clock time (ns)
         #: Forgotten at this clock time (ns) unless a reservation renews it:
         #: a key whose reservations are denied or fail holds no entry for long.
         self.expires = expires
@@ -125,6 +129,7 @@ class LeaseBook:
         max_share: float,
         lock: Callable[[], Any],
         ticks_per_second: int,
+        emission_ticks: int = 1,
         clock: Optional[Clock] = None,
     ) -> None:
         for name, value in (("lease_lifetime", lease_lifetime), ("refresh_interval", refresh_interval)):
@@ -143,6 +148,9 @@ class LeaseBook:
         self.capacity = capacity
         self.emission = config.emission_interval
         self.tps = ticks_per_second  # of the scripts' replies
+        #: T and the burst tolerance in the scripts' ticks.
+        self.P = emission_ticks
+        self.tau = capacity * emission_ticks
         self.lifetime = float(lease_lifetime)
         self._lifetime_ns = int(lease_lifetime * _NS)
         self.refresh = float(refresh_interval)
@@ -165,8 +173,25 @@ class LeaseBook:
 
     # --- decisions without Redis ------------------------------------------
 
-    def hit(self, left: int) -> LimitResult:
-        return LimitResult(True, left, 0.0, 0.0, self.capacity)
+    def hit(self, key: str, left: int) -> LimitResult:
+        """A check served from the lease, ``left`` tokens held after it."""
+        return self.bucket(key, True, left, 0.0)
+
+    def bucket(self, key: str, allowed: bool, held: int, retry_after: float) -> LimitResult:
+        """A result that reports the bucket, not the lease: as the server
+        saw it at this process' last reservation, moved on by the time
+        since, with the tokens still held here given back. For one process
+        that is the plain Redis backend's answer (within a token's rounding);
+        with several, the tokens the others took since that reservation are
+        not seen (docs/batched.md). Without a reservation of this process
+        (a shared lease of another one), the lease's own numbers."""
+        lease = self.leases.get(key)
+        if lease is None or lease.ahead < 0:
+            return LimitResult(allowed, held, retry_after, 0.0, self.capacity)
+        elapsed = (self.now() - lease.ahead_at) * self.tps // _NS  # in the scripts' ticks
+        ahead = max(lease.ahead - max(held, 0) * self.P - elapsed, 0)
+        remaining = min((self.tau - ahead) // self.P, self.capacity)
+        return LimitResult(allowed, remaining, retry_after, ahead / self.tps, self.capacity)
 
     def cached_denial(self, key: str, cost: int) -> Optional[LimitResult]:
         """Redis' last denial of ``key`` while it holds: no call needed."""
@@ -179,8 +204,7 @@ class LeaseBook:
             return None
         wait = entry[1] - now
         self.counts["denial_cache_hits"] += 1
-        wait_s = wait / _NS
-        return LimitResult(False, 0, wait_s + (cost - 1) * self.emission, wait_s, self.capacity)
+        return self.bucket(key, False, max(self.table.held(key), 0), wait / _NS + (cost - 1) * self.emission)
 
     def lease(self, key: str) -> Lease:
         lease = self.leases.get(key)
@@ -216,6 +240,7 @@ class LeaseBook:
         counts["reservations"] += 1
         now = self.now()
         lease.expires = now + self._lifetime_ns
+        lease.ahead, lease.ahead_at = reply.ahead_ticks, now
         if got == 0:
             counts["redis_denials"] += 1
             # Cached until Redis' retry_after, but at most a lease lifetime:
@@ -245,12 +270,10 @@ class LeaseBook:
         """The answer after a reservation: a hit when the tokens are now
         held, else Redis' denial."""
         if left >= 0:
-            return self.hit(left)
-        tps = self.tps
-        retry = reply.retry_ticks / tps if reply.granted == 0 else 0.0
+            return self.hit(key, left)
+        retry = reply.retry_ticks / self.tps if reply.granted == 0 else 0.0
         held = max(self.table.held(key), 0)
-        return LimitResult(False, 0, retry + max(cost - held - 1, 0) * self.emission,
-                           reply.ahead_ticks / tps, self.capacity)
+        return self.bucket(key, False, held, retry + max(cost - held - 1, 0) * self.emission)
 
     # --- giving tokens back -----------------------------------------------
 
@@ -352,7 +375,7 @@ class BatchedCommon:
         self.book = LeaseBook(config, shared=shared, slots=slots, lease_lifetime=lease_lifetime,
                               refresh_interval=refresh_interval, max_share=max_share,
                               lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second,
-                              clock=clock)
+                              emission_ticks=self.redis.layout.P, clock=clock)
         self._low_cap = 0  # the book's low_cap, copied for the hot path
         self._capacity = config.capacity  # likewise, for results of local hits
         self._spend = self.book.table.spend

@@ -57,7 +57,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         if left >= 0:
             if left <= self._low_cap:
                 self._low(key, left)
-            return LimitResult(True, left, 0.0, 0.0, self._capacity)  # book.hit, inlined
+            return self.book.hit(key, left)
         return await self._miss(key, cost)
 
     async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
@@ -88,7 +88,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         async with lease.lock:
             left = self._spend(key, cost)  # a refill may have landed meanwhile
             if left >= 0:
-                return book.hit(left)
+                return book.hit(key, left)
             reply = await self._reserve(key, lease, cost)
             return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
 
