@@ -16,7 +16,7 @@ from .. import _impl
 from .._config import TokenBucketConfig
 from .._errors import ConfigurationError
 from .._result import LimitResult
-from ._redis_scripts import Reserved
+from ._redis_scripts import Layout, Reserved
 
 __all__ = ["LeaseBook", "LeaseTable", "Lease", "lease_size"]
 
@@ -128,8 +128,7 @@ class LeaseBook:
         refresh_interval: float,
         max_share: float,
         lock: Callable[[], Any],
-        ticks_per_second: int,
-        emission_ticks: int = 1,
+        layout: Layout,
         clock: Optional[Clock] = None,
     ) -> None:
         for name, value in (("lease_lifetime", lease_lifetime), ("refresh_interval", refresh_interval)):
@@ -146,11 +145,9 @@ class LeaseBook:
             )
         self.config = config
         self.capacity = capacity
-        self.emission = config.emission_interval
-        self.tps = ticks_per_second  # of the scripts' replies
-        #: T and the burst tolerance in the scripts' ticks.
-        self.P = emission_ticks
-        self.tau = capacity * emission_ticks
+        #: The scripts' units: replies are decoded with it.
+        self.layout = layout
+        self.tps = layout.ticks_per_second
         self.lifetime = float(lease_lifetime)
         self._lifetime_ns = int(lease_lifetime * _NS)
         self.refresh = float(refresh_interval)
@@ -165,8 +162,8 @@ class LeaseBook:
         #: held tokens than this needs no look at its lease.
         self.low_cap = 0
         #: key: (clock time (ns) until which Redis' last denial is served
-        #: from here, until which it holds).
-        self.denied: Dict[str, Tuple[int, int]] = {}
+        #: from here, the time (ns) the tokens it needed are there, how many).
+        self.denied: Dict[str, Tuple[int, int, int]] = {}
         self.counts = dict.fromkeys(
             ("reservations", "reserved_tokens", "redis_denials", "denial_cache_hits",
              "returned_tokens", "dropped_tokens", "expired_leases", "refill_errors"), 0)
@@ -189,12 +186,12 @@ class LeaseBook:
         if lease is None or lease.ahead < 0:
             return LimitResult(allowed, held, retry_after, 0.0, self.capacity)
         elapsed = (self.now() - lease.ahead_at) * self.tps // _NS  # in the scripts' ticks
-        ahead = max(lease.ahead - max(held, 0) * self.P - elapsed, 0)
-        remaining = min((self.tau - ahead) // self.P, self.capacity)
-        return LimitResult(allowed, remaining, retry_after, ahead / self.tps, self.capacity)
+        return self.layout.since(allowed, lease.ahead, elapsed, max(held, 0), retry_after)
 
     def cached_denial(self, key: str, cost: int) -> Optional[LimitResult]:
-        """Redis' last denial of ``key`` while it holds: no call needed."""
+        """Redis' last denial of ``key`` while it holds, for a check that
+        needs as many tokens as the denied one did: no call needed. (Any
+        other need asks Redis, whose reply says exactly when it fits.)"""
         entry = self.denied.get(key)
         if entry is None:
             return None
@@ -202,9 +199,15 @@ class LeaseBook:
         if entry[0] <= now:
             self.denied.pop(key, None)
             return None
-        wait = entry[1] - now
+        held = max(self.table.held(key), 0)
+        if cost - held != entry[2]:
+            return None
         self.counts["denial_cache_hits"] += 1
-        return self.bucket(key, False, max(self.table.held(key), 0), wait / _NS + (cost - 1) * self.emission)
+        return self.bucket(key, False, held, (entry[1] - now) / _NS)
+
+    def needed(self, key: str, cost: int) -> int:
+        """Tokens a check of ``cost`` needs from Redis beyond those held."""
+        return max(cost - max(self.table.held(key), 0), 1)
 
     def lease(self, key: str) -> Lease:
         lease = self.leases.get(key)
@@ -232,7 +235,7 @@ class LeaseBook:
         return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
-    def granted(self, key: str, lease: Lease, asked: int, reply: Reserved) -> int:
+    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved) -> int:
         """Credits a reserve reply to the table; the tokens that did not fit
         (to give back at once)."""
         got = reply.granted
@@ -246,7 +249,7 @@ class LeaseBook:
             # Cached until Redis' retry_after, but at most a lease lifetime:
             # a flood of denied keys leaves no entry for long.
             retry_at = now + reply.retry_ticks * _NS // self.tps
-            self.denied[key] = (min(retry_at, now + self._lifetime_ns), retry_at)
+            self.denied[key] = (min(retry_at, now + self._lifetime_ns), retry_at, needed)
             return 0
         self.denied.pop(key, None)
         counts["reserved_tokens"] += got
@@ -271,9 +274,11 @@ class LeaseBook:
         held, else Redis' denial."""
         if left >= 0:
             return self.hit(key, left)
+        # Redis' retry is exact for the tokens this check needed beyond the
+        # held ones (reserve.lua's "needed"); granted but not spendable (a
+        # full shared table, another process was faster): try again now.
         retry = reply.retry_ticks / self.tps if reply.granted == 0 else 0.0
-        held = max(self.table.held(key), 0)
-        return self.bucket(key, False, held, retry + max(cost - held - 1, 0) * self.emission)
+        return self.bucket(key, False, max(self.table.held(key), 0), retry)
 
     # --- giving tokens back -----------------------------------------------
 
@@ -302,7 +307,7 @@ class LeaseBook:
                 if self.leases.pop(key, None) is lease:
                     self.counts["expired_leases"] += 1
                     self.take_back(key, lease, out)
-        for key, (until, _) in list(self.denied.items()):
+        for key, (until, _, _) in list(self.denied.items()):
             if until <= now:
                 self.denied.pop(key, None)
         self.low_cap = max((lease.low for lease in list(self.leases.values())), default=0)
@@ -374,8 +379,7 @@ class BatchedCommon:
         self.config = config
         self.book = LeaseBook(config, shared=shared, slots=slots, lease_lifetime=lease_lifetime,
                               refresh_interval=refresh_interval, max_share=max_share,
-                              lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second,
-                              emission_ticks=self.redis.layout.P, clock=clock)
+                              lock=self.lock_class, layout=self.redis.layout, clock=clock)
         self._low_cap = 0  # the book's low_cap, copied for the hot path
         self._capacity = config.capacity  # likewise, for results of local hits
         self._spend = self.book.table.spend

@@ -67,6 +67,11 @@ class BatchedRedisBackend(BatchedCommon):
         """Tokens in use in Redis (leased ones count as in use)."""
         return self.redis.usage(key)
 
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What a take of ``cost`` would answer from Redis now, without
+        taking (tokens leased here count as taken)."""
+        return self.redis.peek(key, cost)
+
     def reset(self, key: str) -> None:
         self.redis.reset(key)
         self.book.forget(key)
@@ -94,9 +99,10 @@ class BatchedRedisBackend(BatchedCommon):
 
     def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
+        needed = self.book.needed(key, cost)
         n = self.book.size(lease, self.book.table.held(key), cost)
-        reply = self.redis.reserve_tokens(key, n)
-        spill = self.book.granted(key, lease, n, reply)
+        reply = self.redis.reserve_tokens(key, n, needed)
+        spill = self.book.granted(key, lease, n, needed, reply)
         self._low_cap = self.book.low_cap
         if spill:
             self._release(key, spill, (reply.now_us, reply.ahead_ticks))
