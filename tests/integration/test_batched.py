@@ -230,3 +230,24 @@ def test_results_report_the_bucket_like_the_plain_backend(redis_server: Server, 
         assert worst_remaining <= 2 and worst_reset <= 3 * config.emission_interval
     batched.close()
     plain.close()
+
+
+def test_a_denial_says_exactly_when_the_cost_fits(redis_server: Server, prefix: str) -> None:
+    """Redis answers for the tokens a check needs (reserve.lua's needed):
+    no extrapolation here. The denial cache answers only checks that need
+    as many; any other cost asks Redis."""
+    config = TokenBucketConfig(10, 1, 10)  # one token per 10 s
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix)
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix)
+    assert all(plain.try_take("k") for _ in range(10))
+    denied = batched.take("k", 3)
+    assert not denied.allowed
+    assert denied.retry_after == pytest.approx(plain.peek("k", 3).retry_after, abs=0.05)
+    assert 29 < denied.retry_after <= 30
+    again = batched.take("k", 3)  # the same need: from the cache
+    assert batched.stats()["denial_cache_hits"] == 1 and 29 < again.retry_after <= denied.retry_after
+    two = batched.take("k", 2)  # another need: Redis says when
+    assert batched.stats()["redis_denials"] == 2 and 19 < two.retry_after <= 20
+    assert batched.peek("k", 1).retry_after == pytest.approx(plain.peek("k", 1).retry_after, abs=0.05)
+    batched.close()
+    plain.close()

@@ -398,3 +398,19 @@ def test_two_limits_on_one_key_never_share_a_bucket(redis_server: Server, prefix
     shared_big = flavor(big_config, url=redis_server.url, prefix=prefix + "s", limit_in_key=False)
     assert sum(shared_big.try_take("k") for _ in range(3)) == 3
     assert sum(shared_small.try_take("k") for _ in range(5)) == 2  # the 3 taken count
+
+
+def test_peek_answers_what_take_would_and_changes_nothing(make) -> None:
+    backend = make(3, 1, 10)  # one token per 10 s
+    empty = backend.peek("k", 0)
+    assert (empty.allowed, empty.remaining, empty.retry_after, empty.reset_after) == (True, 3, 0.0, 0.0)
+    backend.take("k", 2)
+    seen = backend.peek("k", 2)
+    assert not seen.allowed and seen.remaining == 1 and seen.retry_after == pytest.approx(10.0, abs=0.05)
+    assert backend.usage("k") == 2  # nothing taken
+    predicted, taken = backend.peek("k", 1), backend.take("k", 1)
+    assert (predicted.allowed, predicted.remaining) == (taken.allowed, taken.remaining) == (True, 0)
+    assert predicted.reset_after == pytest.approx(taken.reset_after, abs=0.05)
+    for bad in (-1, 4, 1.0):
+        with pytest.raises((InvalidArgumentError, ArgumentTypeError)):
+            backend.peek("k", bad)
