@@ -356,7 +356,9 @@ class AsyncRateLimiter(_Policy):
         breaker_cooldown: float = 1.0,
     ) -> None:
         check_backend(backend, "AsyncRateLimiter")
-        if not _is_async(backend) and backend.can_fail:
+        # In-process backends (MemoryBackend, local or shared) answer at once;
+        # any other synchronous backend would block the loop on its I/O.
+        if not _is_async(backend) and backend.can_fail and not isinstance(backend, MemoryBackend):
             raise MisuseError(
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "

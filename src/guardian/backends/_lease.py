@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import _impl
 from .._config import TokenBucketConfig
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, MisuseError
 from .._result import LimitResult
 from ._redis_scripts import Layout, Reserved
 
@@ -37,6 +37,19 @@ Returns = List[Tuple[str, int, Reservation]]
 #: Time in integer nanoseconds of a monotonic clock: the core's convention,
 #: used for every lease deadline too, so one injected clock moves them all.
 Clock = Callable[[], int]
+
+
+def check_clock(clock: Any) -> Clock:
+    """A clock must be a callable returning integer nanoseconds (the
+    core's convention); seconds as a float are refused by name."""
+    if not callable(clock):
+        raise MisuseError(f"clock must be a callable returning integer nanoseconds, got {clock!r}")
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, int):
+        raise MisuseError(
+            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: a clock returns integer "
+            f"nanoseconds of a monotonic clock (time.monotonic_ns), not seconds")
+    return clock  # type: ignore[no-any-return]
 
 
 class LeaseTable:
@@ -153,7 +166,7 @@ class LeaseBook:
         self.refresh = float(refresh_interval)
         self.max_lease = max(1, int(capacity * max_share))
         self.shared = shared
-        self.now: Clock = clock or time.monotonic_ns
+        self.now: Clock = check_clock(clock) if clock is not None else time.monotonic_ns
         self._args = (capacity, shared, slots, clock)
         self.table = LeaseTable(*self._args)
         self._lock = lock
