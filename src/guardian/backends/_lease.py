@@ -248,15 +248,17 @@ class LeaseBook:
         return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
-    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved) -> int:
-        """Credits a reserve reply to the table; the tokens that did not fit
-        (to give back at once)."""
+    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved, sent: int) -> int:
+        """Credits a reserve reply (to a request sent at clock time ``sent``)
+        to the table; the tokens that did not fit (to give back at once)."""
         got = reply.granted
         counts = self.counts
         counts["reservations"] += 1
         now = self.now()
         lease.expires = now + self._lifetime_ns
-        lease.ahead, lease.ahead_at = reply.ahead_ticks, now
+        # The server read its clock after ``sent``: counting time from then
+        # errs by at most the round trip, towards a shorter reset_after.
+        lease.ahead, lease.ahead_at = reply.ahead_ticks, sent
         if got == 0:
             counts["redis_denials"] += 1
             # Cached until Redis' retry_after, but at most a lease lifetime:

@@ -101,8 +101,9 @@ class BatchedRedisBackend(BatchedCommon):
         """One reservation, with the key's lease lock held."""
         needed = self.book.needed(key, cost)
         n = self.book.size(lease, self.book.table.held(key), cost)
+        sent = self.book.now()
         reply = self.redis.reserve_tokens(key, n, needed)
-        spill = self.book.granted(key, lease, n, needed, reply)
+        spill = self.book.granted(key, lease, n, needed, reply, sent)
         self._low_cap = self.book.low_cap
         if spill:
             self._release(key, spill, (reply.now_us, reply.ahead_ticks))
