@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from fractions import Fraction
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Awaitable, Callable, Generic, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
 from ._config import TokenBucketConfig
@@ -95,18 +95,23 @@ def check_keys(keys: Any) -> Sequence[str]:
     return keys  # type: ignore[no-any-return]
 
 
-class _Policy:
+#: The backends a limiter takes: a type checker refuses any other.
+B = TypeVar("B", Backend, Union[AsyncBackend, MemoryBackend])
+
+
+class _Policy(Generic[B]):
     """What both limiters share: the decision and its bookkeeping."""
 
     def __init__(
         self,
-        backend: Any,
+        backend: B,
         fail_open: FailOpen = True,
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
         local_share: float = 1.0,
     ) -> None:
+        self._check(backend)
         if not isinstance(fail_open, bool) and fail_open != "local":
             raise MisuseError(
                 f'fail_open must be True (allow), False (deny) or "local" (an in-process limit), '
@@ -117,7 +122,7 @@ class _Policy:
                 f"local_share must be a fraction of the limit in (0, 1], got {local_share!r} "
                 "(for N processes sharing one limit, 1/N keeps their fallbacks within it)")
         self.local_share = float(local_share)
-        self.backend = backend
+        self.backend: Any = backend
         self.fail_open = fail_open
         self.log_interval = log_interval
         #: Checks decided by policy because the backend failed or the breaker is open.
@@ -136,6 +141,9 @@ class _Policy:
         self._local: Optional[MemoryBackend] = None
         self._local_lock = threading.Lock()
         self._bind(backend)
+
+    def _check(self, backend: Any) -> None:
+        """Subclasses refuse, with the fix, a backend they cannot use."""
 
     def _bind(self, backend: Any) -> None:
         """Subclasses look at the backend once here."""
@@ -258,7 +266,7 @@ def local_config(config: TokenBucketConfig, share: float) -> TokenBucketConfig:
                              config.refill_interval)
 
 
-class RateLimiter(_Policy):
+class RateLimiter(_Policy[Backend]):
     """Checks keys against one limit held by ``backend``.
 
     >>> limiter = RateLimiter(MemoryBackend(TokenBucketConfig(100, 10)))
@@ -268,21 +276,12 @@ class RateLimiter(_Policy):
 
     backend: Backend
 
-    def __init__(
-        self,
-        backend: Backend,
-        fail_open: FailOpen = True,
-        log_interval: float = 10.0,
-        breaker_threshold: Optional[int] = 3,
-        breaker_cooldown: float = 1.0,
-        local_share: float = 1.0,
-    ) -> None:
+    def _check(self, backend: Any) -> None:
         check_backend(backend, "RateLimiter")
         if _is_async(backend):
             raise MisuseError(
                 f"{type(backend).__name__} is an asyncio backend: use AsyncRateLimiter, or its "
                 f"synchronous twin ({type(backend).__name__.replace('Async', '', 1)}) with RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
@@ -386,29 +385,22 @@ class RateLimiter(_Policy):
         self.close()
 
 
-class AsyncRateLimiter(_Policy):
+class AsyncRateLimiter(_Policy[Union[AsyncBackend, MemoryBackend]]):
     """RateLimiter for asyncio code: the same four operations as coroutines.
     Works with asyncio backends, and with in-process backends (whose calls
     never block) directly."""
 
     backend: Any
 
-    def __init__(
-        self,
-        backend: Union[AsyncBackend, MemoryBackend],
-        fail_open: FailOpen = True,
-        log_interval: float = 10.0,
-        breaker_threshold: Optional[int] = 3,
-        breaker_cooldown: float = 1.0,
-        local_share: float = 1.0,
-    ) -> None:
+    def _check(self, backend: Any) -> None:
         check_backend(backend, "AsyncRateLimiter")
-        if not _is_async(backend) and backend.can_fail:
+        # In-process backends (MemoryBackend, local or shared) answer at once;
+        # any other synchronous backend would block the loop on its I/O.
+        if not _is_async(backend) and backend.can_fail and not isinstance(backend, MemoryBackend):
             raise MisuseError(
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
                 f"RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown, local_share)
 
     def _bind(self, backend: Any) -> None:
         #: False for an in-process backend, whose calls return at once.

@@ -229,8 +229,12 @@ class RedisCommon:
         keys = [self.packer.key(key)]
         return [(name, keys, extra)], self.packer.command(name, keys, *extra)
 
-    def plan_reserve(self, key: str, tokens: int) -> Tuple[List[Call], bytes]:
-        return self.plan_call("reserve", key, self.packer.wanted(tokens))
+    def plan_reserve(self, key: str, tokens: int, needed: int = 1) -> Tuple[List[Call], bytes]:
+        """reserve.lua: up to ``tokens``, nothing unless ``needed`` fit."""
+        return self.plan_call("reserve", key, self.packer.wanted(tokens), self.packer.cost(needed))
+
+    def plan_peek(self, key: str, cost: int) -> Tuple[List[Call], bytes]:
+        return self.plan_call("peek", key, self.packer.peek_cost(cost))
 
     def plan_release(self, key: str, tokens: int, now_us: int, ahead_ticks: int) -> Tuple[List[Call], bytes]:
         return self.plan_call("release", key, b"%d" % tokens, b"%d" % now_us, b"%d" % ahead_ticks)

@@ -45,8 +45,12 @@ class Refiller:
             else:
                 if key is None:
                     return
-                await backend._refill(key)
-            await backend._expire()
+            try:
+                if key is not None:
+                    await backend._refill(key)
+                await backend._expire()
+            except Exception:  # pragma: no cover - the worker must outlive any one error
+                backend.book.counts["refill_errors"] += 1
 
     async def stop(self, deadline: float) -> None:
         """Stops the worker, cancelling it at ``deadline`` (time.monotonic())."""

@@ -46,9 +46,12 @@ class Refiller:
                 key = None
             if key is _STOP:
                 return
-            if key is not None:
-                backend._refill(key)
-            backend._expire()
+            try:
+                if key is not None:
+                    backend._refill(key)
+                backend._expire()
+            except Exception:  # pragma: no cover - the worker must outlive any one error
+                backend.book.counts["refill_errors"] += 1
 
     def stop(self, deadline: float) -> None:
         """Stops the worker, waiting for it until ``deadline``

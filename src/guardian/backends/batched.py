@@ -58,7 +58,7 @@ class BatchedRedisBackend(BatchedCommon):
         if left >= 0:
             if left <= self._low_cap:
                 self._low(key, left)
-            return LimitResult(True, left, 0.0, 0.0, self._capacity)  # book.hit, inlined
+            return self.book.hit(key, left)
         return self._miss(key, cost)
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
@@ -67,6 +67,11 @@ class BatchedRedisBackend(BatchedCommon):
     def usage(self, key: str) -> int:
         """Tokens in use in Redis (leased ones count as in use)."""
         return self.redis.usage(key)
+
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What a take of ``cost`` would answer from Redis now, without
+        taking (tokens leased here count as taken)."""
+        return self.redis.peek(key, cost)
 
     def reset(self, key: str) -> None:
         self.redis.reset(key)
@@ -90,7 +95,7 @@ class BatchedRedisBackend(BatchedCommon):
         with lease.lock:
             left = self._spend(key, cost)  # a refill may have landed meanwhile
             if left >= 0:
-                return book.hit(left)
+                return book.hit(key, left)
             if lease.failed != failed:  # the reservation we waited for failed: so do we, at once
                 raise lease.shared_failure()
             reply = self._reserve(key, lease, cost)
@@ -98,14 +103,16 @@ class BatchedRedisBackend(BatchedCommon):
 
     def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
+        needed = self.book.needed(key, cost)
         n = self.book.size(lease, self.book.table.held(key), cost)
+        sent = self.book.now()
         try:
-            reply = self.redis.reserve_tokens(key, n)
+            reply = self.redis.reserve_tokens(key, n, needed)
         except BackendError as exc:
             lease.failed += 1
             lease.error = exc
             raise
-        spill = self.book.granted(key, lease, n, reply)
+        spill = self.book.granted(key, lease, n, needed, reply, sent)
         self._low_cap = self.book.low_cap
         if spill:
             self._release(key, spill, (reply.now_us, reply.ahead_ticks))

@@ -290,10 +290,18 @@ class RedisBackend(RedisCommon):
     def reset(self, key: str) -> None:
         self._run(*self.plan_call("reset", key))
 
-    def reserve_tokens(self, key: str, tokens: int) -> Reserved:
-        """Takes up to ``tokens`` from the bucket, as many as it holds, for
-        a lease (reserve.lua's reply: see Reserved)."""
-        reply = self._run(*self.plan_reserve(key, tokens))[0]
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What ``take(key, cost)`` would answer now, without taking;
+        ``cost=0`` reads the bucket as it is."""
+        reply = self._run(*self.plan_peek(key, cost))[0]
+        with boundary:
+            return self.layout.peeked(reply)
+
+    def reserve_tokens(self, key: str, tokens: int, needed: int = 1) -> Reserved:
+        """Takes up to ``tokens`` from the bucket, as many as it holds but
+        none unless ``needed`` fit, for a lease (reserve.lua's reply: see
+        Reserved; a refusal's retry is for ``needed``)."""
+        reply = self._run(*self.plan_reserve(key, tokens, needed))[0]
         with boundary:
             return self.layout.reserved(reply)
 

@@ -379,9 +379,15 @@ class AsyncRedisBackend(RedisCommon):
     async def reset(self, key: str) -> None:
         await self._run(*self.plan_call("reset", key))
 
-    async def reserve_tokens(self, key: str, tokens: int) -> Reserved:
+    async def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """Like RedisBackend.peek."""
+        reply = (await self._run(*self.plan_peek(key, cost)))[0]
+        with boundary:
+            return self.layout.peeked(reply)
+
+    async def reserve_tokens(self, key: str, tokens: int, needed: int = 1) -> Reserved:
         """Like RedisBackend.reserve_tokens."""
-        reply = (await self._run(*self.plan_reserve(key, tokens)))[0]
+        reply = (await self._run(*self.plan_reserve(key, tokens, needed)))[0]
         with boundary:
             return self.layout.reserved(reply)
 
