@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _region
 from ._args import check_cost, check_key
+from ._errors import BackendTimeoutError
 
 __all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
 
@@ -162,7 +163,29 @@ class Table:
     def _enter(self) -> None:
         self._lock.acquire()
         if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._wait_for_table()
+
+    def _wait_for_table(self) -> None:
+        """Another process holds the table's lock. It only ever holds it for
+        one operation, so one holding it past LOCK_WAIT_S is not running
+        (SIGSTOP, a debugger): give up, the failure policy decides."""
+        deadline = time.monotonic() + _region.LOCK_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                continue
+        self._lock.release()
+        raise BackendTimeoutError(
+            f"shared table {self.name!r}: its lock has been held by another process for more "
+            f"than {_region.LOCK_WAIT_S:g}s (a stopped process); this check was not decided and "
+            "changed nothing. Resume or end that process, or unlink the table"
+        )
 
     def _leave(self) -> None:
         if self._fd >= 0:

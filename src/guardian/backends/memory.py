@@ -22,6 +22,11 @@ class MemoryBackend:
     at least twice the number of keys whose buckets are not full, see
     docs/core.md). ``clock`` (a callable returning integer nanoseconds) and
     ``seed`` are for tests.
+
+    A shared table can fail a check: when another process holds its insert
+    lock past a bound (stopped by SIGSTOP, say), the check raises
+    BackendTimeoutError, so the limiter's failure policy decides it
+    (``can_fail``). A private table cannot.
     """
 
     can_fail = False
@@ -47,6 +52,7 @@ class MemoryBackend:
             seed=seed,
         )
         self.shared = shared
+        self.can_fail = shared is not None
         # The result type of the core that decides (there is one per process;
         # the tests swap cores, and results must not mix types).
         self._result = _impl.LimitResult
