@@ -83,7 +83,7 @@ cdef extern from "_table.h" nogil:
 if g_pid_setup() != 0:  # pragma: no cover
     raise ImportError("guardian: pthread_atfork failed")
 
-__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "take_all", "try_take_all", "siphash13", "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 cdef enum:
@@ -113,6 +113,10 @@ cdef struct Decision:
     int64_t retry_ticks
     int64_t reset_ticks
     int64_t stuck  # 0, or the pid that held the key's stripe lock past the bound
+    # An admission's write, so that take_all can undo it: the slot's TAT
+    # went from ``before`` to ``after``.
+    Py_ssize_t slot
+    int64_t before, after
 
 
 @cython.final
@@ -510,8 +514,10 @@ cdef class Table:
                 if s == INSERTED or s == FULL or s == STUCK:
                     return
             new = self._judge(t, cost, now, d)
-            if new >= 0 and not g_cas(&self.slots_[s].tat, t, new):
-                continue  # another taker or a reclaimer won; re-read
+            if new >= 0:
+                if not g_cas(&self.slots_[s].tat, t, new):
+                    continue  # another taker or a reclaimer won; re-read
+                d.slot, d.before, d.after = s, t, new
             return
 
     @cython.cdivision(True)
@@ -633,6 +639,7 @@ cdef class Table:
             if not g_cas(&self.slots_[s].tat, lock, new):
                 continue  # taken over as if we were dead (pid reuse); start again
             self._unlock_stripe(stripe)
+            d.slot, d.before, d.after = s, 0, new  # before: a full bucket
             d.allowed = True
             d.remaining = (self.tau - cost * self.P) // self.P
             d.retry_ticks = 0
@@ -746,6 +753,32 @@ cdef class Table:
             PyEval_RestoreThread(released)
         return 0 if got else <int64_t>holder
 
+    cdef bint _undo(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        """Takes back an admission of ``_decide`` (``now``: the time of the
+        undo). If the slot still holds what the take wrote, it gets back
+        what it held: exactly as before. If others took since, the take's
+        ``cost * P`` comes off the TAT only when the TAT it started from
+        was still ahead of ``now``: every later take then started from our
+        TAT, not from its own clock, so it would have landed exactly
+        ``cost * P`` earlier without ours (other undos shift it the same
+        way), and the result must still be ahead of ``now``. Otherwise (a
+        bucket that was full, a reclaim) it is left taken: a check may then
+        be denied that could have been admitted, never the reverse. (A
+        reset of the key in between is not told apart: the bucket it
+        refilled may get our tokens back too.)"""
+        cdef int64_t t, back = cost * self.P
+        cdef Py_ssize_t s
+        if g_cas(&self.slots_[d.slot].tat, d.after, d.before):
+            return True
+        if d.before < now:
+            return False
+        while True:
+            s = self._locate(h, &t)
+            if s != d.slot or t - back < now:
+                return False  # moved, reclaimed, reset, or being written: leave it
+            if g_cas(&self.slots_[s].tat, t, t - back):
+                return True
+
     cdef int _stuck(self, int64_t holder) except -1:
         where = f"shared table {self.name!r}" if self.name is not None else "the local table"
         raise BackendTimeoutError(
@@ -759,6 +792,75 @@ cdef class Table:
 
 
 unlink = _region.unlink
+
+
+# --- several limits on one key, all or nothing -----------------------------
+
+cdef enum:
+    MAX_TABLES = 8
+
+
+cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) except -2:
+    """Takes ``cost`` for ``key`` from every table (one limit each), or from
+    none: -1 when every table admitted (all taken), else the index of the
+    table whose denial is the longest wait (nothing taken anywhere; ``out``
+    then holds what each table would answer now)."""
+    cdef Py_ssize_t n = len(tables), i, j, worst
+    cdef Table t
+    cdef uint64_t h[MAX_TABLES]
+    cdef int64_t c[MAX_TABLES]
+    cdef int64_t now[MAX_TABLES]
+    if not 1 <= n <= MAX_TABLES:
+        raise InvalidArgumentError(f"take_all needs 1 to {MAX_TABLES} tables, got {n}")
+    for i in range(n):  # every argument checked before anything is taken
+        t = tables[i]
+        h[i] = t._hash(key)
+        c[i] = t._cost(cost)
+        now[i] = t._now()
+    for i in range(n):
+        t = tables[i]
+        t._decide(h[i], c[i], now[i], &out[i])
+        if out[i].allowed and not out[i].stuck:
+            continue
+        for j in range(i):
+            t = tables[j]
+            t._undo(h[j], c[j], t._now(), &out[j])
+        if out[i].stuck:
+            t._stuck(out[i].stuck)
+        worst = i
+        for j in range(n):
+            if j == i:
+                continue
+            t = tables[j]
+            t._peek(h[j], c[j], now[j], &out[j])
+            if out[j].stuck:
+                t._stuck(out[j].stuck)
+            if (not out[j].allowed and <double>out[j].retry_ticks / t.scale
+                    > <double>out[worst].retry_ticks / (<Table>tables[worst]).scale):
+                worst = j
+        g_count(&(<Table>tables[worst]).denied_)
+        return worst
+    for i in range(n):
+        g_count(&(<Table>tables[i]).allowed_)
+    return -1
+
+
+def take_all(tuple tables, key, cost=1):
+    """Several limits on one key, all or nothing: takes ``cost`` tokens for
+    ``key`` from every table, or from none. Returns ``(denied_by, results)``:
+    ``denied_by`` is -1 when admitted, else the index of the table whose
+    wait is longest (the limit that decides when to retry); ``results[i]``
+    is table i's (allowed, remaining, retry_after_s, reset_after_s): its
+    take when admitted, what a take would answer now when denied."""
+    cdef Decision out[MAX_TABLES]
+    cdef Py_ssize_t i, worst = _take_all(tables, key, cost, out)
+    return worst, [(<Table>tables[i])._result(&out[i]) for i in range(len(tables))]
+
+
+def try_take_all(tuple tables, key, cost=1):
+    """``take_all`` answered as one bool: True when every table admitted."""
+    cdef Decision out[MAX_TABLES]
+    return _take_all(tables, key, cost, out) < 0
 
 
 def siphash13(uint64_t k0, uint64_t k1, bytes data):

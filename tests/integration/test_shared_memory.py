@@ -467,3 +467,54 @@ def test_guardian_tables_unlink(core: ModuleType, core_env: dict, shm_name: str)
     assert again.returncode == 1 and f"no table named '{shm_name}'" in again.stderr
     bad = guardian("tables", "--unlink", "../etc")
     assert bad.returncode == 2 and "shared table name must be" in bad.stderr
+
+
+# --- several limits on one key ------------------------------------------------
+
+
+@pytest.mark.parametrize("limits, binding", [
+    # The first limit runs out first: nothing is ever taken from the second in vain.
+    ("200/hour and 300/hour", 0),
+    # The second runs out first: every denial undoes a take from the first.
+    ("300/hour and 200/hour", 1),
+])
+def test_several_limits_two_processes_by_four_threads_never_over_admit(
+        core: ModuleType, core_env: dict, shm_name: str, limits: str, binding: int) -> None:
+    """All or nothing under contention: exactly the binding limit's tokens
+    are admitted, and every admission took from every limit. A take that
+    had to be undone while another thread took from the same bucket is
+    left taken (fewer admissions, never more), so the other limit may have
+    lost tokens; none was ever admitted twice."""
+    backend = MemoryBackend(limits, shared=shm_name, slots=64)
+    procs = [spawn(core_env, "hammer", shm_name, "limits", limits, "-", 64, 1.0, 4, "hot") for _ in range(2)]
+    start_together(procs)
+    outs = [result(p) for p in procs]
+    admitted = sum(o["admitted"] for o in outs)
+    assert all(o["checks"] > 1000 for o in outs)  # both hammered the key
+    assert admitted == 200  # the binding limit, to the token: never over, and not under
+    used = [t.usage("hot") for t in backend.tables]
+    assert used[binding] == 200
+    assert 200 <= used[1 - binding] <= 300
+    if binding == 0:
+        assert used[1] == 200  # a denial by the first limit never touched the second
+    assert MemoryBackend(limits, shared=shm_name).usage("hot") == 200  # attached by its parts' names
+
+
+@pytest.mark.parametrize("limits, binding", [("200/second and 5000/hour", 0), ("5000/hour and 200/second", 1)])
+def test_several_limits_with_refill_hold_each_limit_under_contention(
+        core: ModuleType, core_env: dict, shm_name: str, limits: str, binding: int) -> None:
+    """The refilling limit binds: admissions stay within its burst plus its
+    rate over the run and are not starved, and the other limit was taken
+    from exactly once per admission (up to the takes that could not be
+    undone, which only ever cost admissions)."""
+    backend = MemoryBackend(limits, shared=shm_name, slots=64)
+    start = time.monotonic()
+    procs = [spawn(core_env, "hammer", shm_name, "limits", limits, "-", 64, 1.0, 4, "hot") for _ in range(2)]
+    start_together(procs)
+    outs = [result(p) for p in procs]
+    elapsed = time.monotonic() - start
+    admitted = sum(o["admitted"] for o in outs)
+    assert admitted <= 200 + 200 * elapsed + 1
+    assert admitted >= (200 + 200 * 1.0) * 0.9
+    hourly = backend.tables[1 - binding].usage("hot")  # 1.4 tokens a second came back meanwhile
+    assert admitted - 5000 / 3600 * elapsed - 1 <= hourly <= admitted * 1.05 + 5, (admitted, hourly)
