@@ -806,6 +806,7 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
     table whose denial is the longest wait (nothing taken anywhere; ``out``
     then holds what each table would answer now)."""
     cdef Py_ssize_t n = len(tables), i, j, worst
+    cdef double wait, longest = 0
     cdef Table t
     cdef uint64_t h[MAX_TABLES]
     cdef int64_t c[MAX_TABLES]
@@ -827,7 +828,6 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
             t._undo(h[j], c[j], t._now(), &out[j])
         if out[i].stuck:
             t._stuck(out[i].stuck)
-        worst = i
         for j in range(n):
             if j == i:
                 continue
@@ -835,9 +835,11 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
             t._peek(h[j], c[j], now[j], &out[j])
             if out[j].stuck:
                 t._stuck(out[j].stuck)
-            if (not out[j].allowed and <double>out[j].retry_ticks / t.scale
-                    > <double>out[worst].retry_ticks / (<Table>tables[worst]).scale):
-                worst = j
+        worst = -1  # the first of the longest waits (Lua's take_all picks the same)
+        for j in range(n):
+            wait = <double>out[j].retry_ticks / (<Table>tables[j]).scale
+            if not out[j].allowed and (worst < 0 or wait > longest):
+                worst, longest = j, wait
         g_count(&(<Table>tables[worst]).denied_)
         return worst
     for i in range(n):

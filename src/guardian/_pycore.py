@@ -474,10 +474,8 @@ def _take_all(tables: Tuple[Table, ...], key: str, cost: int) -> Tuple[int, List
                 answers.append(u._peek(fpj, homej, cj, nowj))
             finally:
                 u._leave()
-        worst = i  # the longest wait decides when to retry; the first such on a tie
-        for j, a in enumerate(answers):
-            if j != i and not a[0] and a[2] / tables[j]._scale > answers[worst][2] / tables[worst]._scale:
-                worst = j
+        waits = [a[2] / t._scale if not a[0] else -1.0 for a, t in zip(answers, tables)]
+        worst = waits.index(max(waits))  # the first of the longest waits decides when to retry
         tables[worst]._denied += 1
         return worst, answers
     for t, *_ in prepared:
