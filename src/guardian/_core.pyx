@@ -83,7 +83,8 @@ cdef extern from "_table.h" nogil:
 if g_pid_setup() != 0:  # pragma: no cover
     raise ImportError("guardian: pthread_atfork failed")
 
-__all__ = ["Table", "LimitResult", "unlink", "take_all", "try_take_all", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+           "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 cdef enum:
@@ -815,7 +816,10 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
         raise InvalidArgumentError(f"take_all needs 1 to {MAX_TABLES} tables, got {n}")
     for i in range(n):  # every argument checked before anything is taken
         t = tables[i]
-        h[i] = t._hash(key)
+        if i and t.k0 == (<Table>tables[i - 1]).k0 and t.k1 == (<Table>tables[i - 1]).k1:
+            h[i] = h[i - 1]  # one seed (MemoryBackend gives its tables one): one hash
+        else:
+            h[i] = t._hash(key)
         c[i] = t._cost(cost)
         now[i] = t._now()
     for i in range(n):
@@ -857,6 +861,40 @@ def take_all(tuple tables, key, cost=1):
     cdef Decision out[MAX_TABLES]
     cdef Py_ssize_t i, worst = _take_all(tables, key, cost, out)
     return worst, [(<Table>tables[i])._result(&out[i]) for i in range(len(tables))]
+
+
+def take_all_result(tuple tables, key, cost=1):
+    """``take_all`` answered as one LimitResult, built in C: remaining is
+    the fewest any limit has left; retry_after the denying limit's wait;
+    reset_after the longest until every bucket is full; limit the capacity
+    of the limit that speaks (the one with the fewest left when admitted,
+    the denying one when denied; the first on a tie)."""
+    cdef Decision out[MAX_TABLES]
+    cdef Py_ssize_t i, n = len(tables), worst = _take_all(tables, key, cost, out)
+    cdef Py_ssize_t speaker = 0
+    cdef int64_t fewest = out[0].remaining
+    cdef double reset, longest = 0
+    cdef Table t
+    for i in range(n):
+        t = tables[i]
+        reset = <double>out[i].reset_ticks / t.scale
+        if reset > longest:
+            longest = reset
+        if out[i].remaining < fewest:
+            fewest = out[i].remaining
+            speaker = i
+    cdef LimitResult r = LimitResult.__new__(LimitResult)
+    r.allowed = worst < 0
+    r.remaining = fewest
+    r.reset_after = longest
+    if worst < 0:
+        r.retry_after = 0.0
+        r.limit = (<Table>tables[speaker]).capacity
+    else:
+        t = tables[worst]
+        r.retry_after = <double>out[worst].retry_ticks / t.scale
+        r.limit = t.capacity
+    return r
 
 
 def try_take_all(tuple tables, key, cost=1):

@@ -21,7 +21,8 @@ from ._args import check_cost, check_key
 from ._errors import BackendTimeoutError
 from ._errors import InvalidArgumentError as _InvalidArgument
 
-__all__ = ["Table", "LimitResult", "unlink", "take_all", "try_take_all", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+           "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 
@@ -487,6 +488,17 @@ def take_all(tables: Tuple[Table, ...], key: str, cost: int = 1) -> Tuple[int, L
     """Several limits on one key, all or nothing; see guardian._core.take_all."""
     worst, decided = _take_all(tables, key, cost)
     return worst, [t._result(r) for t, r in zip(tables, decided)]
+
+
+def take_all_result(tables: Tuple[Table, ...], key: str, cost: int = 1) -> LimitResult:
+    """``take_all`` answered as one LimitResult; see guardian._core.take_all_result."""
+    worst, answers = take_all(tables, key, cost)
+    fewest = min(a[1] for a in answers)
+    speaker = [a[1] for a in answers].index(fewest)
+    longest = max(0.0, *(a[3] for a in answers))
+    if worst < 0:
+        return LimitResult(True, fewest, 0.0, longest, tables[speaker].capacity)
+    return LimitResult(False, fewest, answers[worst][2], longest, tables[worst].capacity)
 
 
 def try_take_all(tables: Tuple[Table, ...], key: str, cost: int = 1) -> bool:

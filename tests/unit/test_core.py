@@ -51,10 +51,12 @@ def test_shared_multi_limit_cases(core: ModuleType, clock: ManualClock, case: st
     configs, steps = MULTI_CASES[case]
     limits = Limits(*(TokenBucketConfig(*c) for c in configs))
     backend = MemoryBackend(limits, slots=1024, clock=clock)
+    plain = MemoryBackend(limits, slots=1024, clock=clock)  # the same checks through take()
     start = clock.ns
     for at, key, cost, (denied_by, answers) in steps:
         clock.ns = start + round(at * 1e9)
         d = backend.take_detail(key, cost)
+        assert plain.take(key, cost) == d.result
         got = [(r.allowed, r.remaining, r.retry_after, r.reset_after) for r in d.results]
         assert d.denied_by == denied_by, (at, key, cost, got)
         assert [g[:2] for g in got] == [a[:2] for a in answers], (at, key, cost, got)

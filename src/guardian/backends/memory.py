@@ -5,6 +5,7 @@ carries several (all or nothing)."""
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -74,6 +75,8 @@ class MemoryBackend:
         else:
             names = [shared] if len(limits) == 1 and not isinstance(config, Limits) else [
                 f"{shared}.{i}" for i in range(len(limits))]
+        if len(limits) > 1 and seed is None:
+            seed = os.urandom(16)  # one key hash serves every table of a check
         self.tables = tuple(
             _impl.Table(c.capacity, c.emission_ticks, c.ticks_per_ns, slots=slots, name=name,
                         clock=clock, seed=seed)
@@ -88,7 +91,7 @@ class MemoryBackend:
         if isinstance(config, Limits):
             self._limits = limits
             self.try_take: Callable[..., bool] = functools.partial(_impl.try_take_all, self.tables)
-            self.take: Callable[..., LimitResult] = self._take_all
+            self.take: Callable[..., LimitResult] = functools.partial(_impl.take_all_result, self.tables)
             self.usage: Callable[[str], int] = self._usage_all
             self.reset: Callable[[str], None] = self._reset_all
             return
@@ -115,9 +118,6 @@ class MemoryBackend:
         one = make(False, min(r.remaining for r in results), deny.retry_after,
                    max(r.reset_after for r in results), deny.limit)
         return LimitsResult(one, denied_by, self._limits[denied_by], results)
-
-    def _take_all(self, key: str, cost: int = 1) -> LimitResult:
-        return self.take_detail(key, cost).result
 
     def _usage_all(self, key: str) -> int:
         """Tokens in use of the limit with the fewest tokens left."""
