@@ -346,3 +346,41 @@ def test_take_all_takes_from_every_bucket_or_none(raw: redis.Redis, prefix: str)
     with pytest.raises(redis.ResponseError, match="guardian did not write"):
         driver.take("h", 1)
     assert raw.exists(f"{prefix}:{{h}}:0") == 0
+
+
+@pytest.mark.parametrize("limits", ["200/hour and 300/hour", "300/hour and 200/hour"])
+def test_take_all_from_two_clients_admits_exactly_the_binding_limit(redis_server: Any, prefix: str,
+                                                                    limits: str) -> None:
+    """The shipped script (server clock), hammered by two clients at once:
+    exactly the tighter limit's tokens are admitted, and each bucket holds
+    exactly the admitted takes (a denial takes from none)."""
+    import threading
+
+    from guardian import Limits
+
+    layouts = [Layout(c) for c in Limits.parse(limits)]
+    source = read_source("take_all")
+    keys = [f"{prefix}:{{hot}}:{i}" for i in range(2)]
+    args = [*layouts[0].argv, 1, *layouts[1].argv]
+    admitted = [0, 0]
+    checks = [0, 0]
+
+    def hammer(i: int) -> None:
+        client = redis.Redis(port=redis_server.port)
+        script = client.register_script(source)
+        for _ in range(600):
+            admitted[i] += script(keys=keys, args=args)[0] == 0
+            checks[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert checks == [600, 600] and sum(admitted) == 200
+    raw = redis.Redis(port=redis_server.port)
+    usage = read_source("usage")
+    for key, layout in zip(keys, layouts):
+        assert raw.eval(usage, 1, key, *layout.argv) == 200
+    raw.close()

@@ -141,3 +141,14 @@ def test_a_backend_takes_the_notation_wherever_it_takes_a_config() -> None:
         MemoryBackend("ten a second")
     with pytest.raises(ConfigurationError, match="config must be a TokenBucketConfig, Limits or a str"):
         MemoryBackend(100)  # type: ignore[arg-type]
+
+
+def test_the_docs_snippets_on_limits_run() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "core.md").read_text()
+    section = text.split("## Limits in words", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```python\n")[1:]
+    assert blocks
+    for block in blocks:
+        exec(compile(block.split("```", 1)[0], "docs/core.md", "exec"), {})
