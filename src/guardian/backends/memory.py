@@ -53,10 +53,13 @@ class MemoryBackend:
     A shared table can fail a check: when another process holds its insert
     lock past a bound (stopped by SIGSTOP, say), the check raises
     BackendTimeoutError, so the limiter's failure policy decides it
-    (``can_fail``). A private table cannot.
+    (``can_fail``). A private table cannot. Neither does I/O (``does_io``).
     """
 
     can_fail = False
+    #: No network or disk I/O: callers may run checks inline (on an event
+    #: loop, without a thread), shared table or not.
+    does_io = False
 
     def __init__(
         self,
