@@ -17,7 +17,7 @@ import redis
 from gcra_cases import CASES, MULTI_CASES
 
 from guardian import ConfigurationError, TokenBucketConfig
-from guardian.backends._redis_proto import MAX_TAU_TICKS, Layout, read_source
+from guardian.backends._redis_scripts import MAX_TAU_TICKS, Layout, read_source
 
 pytestmark = pytest.mark.redis
 
