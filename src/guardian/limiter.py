@@ -137,7 +137,7 @@ class _Policy(Generic[B]):
             CircuitBreaker(breaker_threshold, breaker_cooldown) if breaker_threshold is not None else None
         )
         self._last_log = dict.fromkeys(("error", "config", "breaker", "recovered"), float("-inf"))
-        self._limit = backend.config.capacity
+        self._limit: int = backend.config.capacity
         self._local: Optional[MemoryBackend] = None
         self._local_lock = threading.Lock()
         self._bind(backend)
