@@ -565,8 +565,10 @@ def test_flask_decorator_and_bare_limit(clock: ManualClock) -> None:
 def _doc_snippets() -> List[str]:
     import re
     from pathlib import Path
-    text = (Path(__file__).resolve().parents[2] / "docs" / "middleware.md").read_text()
-    return re.findall(r"```python\n(.+?)\n```", text, re.S)
+    doc = Path(__file__).resolve().parents[2] / "docs" / "middleware.md"
+    if not doc.exists():  # the wheel's own test run copies tests/ without docs/
+        return []
+    return re.findall(r"```python\n(.+?)\n```", doc.read_text(), re.S)
 
 
 @pytest.mark.parametrize("index", range(len(_doc_snippets())))
