@@ -308,6 +308,7 @@ async def test_ipv6_clients_of_one_64_share_one_bucket(clock: ManualClock) -> No
              for i in range(1000)]
     assert codes.count(200) == 5 and codes.count(429) == 995
     assert set(rec.keys) == {"2001:db8:1:2::/64"}
+    assert rec.inner.get_usage("2001:db8:1:2::/64") == 5  # the one bucket holds all five tokens
     # The next /64 is another subscriber.
     assert (await get(app, client=("2001:db8:1:3::1", 1))).status_code == 200
 
