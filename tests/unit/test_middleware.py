@@ -311,6 +311,7 @@ async def test_ipv6_clients_of_one_64_share_one_bucket(clock: ManualClock) -> No
              for i in range(1000)]
     assert codes.count(200) == 5 and codes.count(429) == 995
     assert set(rec.keys) == {"2001:db8:1:2::/64"}
+    assert rec.inner.get_usage("2001:db8:1:2::/64") == 5  # the one bucket holds all five tokens
     # The next /64 is another subscriber.
     assert (await get(app, client=("2001:db8:1:3::1", 1))).status_code == 200
 
@@ -568,8 +569,10 @@ def test_flask_decorator_and_bare_limit(clock: ManualClock) -> None:
 def _doc_snippets() -> List[str]:
     import re
     from pathlib import Path
-    text = (Path(__file__).resolve().parents[2] / "docs" / "middleware.md").read_text()
-    return re.findall(r"```python\n(.+?)\n```", text, re.S)
+    doc = Path(__file__).resolve().parents[2] / "docs" / "middleware.md"
+    if not doc.exists():  # the wheel's own test run copies tests/ without docs/
+        return []
+    return re.findall(r"```python\n(.+?)\n```", doc.read_text(), re.S)
 
 
 @pytest.mark.parametrize("index", range(len(_doc_snippets())))
