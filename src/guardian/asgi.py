@@ -104,8 +104,8 @@ def starlette_template(scope: Scope, app: Any = None) -> Optional[str]:
 def _framework_resolver(app: Any) -> Optional[Resolver]:
     """The resolver for a framework recognised by ``app``'s type, else None."""
     if type(app).__module__.startswith("django.core.handlers"):
-        from .django import resolve_route
-        return resolve_route
+        from ._routers import django_resolve_route
+        return django_resolve_route
     return None
 
 

@@ -22,9 +22,9 @@ import functools
 import inspect
 from typing import Any, Callable, Optional, TypeVar
 
-from django.http import Http404, HttpRequest, HttpResponse
-from django.urls import resolve
+from django.http import HttpRequest, HttpResponse
 
+from ._routers import django_resolve_route
 from .http import DENIED_BODY, AppLimit, Request, bounded_key
 
 __all__ = ["limit", "resolve_route"]
@@ -35,16 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def resolve_route(request: Request) -> Optional[str]:
     """The URL pattern Django will run for ``request``, as ``/items/<int:id>``
     (a ``re_path`` pattern is its regex); None when Django answers 404."""
-    raw = request.raw
-    path = request.path
-    root = raw.get("root_path", "") if isinstance(raw, dict) and "type" in raw else ""
-    if root and path.startswith(root):
-        path = path[len(root):]
-    try:
-        match = resolve(path)
-    except Http404:
-        return None
-    return "/" + str(match.route)
+    return django_resolve_route(request)
 
 
 def _apply(response: HttpResponse, fields: Any) -> HttpResponse:

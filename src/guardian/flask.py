@@ -21,9 +21,9 @@ import inspect
 from typing import Any, Callable, Optional, TypeVar
 
 from flask import Flask, Response, after_this_request
-from werkzeug.exceptions import HTTPException
 
 from ._errors import RateLimitExceeded
+from ._routers import flask_resolver
 from .http import (
     DENIED_BODY, AppLimit, CostFunc, KeyFunc, Request, Resolver, RoutesArg, bounded_key, exceeded_fields,
 )
@@ -37,17 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def route_resolver(app: Flask) -> Resolver:
     """Asks ``app``'s URL map which rule it will run (``/items/<int:id>``);
     None when it would answer 404, 405 or a redirect instead."""
-    def resolve(request: Request) -> Optional[str]:
-        try:
-            # Flask's own adapter (SERVER_NAME, subdomains, host matching, trusted hosts).
-            adapter = app.create_url_adapter(app.request_class(request.raw))
-            if adapter is None:
-                return None
-            rule, _ = adapter.match(return_rule=True)
-        except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect, a bad Host: no view runs
-            return None
-        return str(rule.rule)
-    return resolve
+    return flask_resolver(app)
 
 
 def _denied(fields: Any) -> Response:

@@ -50,12 +50,12 @@ def _framework_resolver(app: Any) -> Optional[Resolver]:
     handler, a Flask app or its ``wsgi_app`` method), else None."""
     owner = getattr(app, "__self__", app)
     if type(owner).__module__.startswith("django.core.handlers"):
-        from .django import resolve_route
-        return resolve_route
+        from ._routers import django_resolve_route
+        return django_resolve_route
     flask = sys.modules.get("flask")
     if flask is not None and isinstance(owner, flask.Flask):
-        from .flask import route_resolver
-        return route_resolver(owner)
+        from ._routers import flask_resolver
+        return flask_resolver(owner)
     return None
 
 
