@@ -32,10 +32,9 @@ __all__ = ["limit", "resolve_route"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def resolve_route(request: Request) -> Optional[str]:
-    """The URL pattern Django will run for ``request``, as ``/items/<int:id>``
-    (a ``re_path`` pattern is its regex); None when Django answers 404."""
-    return django_resolve_route(request)
+#: The URL pattern Django will run for a request, as ``/items/<int:id>``
+#: (a ``re_path`` pattern is its regex); None when Django answers 404.
+resolve_route = django_resolve_route
 
 
 def _apply(response: HttpResponse, fields: Any) -> HttpResponse:
