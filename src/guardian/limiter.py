@@ -24,7 +24,7 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
-from ._config import TokenBucketConfig
+from ._config import Limits, TokenBucketConfig
 from ._errors import ArgumentTypeError, BackendConfigError, BackendError, InvalidArgumentError, MisuseError, RateLimitExceeded
 from ._args import check_cost, check_key
 from ._result import LimitResult
@@ -64,7 +64,7 @@ def check_backend(backend: Any, limiter: str) -> None:
             f"{limiter} takes a backend, not a TokenBucketConfig: did you mean "
             f"{limiter}(MemoryBackend(config))? (or a Redis backend built with the config)")
     missing = [name for name in _OPERATIONS if not callable(getattr(backend, name, None))]
-    if missing or not isinstance(getattr(backend, "config", None), TokenBucketConfig):
+    if missing or not isinstance(getattr(backend, "config", None), (TokenBucketConfig, Limits)):
         raise MisuseError(
             f"{limiter} takes a backend (MemoryBackend, RedisBackend, ...), got {type(backend).__name__!r}"
             + (f" (no {', '.join(missing)})" if missing else " (no TokenBucketConfig in .config)"))
