@@ -356,7 +356,7 @@ class AsyncRateLimiter(_Policy):
         breaker_cooldown: float = 1.0,
     ) -> None:
         check_backend(backend, "AsyncRateLimiter")
-        if not _is_async(backend) and backend.can_fail:
+        if not _is_async(backend) and getattr(backend, "does_io", backend.can_fail):
             raise MisuseError(
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
