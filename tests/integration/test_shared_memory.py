@@ -298,12 +298,19 @@ def test_a_segment_of_another_user_is_refused(core: ModuleType, shm_name: str) -
     assert os.stat(segment_path(shm_name)).st_uid == 65534
     with pytest.raises(SharedTableError, match="belongs to uid 65534, not to this process' uid 0"):
         MemoryBackend(TokenBucketConfig(10, 1), shared=shm_name)
+    listed = guardian("tables").stdout
+    assert "(refused by guardian: another user's)" in listed.split(f"{shm_name}\n", 1)[1].split("\n\n")[0]
     MemoryBackend.unlink(shm_name)
     # The other way round: a table of ours is no business of another user.
     MemoryBackend(TokenBucketConfig(10, 1), shared=shm_name, slots=64)
-    _as_nobody("import pytest\nfrom guardian import MemoryBackend, SharedTableError, TokenBucketConfig\n"
+    _as_nobody("import io, pytest\nfrom guardian import MemoryBackend, SharedTableError, TokenBucketConfig\n"
+               "from guardian._tables_cli import unlink_table\n"
                "with pytest.raises(SharedTableError, match='belongs to another user'):\n"
-               f"    MemoryBackend(TokenBucketConfig(10, 1), shared={shm_name!r})\n")
+               f"    MemoryBackend(TokenBucketConfig(10, 1), shared={shm_name!r})\n"
+               "err = io.StringIO()\n"
+               f"assert unlink_table({shm_name!r}, io.StringIO(), err) == 1\n"
+               "assert 'belongs to another user' in err.getvalue(), err.getvalue()\n")
+    assert os.path.exists(segment_path(shm_name))  # another user cannot remove it
 
 
 def _attach_in_child(core_env: dict, name: str) -> subprocess.CompletedProcess:
