@@ -70,6 +70,8 @@ domain: reset
 descriptors:
   - key: k
     rate_limit: {unit: minute, requests_per_unit: 60}
+  - key: h
+    rate_limit: {unit: hour, requests_per_unit: 60}
 """
 
 OK = rls_pb2.RateLimitResponse.OK
@@ -216,14 +218,14 @@ def test_zero_hit_check_counts_down_with_time(ask: Any) -> None:
     # hits_addend 0 reads the bucket (the cores' peek): its duration_until_reset moves with time
     from sidecar import wait_until
 
-    ask("reset", descriptor([("k", "zero")], hits=3))     # 60/minute: 3 s until full again
+    ask("reset", descriptor([("h", "zero")], hits=3))     # 60/hour: 3 minutes until full again
 
     def read() -> Tuple[int, float]:
-        s = ask("reset", descriptor([("k", "zero")], hits=0)).statuses[0]
+        s = ask("reset", descriptor([("h", "zero")], hits=0)).statuses[0]
         return s.limit_remaining, s.duration_until_reset.ToNanoseconds() / 1e9
 
     remaining, first = read()
-    assert remaining == 57 and 2.0 < first < 3.0  # not whole tokens x interval: the time since the take counts
+    assert remaining == 57 and 120.0 < first < 180.0  # not whole tokens x interval: the time since the take counts
     later: List[float] = []
     wait_until(lambda: later.append(read()[1]) or later[-1] < first, 5, "the reset to move", step=0.02)
     assert read()[0] >= 57  # reading took nothing
