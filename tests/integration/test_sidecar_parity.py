@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 import grpc
@@ -229,3 +230,28 @@ def test_zero_hit_check_counts_down_with_time(ask: Any) -> None:
     later: List[float] = []
     wait_until(lambda: later.append(read()[1]) or later[-1] < first, 5, "the reset to move", step=0.02)
     assert read()[0] >= 57  # reading took nothing
+
+
+@pytest.mark.parametrize("flag", ["--shadow-mode", "--quota-mode"])
+def test_global_shadow_and_quota_modes(tmp_path: Path, flag: str) -> None:
+    # TestServiceGlobalShadowMode (SHADOW_MODE) / TestServiceGlobalQuotaMode (QUOTA_MODE)
+    s = Sidecar(tmp_path, "--config", write(tmp_path / "p.yaml", POLICY), flag).start()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+
+            def ask(*ds: Entries) -> Any:
+                return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain="quota", descriptors=[descriptor(d) for d in ds]), timeout=5)
+
+            ask([("plain", "g")])
+            r = ask([("plain", "g")], [("big", "g")])  # plain over, big under
+            assert codes(r) == [OVER, OK]
+            assert r.overall_code == OK  # shadow: OK overall; quota: not every rule is over
+            if flag == "--quota-mode":
+                assert ask([("plain", "g")]).overall_code == OVER  # its only rule is over
+            else:
+                assert counter(s.metrics(), "guardian_requests_total", limit="global_shadow_mode",
+                               result="shadow_denied") == 1
+    finally:
+        assert s.stop()[0] == 0
