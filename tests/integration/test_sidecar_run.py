@@ -186,3 +186,35 @@ def test_redis_refusals_are_told_apart_from_outages() -> None:
     assert refusal(rx.ResponseError("NOAUTH Authentication required."))
     assert refusal(rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")) is None
     assert refusal(rx.TimeoutError("Timeout reading from socket")) is None
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.shm
+def test_a_worker_dying_at_once_again_and_again_stops_the_run(tmp_path: Path) -> None:
+    from sidecar import wait_until
+
+    s = _start_group(tmp_path, "--workers", "2")
+    sup = s.proc.pid  # type: ignore[union-attr]
+    killed = set()
+    try:
+        deadline = time.monotonic() + 60
+        while s.proc.poll() is None and time.monotonic() < deadline:  # type: ignore[union-attr]
+            for child in _children(sup):
+                if child not in killed:
+                    killed.add(child)
+                    os.kill(child, signal.SIGKILL)  # dies at once after each start
+            time.sleep(0.02)
+        code = s.proc.wait(10)  # type: ignore[union-attr]
+    finally:
+        s.kill()
+    log = s.log()
+    assert code == 1, log
+    assert "died 5 times in a row" in log and "not restarting it, stopping" in log
+    assert len(killed) <= 2 * 5 + 2
+    wait_until(lambda: not _children(sup), 5, "no worker left")
