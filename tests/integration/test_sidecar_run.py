@@ -167,13 +167,21 @@ def test_a_signal_while_starting_still_exits_0(tmp_path: Path) -> None:
     assert "stopping: draining" in s.log()
 
 
-def test_unwritable_lock_directory_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.shm
+def test_without_a_writable_lock_directory_the_probe_still_refuses(tmp_path: Path) -> None:
+    # a read-only root filesystem (the Kubernetes manifest's): a warning, and the bind probe decides
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    r = subprocess.run([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(free_port()),
-                        "--http-port", str(free_port())], capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, XDG_RUNTIME_DIR=str(blocked)))
-    assert r.returncode == 2 and "cannot take the lock of gRPC port" in r.stderr and "Traceback" not in r.stderr
+    first = Sidecar(tmp_path, "--workers", "2", env={"XDG_RUNTIME_DIR": str(blocked)}).start()
+    try:
+        assert "no lock for gRPC port" in first.log()
+        r = subprocess.run([sys.executable, "-m", "guardian", "serve", "--workers", "2", "--grpc-port",
+                            str(first.grpc_port), "--http-port", str(free_port())], capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, XDG_RUNTIME_DIR=str(blocked)))
+        assert r.returncode == 2 and f"gRPC port {first.grpc_port} on 127.0.0.1 is in use by another process" \
+            in r.stderr and "Traceback" not in r.stderr
+    finally:
+        first.kill()
 
 
 def test_redis_refusals_are_told_apart_from_outages() -> None:
