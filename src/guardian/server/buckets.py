@@ -81,11 +81,16 @@ class Bucket:
         return await self.limiter.check_limit(key, cost)
 
     async def peek(self, key: str) -> Tuple[int, float]:
-        """(remaining, seconds until full) without taking. In memory the
-        cores answer it (the reset moves with time); over Redis, until the
-        backends expose peek.lua, it is derived from the usage in whole tokens."""
+        """(remaining, seconds until full) without taking, as the cores or
+        peek.lua answer it (the reset moves with time). A Redis backend
+        without ``peek`` (before the backends expose it) falls back to the
+        usage in whole tokens."""
         if self.limiter is None:
             r = self.backend.peek(key, 0)
+            return r.remaining, r.reset_after
+        peek = getattr(self.backend, "peek", None)
+        if peek is not None:
+            r = await peek(key, 0)
             return r.remaining, r.reset_after
         used = await self.limiter.get_usage(key)
         return self.capacity - used, used * self.config.emission_interval
