@@ -255,3 +255,42 @@ def test_global_shadow_and_quota_modes(tmp_path: Path, flag: str) -> None:
                                result="shadow_denied") == 1
     finally:
         assert s.stop()[0] == 0
+
+
+PEER_INTEGRATION = Path(__file__).resolve().parent.parent / "fixtures" / "envoy_ratelimit" / "integration"
+
+
+def test_peer_integration_configs_and_basic_sequence(tmp_path: Path) -> None:
+    # envoyproxy/ratelimit test/integration: its runtime configs served as one directory, and
+    # testBasicBaseConfig's requests (its fixed windows aside: no request here crosses a refill)
+    s = Sidecar(tmp_path, "--config", str(PEER_INTEGRATION)).start()
+    try:
+        assert "4 Envoy domain(s) [another, basic, reload, share-threshold-test]" in s.log()
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+
+            def ask(domain: str, *ds: Entries) -> Any:
+                return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain=domain, descriptors=[descriptor(d) for d in ds]), timeout=5)
+
+            r = ask("foo", [("hello", "world")])
+            assert r.overall_code == OK and not r.statuses[0].HasField("current_limit")
+            st = ask("basic", [("key1", "foo")]).statuses[0]
+            assert (st.code, st.current_limit.requests_per_unit, st.limit_remaining) == (OK, 50, 49)
+            assert st.current_limit.unit == rls_pb2.RateLimitResponse.RateLimit.SECOND
+            for i in range(25):  # key2: 20 per minute
+                st = ask("another", [("key2", "v-a")]).statuses[0]
+                assert (st.code, st.limit_remaining) == ((OK, 19 - i) if i < 20 else (OVER, 0)), i
+            for i in range(15):  # key2 (a fresh value) and key3: 10 per hour
+                r = ask("another", [("key2", "v-b")], [("key3", "v-c")])
+                assert (r.statuses[0].code, r.statuses[0].limit_remaining) == (OK, 19 - i)
+                assert (r.statuses[1].code, r.statuses[1].limit_remaining) == ((OK, 9 - i) if i < 10 else (OVER, 0))
+                assert r.overall_code == (OK if i < 10 else OVER)
+            # the integration share_threshold config: files/* share one bucket, files_no_share/* do not
+            shared = [ask("share-threshold-test", [("files", f"files/{i}")]).overall_code for i in range(11)]
+            assert shared == [OK] * 10 + [OVER]
+            own = [ask("share-threshold-test", [("files_no_share", f"files_no_share/{i}")]).overall_code
+                   for i in range(11)]
+            assert own == [OK] * 11
+    finally:
+        assert s.stop()[0] == 0
