@@ -235,13 +235,13 @@ class RedisBackend(RedisCommon):
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-            return self.layout.result(reply[0], cost)
+            return self.layout.result(self.layout.one(reply), cost)
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-            v = reply[0] if type(reply) is list else None
+            v = reply[0] if type(reply) is list and len(reply) == 1 else None
             if type(v) is not int:
                 raise malformed(reply)
             return v > 0

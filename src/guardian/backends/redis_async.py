@@ -319,7 +319,7 @@ class AsyncRedisBackend(RedisCommon):
         with boundary:
             if not self.direct:
                 reply = await self._route_one(packed, self.packer.slot(key), key, cost)
-                return self.layout.result(reply[0], cost)
+                return self.layout.result(self.layout.one(reply), cost)
             pool = self._wires or self._pool_of()
             # _Pool.request inlined: the hot path awaits the wire's Future.
             wire = pool.idle.pop() if pool.idle else await pool.acquire()
@@ -331,7 +331,7 @@ class AsyncRedisBackend(RedisCommon):
             pool.release(wire)
             if isinstance(reply, Exception):
                 reply = (await self._exchange(packed, 1, [reply]))[0]
-            return self.layout.result(reply[0], cost)
+            return self.layout.result(self.layout.one(reply), cost)
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed
