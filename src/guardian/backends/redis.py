@@ -75,7 +75,10 @@ class RedisBackend(RedisCommon):
 
     ``RedisBackend(config, url="redis://localhost:6379/0")``, or
     ``client=`` an existing ``redis.Redis`` / ``RedisCluster`` (Sentinel:
-    ``Sentinel(...).master_for(name)``). Keys are ``{prefix}:{<key>}``.
+    ``Sentinel(...).master_for(name)``). Keys are
+    ``{prefix}:c<capacity>:t<T>:{<key>}``: the limit is part of the key, so
+    two limits never share a bucket; ``limit_in_key=False`` makes the key
+    ``{prefix}:{<key>}``, shared on purpose by every config on the prefix.
     ``connect_timeout`` and ``timeout`` (seconds, 0.25 by default) apply
     to clients built from a URL; further keyword arguments go to that
     client (see guardian.backends.redis_url for the URLs). Connections
