@@ -360,6 +360,8 @@ class BatchedCommon:
     their Redis backend, lock and refiller."""
 
     can_fail = True
+    #: Every call talks to Redis (a synchronous one would block an event loop).
+    does_io = True
     #: The Redis backend class wrapped (sync or asyncio); set by subclasses.
     redis_class: Any
     #: What guards one key's reservations (threading.Lock or asyncio.Lock).

@@ -125,6 +125,8 @@ class RedisCommon:
     Subclasses only talk to Redis."""
 
     can_fail = True
+    #: Every call talks to Redis (a synchronous one would block an event loop).
+    does_io = True
     #: Keys per script call in take_many (one call per chunk, pipelined).
     chunk = 256
 
