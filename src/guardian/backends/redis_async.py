@@ -228,12 +228,15 @@ class AsyncRedisBackend(RedisCommon):
         """The wires to the server, or to a cluster node."""
         if node is None:
             if self._wires is None:
-                self._wires = _Pool(self._pool.make_connection, self.max_wires)  # type: ignore[union-attr]
+                # The client's max_connections bounds our wires too.
+                size = min(self.max_wires, getattr(self._pool, "max_connections", self.max_wires))
+                self._wires = _Pool(self._pool.make_connection, size)  # type: ignore[union-attr]
             return self._wires
         pool: Optional[_Pool] = self._nodes.get(node.name)
         if pool is None:
             pool = self._nodes[node.name] = _Pool(
-                lambda: node.connection_class(**node.connection_kwargs), self.max_wires)
+                lambda: node.connection_class(**node.connection_kwargs),
+                min(self.max_wires, getattr(node, "max_connections", self.max_wires)))
         return pool
 
     async def _send(self, packed: bytes, count: int) -> List[Any]:
