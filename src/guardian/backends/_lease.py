@@ -10,7 +10,7 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _impl
 from .._config import TokenBucketConfig
