@@ -7,6 +7,7 @@ cluster client must take over) and the plans of multi-key calls.
 
 from __future__ import annotations
 
+import inspect
 import os
 import weakref
 from types import ModuleType, TracebackType
@@ -157,6 +158,8 @@ class RedisCommon:
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
+            if isinstance(url, str) and "+cluster://" in url:
+                _check_cluster_options(self.lib, client_options)  # before it connects
             client = client_for_url(self.lib, url, connect_timeout, timeout, **client_options)  # type: ignore[arg-type]
             _check_options(client, client_options)
         elif client_options:
@@ -337,4 +340,17 @@ def _check_options(client: Any, options: Dict[str, Any]) -> None:
     try:
         pool.connection_class(**pool.connection_kwargs)
     except TypeError as exc:
-        raise ConfigurationError(f"unknown Redis client option: {exc}") from exc
+        raise MisuseError(f"unknown Redis client option: {exc}") from exc
+
+
+def _check_cluster_options(lib: ModuleType, options: Dict[str, Any]) -> None:
+    """A cluster client connects when it is built: refuse unknown options
+    (by the names its classes take) before that."""
+    if not options:
+        return
+    known = set()
+    for cls in (lib.RedisCluster, lib.Redis, lib.connection.AbstractConnection, lib.connection.Connection):
+        known |= set(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MisuseError(f"unknown Redis client option: {', '.join(unknown)}")
