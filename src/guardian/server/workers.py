@@ -120,6 +120,12 @@ def supervise(opts: ServeOptions, argv: List[str]) -> int:
                 codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
                 if codes[i] == -signal.SIGTERM:
                     codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
+                elif codes[i] == -signal.SIGKILL:
+                    # Killed from outside (OOM killer, operator) just before
+                    # the stop, not yet reaped when we signalled it.
+                    log.warning("guardian supervisor: worker %d (pid %d) was killed (SIGKILL) as the run "
+                                "stopped", i, p.pid)
+                    codes[i] = 0
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
