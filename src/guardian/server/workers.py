@@ -167,6 +167,13 @@ class Supervisor:
                 self.codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
                 if self.codes[i] == -signal.SIGTERM:
                     self.codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
+                elif self.codes[i] == -signal.SIGKILL:
+                    # Killed from outside between our poll and the stop (the
+                    # race of a worker dying just before SIGTERM): as above,
+                    # logged, not an error of the run.
+                    log.warning("guardian supervisor: worker %d (pid %d) was killed before it could stop",
+                                i, p.pid)
+                    self.codes[i] = 0
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
