@@ -90,10 +90,19 @@ class Worker:
         except ConfigurationError as exc:
             log.error("guardian: %s", exc)
             return 2
-        server = grpc.aio.server(options=[
-            ("grpc.so_reuseport", 1 if opts.workers > 1 else 0),
-            ("grpc.max_concurrent_streams", 1000),
-        ])
+        # --- native data plane hook (issue 14): --engine native swaps the server ---
+        if opts.engine == "native":
+            from .._native_server import native_server
+
+            server = native_server(opts, self.state, self.health)
+            if server is None:
+                return 2
+        else:
+            server = grpc.aio.server(options=[
+                ("grpc.so_reuseport", 1 if opts.workers > 1 else 0),
+                ("grpc.max_concurrent_streams", 1000),
+            ])
+        # --- end hook ---
         guardian_pb2_grpc.add_RateLimiterServicer_to_server(RateLimiterService(self.state), server)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(self.state), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

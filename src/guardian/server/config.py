@@ -29,6 +29,7 @@ ENV = {
     "response_headers": "GUARDIAN_RESPONSE_HEADERS",
     "grace": "GUARDIAN_GRACE",
     "batched": "GUARDIAN_BATCHED",
+    "engine": "GUARDIAN_ENGINE",  # native data plane hook (issue 14)
 }
 
 
@@ -54,6 +55,8 @@ class ServeOptions:
     grace: float = 3.0
     #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
     batched: bool = False
+    #: "grpcio", or "native" (experimental: guardian._native, docs/native.md). Native data plane hook.
+    engine: str = "grpcio"
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -104,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="with --redis-url: reserve tokens from Redis in leases and answer checks from "
                          "them locally; unused tokens go back at exit (env GUARDIAN_BATCHED)")
     g3.add_argument("--no-batched", dest="batched", action="store_const", const=False)
+    # --- native data plane hook (issue 14) ---
+    a("--engine", choices=("grpcio", "native"),
+      help="grpcio (default), or native: the hot RPCs answered in C over libnghttp2, "
+           "experimental, see docs/native.md (env GUARDIAN_ENGINE)")
 
 
 _CONVERT = {
@@ -131,6 +138,8 @@ def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, s
     if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SystemExit(f"guardian serve: unknown log level {opts.log_level!r}")
     opts.log_level = opts.log_level.upper()
+    if opts.engine not in ("grpcio", "native"):  # native data plane hook
+        raise SystemExit(f"guardian serve: --engine must be grpcio or native, got {opts.engine!r}")
     if opts.batched and not opts.redis_url:
         raise SystemExit("guardian serve: --batched needs --redis-url (leases are reserved from Redis)")
     return opts

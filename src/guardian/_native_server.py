@@ -1,0 +1,455 @@
+"""``guardian serve --engine native`` (experimental): the data plane of
+guardian._native in place of grpc.aio's server.
+
+It offers the part of grpc.aio.Server that guardian.server.app uses
+(``add_generic_rpc_handlers``, ``add_registered_method_handlers``,
+``add_insecure_port``, ``start``, ``stop``), so the services register
+with it exactly as with grpcio. The C thread answers CheckLimit,
+CheckLimits, ShouldRateLimit and health Check from a compiled form of the
+policy in force; every call it does not answer itself (other methods, error
+cases, Redis backends, descriptor overrides, rules it cannot compile) comes
+here as a job and is answered by the registered Python handler on this
+event loop, while the C thread keeps serving other streams. Streaming
+methods (reflection, health Watch) answer UNIMPLEMENTED.
+
+This module belongs to the server layer (it imports grpc and the server's
+policy and state); it lives beside the extension while the engine is
+experimental.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import grpc
+
+log = logging.getLogger("guardian.server")
+
+__all__ = ["NativeServer", "native_server", "build_plan", "available"]
+
+try:
+    from . import _native
+except ImportError as exc:  # not built: no libnghttp2 at build time, or a pure build
+    _native = None  # type: ignore[assignment]
+    _IMPORT_ERROR: Optional[BaseException] = exc
+else:
+    _IMPORT_ERROR = None
+
+#: Methods the C thread answers (the rest are handed to Python).
+NATIVE_METHODS = (
+    "/guardian.v1.RateLimiter/CheckLimit",
+    "/guardian.v1.RateLimiter/CheckLimits",
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    "/grpc.health.v1.Health/Check",
+)
+#: Fields of policy.Rule / Node / Domain the compiler knows; any other with a
+#: non-default value makes the rule (or domain) Python's.
+_RULE_FIELDS = {"path", "name", "unit", "requests_per_unit", "burst", "unlimited", "replaces",
+                "shadow_mode", "detailed_metric", "config"}
+_NODE_FIELDS = {"exact", "wildcards", "any_value", "rule", "path", "detailed"}
+_DOMAIN_FIELDS = {"name", "root"}
+
+
+def available() -> Tuple[bool, str]:
+    """Whether the native engine is built here, and why not."""
+    if _native is None:
+        return False, f"guardian._native is not built ({_IMPORT_ERROR}); build with libnghttp2-dev installed"
+    from . import _impl
+
+    if not _impl.USING_C:
+        return False, "the native engine needs the C core (guardian._core)"
+    return True, ""
+
+
+def _extras(obj: Any, known: set) -> bool:
+    """True when a dataclass carries a field the compiler does not know, set."""
+    for f in dataclasses.fields(obj):
+        if f.name in known:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else object())
+        if getattr(obj, f.name) != default:
+            return True
+    return False
+
+
+def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
+    """The policy in force as flat lists for guardian._native.CompiledPolicy."""
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    from .server import service_v1
+
+    unit_enum = rls_pb2.RateLimitResponse.RateLimit.Unit
+    tables: List[Any] = []
+    table_index: Dict[int, int] = {}
+
+    def table_of(bucket: Any) -> int:
+        if bucket is None or not bucket.local:
+            return -1
+        table = bucket.backend.table
+        if id(table) not in table_index:
+            table_index[id(table)] = len(tables)
+            tables.append(table)
+        return table_index[id(table)]
+
+    limits = [(name, table_of(bucket)) for name, (_rule, bucket) in state.limits.items()]
+    rules: List[Dict[str, Any]] = []
+    nodes: List[Any] = []
+    domains = []
+
+    def rule_of(rule: Any) -> int:
+        python = _extras(rule, _RULE_FIELDS) or rule.detailed_metric
+        table = -1
+        if rule.config is not None and not rule.unlimited:
+            table = table_of(state.rule_buckets.get(id(rule)))
+            python = python or table < 0
+        rules.append({
+            "table": table,
+            "emission_interval": rule.config.emission_interval if rule.config is not None else 0.0,
+            "rpu": rule.requests_per_unit if 0 <= rule.requests_per_unit < 2**32 else 0,
+            "window": rule.window,
+            "unit": unit_enum.Value(rule.unit.upper()),
+            "name": rule.name,
+            "unlimited": rule.unlimited,
+            "shadow": rule.shadow_mode,
+            "python": python or not 0 <= rule.requests_per_unit < 2**32,
+            "replaces": list(rule.replaces),
+            "metric": rule.name or rule.path,
+        })
+        return len(rules) - 1
+
+    class Unsupported(Exception):
+        pass
+
+    def node_of(node: Any) -> int:
+        if _extras(node, _NODE_FIELDS):
+            raise Unsupported
+        index = len(nodes)
+        nodes.append(None)
+        rule = rule_of(node.rule) if node.rule is not None else -1
+        exact = [(k, v, node_of(n)) for (k, v), n in node.exact.items()]
+        wild = []
+        for entry in node.wildcards:
+            if len(entry) != 3 or "*" in entry[1]:
+                raise Unsupported
+            wild.append((entry[0], entry[1], node_of(entry[2])))
+        anyv = [(k, "", node_of(n)) for k, n in node.any_value.items()]
+        nodes[index] = (rule, exact, wild, anyv)
+        return index
+
+    for name, domain in state.policy.domains.items():
+        mark = (len(nodes), len(rules))
+        try:
+            if _extras(domain, _DOMAIN_FIELDS):
+                raise Unsupported
+            root = node_of(domain.root)
+            domains.append((name, root, False))
+        except Unsupported:
+            del nodes[mark[0]:], rules[mark[1]:]
+            domains.append((name, -1, True))
+    return {
+        "tables": tables, "limits": limits, "rules": rules, "nodes": nodes, "domains": domains,
+        "python_all": bool(getattr(opts, "redis_url", None)),
+        "response_headers": bool(getattr(opts, "response_headers", False)),
+        "max_checks": int(getattr(service_v1, "MAX_CHECKS", 1024)),
+    }
+
+
+class _Abort(Exception):
+    def __init__(self, code: Any, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Context:
+    """The part of grpc.aio.ServicerContext guardian's services use."""
+
+    def __init__(self, metadata: Tuple[Tuple[str, str], ...], deadline_ns: int) -> None:
+        self._metadata = metadata
+        self._deadline_ns = deadline_ns
+        self.code: Any = None
+        self.details = ""
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = None) -> None:
+        raise _Abort(code, details)
+
+    def invocation_metadata(self) -> Tuple[Tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> Optional[float]:
+        if not self._deadline_ns:
+            return None
+        return max(self._deadline_ns - time.monotonic_ns(), 0) / 1e9
+
+    def set_code(self, code: Any) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def peer(self) -> str:
+        return "native"
+
+
+class _CallDetails:
+    def __init__(self, method: str, metadata: Any) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+class _HealthMirror(dict):  # type: ignore[type-arg]
+    """grpc_health's status table, mirrored into the C thread on every write."""
+
+    def __init__(self, initial: Dict[str, int], server: Any) -> None:
+        super().__init__()
+        self._server = server
+        for k, v in initial.items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: int) -> None:
+        super().__setitem__(key, value)
+        self._server.set_health(key, int(value))
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._server.set_health(key, -1)
+
+
+class NativeServer:
+    """A stand-in for grpc.aio.Server over guardian._native.Server."""
+
+    def __init__(self, opts: Any, state: Any, health: Any) -> None:
+        assert _native is not None
+        self.opts = opts
+        self.state = state
+        self.health = health
+        self.core = _native.Server()
+        self._registered: Dict[str, Any] = {}
+        self._generic: List[Any] = []
+        self._tasks: set = set()
+        self._seen: Dict[Tuple[int, int], Tuple[int, ...]] = {}
+        self._seen_local: Dict[int, int] = {}
+        self._seen_latency: Dict[str, List[float]] = {}
+        self._policies: List[Any] = []  # the current one and replaced ones not yet folded
+        self._ticker: Optional["asyncio.Task[Any]"] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._closed = False
+        # Reloads: State.install builds the buckets, then this compiles and swaps.
+        install = state.install
+
+        def install_and_compile(policy: Any) -> None:
+            install(policy)
+            if self._loop is not None and not self._closed:
+                self._compile()
+
+        state.install = install_and_compile
+        snapshot = state.stats.snapshot
+
+        def snapshot_with_native() -> Dict[str, Any]:
+            self._fold()
+            return snapshot()
+
+        state.stats.snapshot = snapshot_with_native
+
+    # --- grpc.aio.Server's surface ----------------------------------------
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Dict[str, Any]) -> None:
+        for method, handler in handlers.items():
+            self._registered[f"/{service}/{method}"] = handler
+
+    def add_insecure_port(self, address: str) -> int:
+        try:
+            sock, port = _listen(address, self.opts.workers > 1)
+        except OSError as exc:
+            raise RuntimeError(f"Failed to bind to address {address}: {exc}") from exc
+        self.core.add_listener(sock.detach())
+        return port
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._compile()
+        self.health._server_status = _HealthMirror(dict(self.health._server_status), self.core)
+        self.core.start()
+        self._loop.add_reader(self.core.python_fd, self._on_jobs)
+        self._ticker = asyncio.ensure_future(self._tick())
+        log.warning("guardian: the native engine is experimental (docs/native.md): %s answered in C, "
+                    "other calls by Python", ", ".join(m.rsplit("/", 1)[1] for m in NATIVE_METHODS))
+
+    async def stop(self, grace: Optional[float]) -> None:
+        if self._closed:
+            return
+        self.core.drain(grace or 0.0)
+        while not self.core.finished:
+            await asyncio.sleep(0.02)
+        self._closed = True
+        assert self._loop is not None
+        self._loop.remove_reader(self.core.python_fd)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fold()
+        self.core.close()
+
+    # --- the policy and the counters ----------------------------------------
+
+    def _compile(self) -> None:
+        assert _native is not None
+        compiled = _native.CompiledPolicy(build_plan(self.state, self.opts))
+        self.core.install(compiled)
+        self._policies.append(compiled)
+
+    def _fold(self) -> None:
+        """Adds what the C thread counted since the last fold to the worker's
+        Stats (so /metrics reads native and Python counts as one)."""
+        stats = self.state.stats
+        retired = {id(p) for p in self.core.retire()}
+        keep = []
+        for p in self._policies:
+            local, rows = p.counts()
+            key = id(p)
+            stats.local += local - self._seen_local.get(key, 0)
+            self._seen_local[key] = local
+            for i, (metric, *counts) in enumerate(rows):
+                before = self._seen.get((key, i), (0, 0, 0, 0))
+                for result, now, then in zip(("allowed", "denied", "shadow_denied", "unlimited"), counts, before):
+                    if now != then:
+                        stats.count(metric, result, now - then)
+                self._seen[(key, i)] = tuple(counts)
+            if key in retired:
+                self._seen_local.pop(key, None)
+                for i in range(len(rows)):
+                    self._seen.pop((key, i), None)
+            else:
+                keep.append(p)
+        self._policies = keep
+        for op, (buckets, total) in self.core.stats()["latency"].items():
+            if op == "health_check":
+                continue
+            before = self._seen_latency.get(op)
+            now = [float(b) for b in buckets] + [total]
+            delta = [a - b for a, b in zip(now, before)] if before else now
+            self._seen_latency[op] = now
+            if any(delta):
+                h = stats.latency.setdefault(op, [0.0] * len(now))
+                for i, d in enumerate(delta):
+                    h[i] += d
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self._fold()
+
+    # --- calls handed to Python --------------------------------------------
+
+    def _on_jobs(self) -> None:
+        try:
+            os.read(self.core.python_fd, 8)
+        except BlockingIOError:
+            pass
+        for job in self.core.take_jobs():
+            task = asyncio.ensure_future(self._answer(*job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _handler(self, path: str, metadata: Any) -> Any:
+        handler = self._registered.get(path)
+        if handler is None:
+            details = _CallDetails(path, metadata)
+            for generic in self._generic:
+                handler = generic.service(details)
+                if handler is not None:
+                    break
+        return handler
+
+    async def _answer(self, job: int, path: str, payload: bytes, metadata: Any, deadline_ns: int) -> None:
+        try:
+            status, message, response = await self._call(path, payload, metadata, deadline_ns)
+        except asyncio.CancelledError:
+            status, message, response = grpc.StatusCode.UNAVAILABLE.value[0], "server stopping", b""
+            self.core.complete(job, status, message, response)
+            raise
+        self.core.complete(job, status, message, response)
+
+    async def _call(self, path: str, payload: bytes, metadata: Any, deadline_ns: int) -> Tuple[int, str, bytes]:
+        handler = self._handler(path, metadata)
+        if handler is None or handler.unary_unary is None:
+            if handler is None:
+                return grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", b""
+            return (grpc.StatusCode.UNIMPLEMENTED.value[0],
+                    "streaming methods are not served by the native engine (use --engine grpcio)", b"")
+        try:
+            request = handler.request_deserializer(payload) if handler.request_deserializer else payload
+        except Exception:  # noqa: BLE001 - as grpcio answers
+            return grpc.StatusCode.INTERNAL.value[0], "Exception deserializing request!", b""
+        context = _Context(metadata, deadline_ns)
+        try:
+            call = handler.unary_unary(request, context)
+            if asyncio.iscoroutine(call):
+                remaining = context.time_remaining()
+                call = await (asyncio.wait_for(call, remaining) if remaining is not None else call)
+            response = call
+        except _Abort as a:
+            return a.code.value[0], a.details, b""
+        except asyncio.TimeoutError:
+            return grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded", b""
+        except Exception as exc:  # noqa: BLE001 - as grpcio answers an exception in a handler
+            log.exception("guardian: unexpected error in %s", path)
+            return grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}", b""
+        if context.code is not None and context.code != grpc.StatusCode.OK:
+            return context.code.value[0], context.details, b""
+        try:
+            data = handler.response_serializer(response) if handler.response_serializer else response
+        except Exception:  # noqa: BLE001
+            return grpc.StatusCode.INTERNAL.value[0], "Failed to serialize response!", b""
+        return 0, "", data
+
+
+def _listen(address: str, reuse_port: bool) -> Tuple[socket.socket, int]:
+    if address.startswith("unix:"):
+        path = address[5:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)  # a stale socket file, as grpcio replaces it
+            sock.bind(path)
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        return sock, 0
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock, sock.getsockname()[1]
+
+
+def native_server(opts: Any, state: Any, health: Any) -> Optional[NativeServer]:
+    """The native server for a worker, or None (logged) when it cannot run here."""
+    ok, why = available()
+    if not ok:
+        log.error("guardian: --engine native: %s", why)
+        return None
+    return NativeServer(opts, state, health)
