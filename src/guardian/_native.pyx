@@ -1,4 +1,5 @@
 # cython: language_level=3, embedsignature=True
+# (setup.py builds with wraparound off: no negative indexing in this file)
 """guardian's native data plane (experimental): a gRPC server in C over
 libnghttp2 on its own thread, answering CheckLimit, CheckLimits,
 ShouldRateLimit and health Check from a compiled policy and the core's
@@ -148,6 +149,7 @@ cdef extern from "_dataplane/server.h" nogil:
     int gs_python_fd(g_server *s)
     g_job *gs_take_jobs(g_server *s)
     void gs_job_free(g_job *j)
+    uint32_t gs_take_cancels(g_server *s, uint64_t *out, uint32_t max)
     void gs_complete(g_server *s, g_job *j)
     void gs_set_health(g_server *s, const char *name, size_t n, int status)
     void gs_drain(g_server *s, uint32_t grace_ms)
@@ -231,8 +233,9 @@ cdef class CompiledPolicy:
         p.ntables = len(self.tables)
         if p.api == NULL:
             from guardian._core import Table
-            self.tables.append(Table(1, 1, 1, slots=2))  # only to reach the API
-            p.api = _api_of(self.tables[-1])
+            spare = Table(1, 1, 1, slots=8)  # only to reach the API
+            self.tables.append(spare)
+            p.api = _api_of(spare)
         for i, (name, table) in enumerate(limits):
             p.limits[i].name = _cstr(name.encode(), &p.limits[i].name_len)
             p.limits[i].table = table
@@ -331,12 +334,19 @@ cdef class Server:
         self.retired = []
 
     def add_listener(self, int fd):
+        self._open()
         if gs_add_listener(self.s, fd) != 0:
             raise OSError(f"guardian: cannot listen on fd {fd} natively")
 
     def start(self):
+        self._open()
         if gs_start(self.s) != 0:
             raise OSError("guardian: cannot start the native data plane thread")
+
+    cdef int _open(self) except -1:
+        if self.s == NULL:
+            raise ValueError("the native server is closed")
+        return 0
 
     @property
     def python_fd(self):
@@ -344,6 +354,7 @@ cdef class Server:
         return gs_python_fd(self.s)
 
     def install(self, CompiledPolicy policy):
+        self._open()
         """Swaps the policy in at once; the old one is freed once the
         data plane thread cannot be reading it (see retire)."""
         policy.installed = True
@@ -355,6 +366,8 @@ cdef class Server:
     def retire(self):
         """Frees replaced policies the thread has moved past; returns them
         (their counters are still readable until they are dropped)."""
+        if self.s == NULL:
+            return []
         cdef uint64_t loops = gs_loops(self.s)
         done = [p for at, p in self.retired if loops > at or gs_finished(self.s)]
         self.retired = [(at, p) for at, p in self.retired if not (loops > at or gs_finished(self.s))]
@@ -363,6 +376,7 @@ cdef class Server:
         return done
 
     def take_jobs(self):
+        self._open()
         """[(id, path, payload, metadata, deadline_ns)] handed to Python."""
         cdef uint64_t v
         cdef g_job *j = gs_take_jobs(self.s)
@@ -383,11 +397,24 @@ cdef class Server:
             j = nxt
         return out
 
+    def take_cancels(self):
+        """Ids of taken jobs whose call ended before Python answered."""
+        cdef uint64_t ids[256]
+        cdef uint32_t n
+        out = []
+        if self.s == NULL:
+            return out
+        while True:
+            n = gs_take_cancels(self.s, ids, 256)
+            out.extend(ids[i] for i in range(n))
+            if n < 256:
+                return out
+
     def complete(self, uint64_t job_id, int status, str message, bytes response):
         """Python's answer to a job (status 0 with the serialized response,
         or a gRPC status code and message)."""
         addr = self.jobs.pop(job_id, None)
-        if addr is None:
+        if addr is None or self.s == NULL:
             return
         cdef g_job *j = <g_job *><size_t>addr
         cdef bytes m = message.encode("utf-8")
@@ -406,18 +433,22 @@ cdef class Server:
         gs_complete(self.s, j)
 
     def set_health(self, str name, int status):
+        self._open()
         b = name.encode("utf-8")
         gs_set_health(self.s, b, len(b), status)
 
     def drain(self, double grace):
+        self._open()
         gs_drain(self.s, <uint32_t>max(grace * 1000, 0))
 
     @property
     def finished(self):
-        return bool(gs_finished(self.s))
+        return self.s == NULL or bool(gs_finished(self.s))
 
     def stats(self):
         cdef gs_stats st
+        if self.s == NULL:
+            raise ValueError("the native server is closed")
         gs_read_stats(self.s, &st)
         return {
             "calls": {METHODS[i]: st.calls[i] for i in range(4)},

@@ -222,8 +222,10 @@ class _HealthMirror(dict):  # type: ignore[type-arg]
         self._server.set_health(key, -1)
 
 
-class NativeServer:
-    """A stand-in for grpc.aio.Server over guardian._native.Server."""
+class NativeServer(grpc.aio.Server):  # type: ignore[misc]
+    """A stand-in for grpc.aio.Server over guardian._native.Server (a
+    subclass, so that services registering an asyncio servicer for an aio
+    server, like reflection, do so here too)."""
 
     def __init__(self, opts: Any, state: Any, health: Any) -> None:
         assert _native is not None
@@ -233,7 +235,7 @@ class NativeServer:
         self.core = _native.Server()
         self._registered: Dict[str, Any] = {}
         self._generic: List[Any] = []
-        self._tasks: set = set()
+        self._tasks: Dict[int, "asyncio.Task[Any]"] = {}
         self._seen: Dict[Tuple[int, int], Tuple[int, ...]] = {}
         self._seen_local: Dict[int, int] = {}
         self._seen_latency: Dict[str, List[float]] = {}
@@ -275,6 +277,14 @@ class NativeServer:
         self.core.add_listener(sock.detach())
         return port
 
+    def add_secure_port(self, address: str, server_credentials: Any) -> int:
+        raise RuntimeError("the native engine serves plaintext HTTP/2 only (a sidecar on loopback)")
+
+    async def wait_for_termination(self, timeout: Optional[float] = None) -> bool:
+        while not self.core.finished:
+            await asyncio.sleep(0.05)
+        return True
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._compile()
@@ -291,15 +301,16 @@ class NativeServer:
         self.core.drain(grace or 0.0)
         while not self.core.finished:
             await asyncio.sleep(0.02)
-        self._closed = True
         assert self._loop is not None
         self._loop.remove_reader(self.core.python_fd)
         if self._ticker is not None:
             self._ticker.cancel()
-        for task in list(self._tasks):
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._fold()
+        self._closed = True
         self.core.close()
 
     # --- the policy and the counters ----------------------------------------
@@ -315,6 +326,7 @@ class NativeServer:
         Stats (so /metrics reads native and Python counts as one)."""
         stats = self.state.stats
         retired = {id(p) for p in self.core.retire()}
+        latency = self.core.stats()["latency"] if not self._closed else {}
         keep = []
         for p in self._policies:
             local, rows = p.counts()
@@ -334,7 +346,7 @@ class NativeServer:
             else:
                 keep.append(p)
         self._policies = keep
-        for op, (buckets, total) in self.core.stats()["latency"].items():
+        for op, (buckets, total) in latency.items():
             if op == "health_check":
                 continue
             before = self._seen_latency.get(op)
@@ -360,8 +372,12 @@ class NativeServer:
             pass
         for job in self.core.take_jobs():
             task = asyncio.ensure_future(self._answer(*job))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[job[0]] = task
+            task.add_done_callback(lambda _t, j=job[0]: self._tasks.pop(j, None))
+        for job_id in self.core.take_cancels():
+            task = self._tasks.get(job_id)
+            if task is not None:
+                task.cancel()  # the client is gone or its deadline passed
 
     def _handler(self, path: str, metadata: Any) -> Any:
         handler = self._registered.get(path)
@@ -382,24 +398,30 @@ class NativeServer:
             raise
         self.core.complete(job, status, message, response)
 
-    async def _call(self, path: str, payload: bytes, metadata: Any, deadline_ns: int) -> Tuple[int, str, bytes]:
+    async def _call(self, path: str, body: bytes, metadata: Any, deadline_ns: int) -> Tuple[int, str, bytes]:
+        """(status, message, framed response messages) from the registered handler.
+        Streaming calls are buffered: every request message has arrived
+        (the client half-closed) before the handler runs, and its responses
+        leave when it returns; server-streaming methods are refused."""
         handler = self._handler(path, metadata)
-        if handler is None or handler.unary_unary is None:
-            if handler is None:
-                return grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", b""
+        if handler is None:
+            return grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!", b""
+        if handler.response_streaming and not handler.request_streaming:
             return (grpc.StatusCode.UNIMPLEMENTED.value[0],
-                    "streaming methods are not served by the native engine (use --engine grpcio)", b"")
+                    "server-streaming methods are not served by the native engine (use --engine grpcio)", b"")
         try:
-            request = handler.request_deserializer(payload) if handler.request_deserializer else payload
+            messages = _split(body)
+            decode = handler.request_deserializer or (lambda b: b)
+            requests = [decode(m) for m in messages]
         except Exception:  # noqa: BLE001 - as grpcio answers
             return grpc.StatusCode.INTERNAL.value[0], "Exception deserializing request!", b""
+        if not handler.request_streaming and len(requests) != 1:
+            return grpc.StatusCode.INTERNAL.value[0], "a unary call carries one message", b""
         context = _Context(metadata, deadline_ns)
         try:
-            call = handler.unary_unary(request, context)
-            if asyncio.iscoroutine(call):
-                remaining = context.time_remaining()
-                call = await (asyncio.wait_for(call, remaining) if remaining is not None else call)
-            response = call
+            run = self._run(handler, requests, context)
+            remaining = context.time_remaining()
+            responses = await (asyncio.wait_for(run, remaining) if remaining is not None else run)
         except _Abort as a:
             return a.code.value[0], a.details, b""
         except asyncio.TimeoutError:
@@ -410,10 +432,47 @@ class NativeServer:
         if context.code is not None and context.code != grpc.StatusCode.OK:
             return context.code.value[0], context.details, b""
         try:
-            data = handler.response_serializer(response) if handler.response_serializer else response
+            encode = handler.response_serializer or (lambda m: m)
+            return 0, "", b"".join(_frame(encode(r)) for r in responses)
         except Exception:  # noqa: BLE001
             return grpc.StatusCode.INTERNAL.value[0], "Failed to serialize response!", b""
-        return 0, "", data
+
+    @staticmethod
+    async def _run(handler: Any, requests: List[Any], context: _Context) -> List[Any]:
+        if not handler.request_streaming:
+            result = handler.unary_unary(requests[0], context)
+            return [await result if asyncio.iscoroutine(result) else result]
+
+        async def feed() -> Any:
+            for r in requests:
+                yield r
+
+        if handler.response_streaming:
+            out = []
+            gen = handler.stream_stream(feed(), context)
+            if hasattr(gen, "__aiter__"):
+                async for r in gen:
+                    out.append(r)
+            else:
+                for r in gen:
+                    out.append(r)
+            return out
+        result = handler.stream_unary(feed(), context)
+        return [await result if asyncio.iscoroutine(result) else result]
+
+
+def _split(body: bytes) -> List[bytes]:
+    """The messages of a request body (the C side checked the framing)."""
+    out, off = [], 0
+    while off < len(body):
+        n = int.from_bytes(body[off + 1:off + 5], "big")
+        out.append(body[off + 5:off + 5 + n])
+        off += 5 + n
+    return out
+
+
+def _frame(message: bytes) -> bytes:
+    return b"\0" + len(message).to_bytes(4, "big") + message
 
 
 def _listen(address: str, reuse_port: bool) -> Tuple[socket.socket, int]:

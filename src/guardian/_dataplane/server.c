@@ -99,6 +99,8 @@ struct g_server {
     /* jobs */
     pthread_mutex_t qlock;
     g_job *jobs_head, *jobs_tail, *done_head;
+    uint64_t *cancels; /* jobs whose stream closed before Python answered */
+    uint32_t ncancels, cap_cancels;
     uint32_t njobs; /* handed to Python and not yet completed */
     uint64_t next_job;
     pthread_mutex_t hlock;
@@ -130,6 +132,12 @@ static char *dup_n(const void *p, size_t n) {
         s[n] = 0;
     }
     return s;
+}
+
+static void wake(int fd) {
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r; /* an eventfd at its maximum is already awake */
 }
 
 /* --- responses ----------------------------------------------------------- */
@@ -299,18 +307,37 @@ static void on_request(g_stream *st) {
         respond_error(st, GRPC_UNIMPLEMENTED, "compressed messages are not accepted (grpc-accept-encoding: identity)", 200);
         return;
     }
+    if (st->method == M_OTHER) {
+        /* Python's: the whole body, once every frame is known to be whole
+         * and uncompressed (a streaming method may carry several). */
+        for (size_t off = 0; off < n;) {
+            if (n - off < 5) {
+                respond_error(st, GRPC_INTERNAL, "truncated gRPC message", 200);
+                return;
+            }
+            uint32_t l = ((uint32_t)b[off + 1] << 24) | ((uint32_t)b[off + 2] << 16) | ((uint32_t)b[off + 3] << 8) | b[off + 4];
+            if (b[off] == 1) st->compressed_bad = 1;
+            if (b[off] > 1 || (size_t)l > n - off - 5) {
+                respond_error(st, GRPC_INTERNAL, "truncated gRPC message", 200);
+                return;
+            }
+            off += 5 + (size_t)l;
+        }
+        if (st->compressed_bad) {
+            respond_error(st, GRPC_UNIMPLEMENTED, "compressed messages are not accepted (grpc-accept-encoding: identity)", 200);
+            return;
+        }
+        handoff(st, b, n);
+        return;
+    }
     if (b[0] != 0 || (size_t)len + 5 != n) {
         respond_error(st, GRPC_INTERNAL, (size_t)len + 5 > n ? "truncated gRPC message" : "a unary call carries one message", 200);
         return;
     }
     const uint8_t *msg = b + 5;
-    if (st->method == M_OTHER) {
-        handoff(st, msg, len);
-        return;
-    }
     g_policy *p = __atomic_load_n(&s->policy, __ATOMIC_ACQUIRE);
     if (!p && st->method != M_HEALTH) {
-        handoff(st, msg, len);
+        handoff(st, b, n);
         return;
     }
     buf_init(&st->resp);
@@ -362,7 +389,7 @@ static void on_request(g_stream *st) {
     }
     if (rc == G_HANDOFF) {
         buf_free(&st->resp);
-        handoff(st, msg, len);
+        handoff(st, b, n);
         return;
     }
     if (rc == G_NOMEM || st->resp.failed) {
@@ -377,12 +404,6 @@ static void on_request(g_stream *st) {
 }
 
 /* --- handoff to Python --------------------------------------------------- */
-
-static void wake(int fd) {
-    uint64_t one = 1;
-    ssize_t r = write(fd, &one, sizeof one);
-    (void)r; /* an eventfd at its maximum is already awake */
-}
 
 static void handoff(g_stream *st, const uint8_t *msg, size_t n) {
     g_server *s = st->conn->srv;
@@ -430,6 +451,16 @@ static void handoff(g_stream *st, const uint8_t *msg, size_t n) {
     s->jobs_tail = j;
     pthread_mutex_unlock(&s->qlock);
     wake(s->py_fd);
+}
+
+uint32_t gs_take_cancels(g_server *s, uint64_t *out, uint32_t max) {
+    pthread_mutex_lock(&s->qlock);
+    uint32_t n = s->ncancels < max ? s->ncancels : max;
+    memcpy(out, s->cancels, n * sizeof *out);
+    memmove(s->cancels, s->cancels + n, (s->ncancels - n) * sizeof *out);
+    s->ncancels -= n;
+    pthread_mutex_unlock(&s->qlock);
+    return n;
 }
 
 g_job *gs_take_jobs(g_server *s) {
@@ -481,12 +512,11 @@ static void run_completions(g_server *s) {
         g_stream *st = c ? nghttp2_session_get_stream_user_data(c->h2, j->stream_id) : NULL;
         if (st && st->job == j->id && !st->responded) {
             if (j->status == GRPC_OK) {
+                /* already framed by Python: zero or more messages */
                 buf_init(&st->resp);
-                buf_reserve(&st->resp, j->response_len + 5);
+                buf_reserve(&st->resp, j->response_len + 1);
                 if (!st->resp.failed) {
-                    st->resp.n = 5;
                     buf_bytes(&st->resp, j->response, j->response_len);
-                    finish_message(st, 0);
                     respond_ok(st);
                 } else {
                     respond_error(st, GRPC_RESOURCE_EXHAUSTED, "out of memory", 200);
@@ -503,8 +533,25 @@ static void run_completions(g_server *s) {
 
 /* --- nghttp2 callbacks --------------------------------------------------- */
 
+static void cancel_job(g_server *s, uint64_t id) {
+    pthread_mutex_lock(&s->qlock);
+    if (s->ncancels == s->cap_cancels) {
+        uint32_t cap = s->cap_cancels ? s->cap_cancels * 2 : 64;
+        uint64_t *m = realloc(s->cancels, cap * sizeof *m);
+        if (m) {
+            s->cancels = m;
+            s->cap_cancels = cap;
+        }
+    }
+    /* bounded by the jobs in flight (max_jobs): each job is cancelled once */
+    if (s->ncancels < s->cap_cancels) s->cancels[s->ncancels++] = id;
+    pthread_mutex_unlock(&s->qlock);
+    wake(s->py_fd);
+}
+
 static void stream_free(g_stream *st) {
     g_conn *c = st->conn;
+    if (st->handed && !st->responded) cancel_job(c->srv, st->job);
     if (st->prev) st->prev->next = st->next;
     else c->streams = st->next;
     if (st->next) st->next->prev = st->prev;
@@ -787,6 +834,7 @@ static void sweep(g_server *s, int64_t now) {
         int touched = 0;
         for (g_stream *st = c->streams; st; st = st->next) {
             if (st->deadline_ns && !st->responded && now > st->deadline_ns) {
+                if (st->handed) cancel_job(s, st->job);
                 respond_error(st, GRPC_DEADLINE_EXCEEDED, "Deadline Exceeded", 200);
                 touched = 1;
             }
@@ -980,6 +1028,7 @@ void gs_free(g_server *s) {
     pthread_mutex_destroy(&s->qlock);
     pthread_mutex_destroy(&s->hlock);
     free(s->by_fd);
+    free(s->cancels);
     free(s);
 }
 

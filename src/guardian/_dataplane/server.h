@@ -52,7 +52,12 @@ int gs_python_fd(g_server *s);
 /* Jobs for Python, oldest first (the caller frees them with gs_job_free). */
 g_job *gs_take_jobs(g_server *s);
 void gs_job_free(g_job *j);
-/* Python's answer to a job: takes ownership of j (its answer fields set). */
+/* Ids of jobs whose call ended (client cancel, connection closed) before
+ * Python answered: Python stops working on them. */
+uint32_t gs_take_cancels(g_server *s, uint64_t *out, uint32_t max);
+/* Python's answer to a job: takes ownership of j (its answer fields set;
+ * the response already framed as gRPC messages). A job's payload is the
+ * request body as received: framed, uncompressed messages. */
 void gs_complete(g_server *s, g_job *j);
 void gs_set_health(g_server *s, const char *name, size_t n, int status); /* status < 0: remove */
 /* Stops accepting, sends GOAWAY, and ends the thread when no call is open
