@@ -479,7 +479,7 @@ cdef class Server:
 
 # --- the decoders, exposed for the differential tests ---------------------
 
-def _s(g_str s):
+cdef str _s(g_str s):
     return (<const char *>s.p)[:s.n].decode("utf-8") if s.n else ""
 
 
