@@ -456,9 +456,11 @@ static void handoff(g_stream *st, const uint8_t *msg, size_t n) {
 uint32_t gs_take_cancels(g_server *s, uint64_t *out, uint32_t max) {
     pthread_mutex_lock(&s->qlock);
     uint32_t n = s->ncancels < max ? s->ncancels : max;
-    memcpy(out, s->cancels, n * sizeof *out);
-    memmove(s->cancels, s->cancels + n, (s->ncancels - n) * sizeof *out);
-    s->ncancels -= n;
+    if (n) {
+        memcpy(out, s->cancels, n * sizeof *out);
+        memmove(s->cancels, s->cancels + n, (s->ncancels - n) * sizeof *out);
+        s->ncancels -= n;
+    }
     pthread_mutex_unlock(&s->qlock);
     return n;
 }
