@@ -151,5 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     while (read(fds[1], sink, sizeof sink) > 0) {}
     if (srv->conns) conn_close(c);
     close(fds[1]);
+    /* every request byte is accounted for once its stream and job are gone */
+    if (srv->buffered != 0 || srv->njobs != 0) abort();
     return 0;
 }

@@ -57,6 +57,7 @@ descriptors:
 limits:
   default: {requests_per_unit: 10, unit: hour, burst: 6}
   small: {capacity: 2, refill_rate: 1, refill_interval: 3600}
+  big_v1: {capacity: 1000000, refill_rate: 1000000, refill_interval: 1}
 """
 
 
@@ -219,6 +220,17 @@ def test_oversized_message_is_resource_exhausted(native: Sidecar) -> None:
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         # the connection still serves
         assert pb_grpc.RateLimiterStub(ch).CheckLimit(pb.CheckLimitRequest(key="after")).allowed
+
+
+def test_request_bytes_are_returned_to_the_budget(native: Sidecar) -> None:
+    """The server holds at most 64 MiB of request bytes at once: 100 MiB of
+    answered calls in a row must all be served (each call's bytes go back)."""
+    keys = [f"{i:04d}" + "k" * 3500 for i in range(1000)]  # ~3.5 MB a call, below the 4 MiB message cap
+    request = pb.CheckLimitsRequest(checks=[pb.CheckLimitRequest(key=k, limit="big_v1") for k in keys])
+    with grpc.insecure_channel(native.target) as ch:
+        stub = pb_grpc.RateLimiterStub(ch)
+        for _ in range(30):
+            assert len(stub.CheckLimits(request, timeout=30).results) == 1000
 
 
 def _frame(message: bytes) -> bytes:

@@ -268,6 +268,12 @@ static void finish_message(g_stream *st, size_t mark) {
     p[4] = (uint8_t)len;
 }
 
+/* Frees a stream's request bytes and takes them off the server's budget. */
+static void body_release(g_stream *st) {
+    st->conn->srv->buffered -= st->body.n;
+    buf_free(&st->body);
+}
+
 static void observe(g_server *s, int m, int64_t t0) {
     int64_t dt = now_ns() - t0;
     double sec = (double)dt / 1e9;
@@ -398,7 +404,7 @@ static void on_request(g_stream *st) {
         return;
     }
     finish_message(st, mark);
-    buf_free(&st->body);
+    body_release(st);
     respond_ok(st);
     observe(s, st->method, t0);
 }
@@ -438,8 +444,7 @@ static void handoff(g_stream *st, const uint8_t *msg, size_t n) {
     if (n) memcpy(j->payload, msg, n);
     j->payload_len = n;
     /* the body's bytes move into the job: they stay counted until it completes */
-    s->buffered -= st->body.n;
-    buf_free(&st->body);
+    body_release(st);
     s->buffered += n;
     st->handed = 1;
     st->job = j->id;
@@ -558,8 +563,7 @@ static void stream_free(g_stream *st) {
     else c->streams = st->next;
     if (st->next) st->next->prev = st->prev;
     c->nstreams--;
-    c->srv->buffered -= st->body.n;
-    buf_free(&st->body);
+    body_release(st);
     buf_free(&st->headers);
     buf_free(&st->resp);
     free(st->path);
@@ -625,22 +629,20 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t
     if (st->body.n + len > (size_t)s->o.max_message + 5) {
         char m[128];
         snprintf(m, sizeof m, "received message larger than max (%zu vs. %u)", st->body.n + len - 5, s->o.max_message);
-        s->buffered -= st->body.n;
-        buf_free(&st->body);
+        body_release(st);
         respond_error(st, GRPC_RESOURCE_EXHAUSTED, m, 200);
         return 0;
     }
     if (s->buffered + len > s->o.max_buffered) {
-        s->buffered -= st->body.n;
-        buf_free(&st->body);
+        body_release(st);
         respond_error(st, GRPC_RESOURCE_EXHAUSTED, "server is holding too many request bytes", 200);
         return 0;
     }
     size_t before = st->body.n;
     buf_bytes(&st->body, data, len);
     if (st->body.failed) {
-        buf_free(&st->body);
-        s->buffered -= before;
+        st->body.n = before;
+        body_release(st);
         respond_error(st, GRPC_RESOURCE_EXHAUSTED, "out of memory", 200);
         return 0;
     }
