@@ -484,7 +484,7 @@ def native_main(argv: List[str]) -> int:
         c0, t0 = _cpu_seconds(proc.pid), time.monotonic()
         r = h2load_url(url, body, a.seconds, a.connections, a.streams, pin, grpc_call)
         r["server_cpu"] = (_cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
-        one = h2load_url(url, body, max(a.seconds / 2, 1.0), 1, 1, pin, grpc_call)
+        one = h2load_url(url, body, max(round(a.seconds / 2), 1), 1, 1, pin, grpc_call)
         r["p50_1"] = one["p50"]
         rows.append((label, kind, r))
 

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 
@@ -33,13 +33,13 @@ log = logging.getLogger("guardian.server")
 
 __all__ = ["NativeServer", "native_server", "build_plan", "available"]
 
+_native: Any
+_IMPORT_ERROR: Optional[BaseException] = None
 try:
-    from . import _native
+    from . import _native  # type: ignore[no-redef,attr-defined,unused-ignore]
 except ImportError as exc:  # not built: no libnghttp2 at build time, or a pure build
-    _native = None  # type: ignore[assignment]
-    _IMPORT_ERROR: Optional[BaseException] = exc
-else:
-    _IMPORT_ERROR = None
+    _native = None
+    _IMPORT_ERROR = exc
 
 #: Methods the C thread answers (the rest are handed to Python).
 NATIVE_METHODS = (
@@ -67,7 +67,7 @@ def available() -> Tuple[bool, str]:
     return True, ""
 
 
-def _extras(obj: Any, known: set) -> bool:
+def _extras(obj: Any, known: Set[str]) -> bool:
     """True when a dataclass carries a field the compiler does not know, set."""
     for f in dataclasses.fields(obj):
         if f.name in known:
@@ -256,7 +256,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
 
         def snapshot_with_native() -> Dict[str, Any]:
             self._fold()
-            return snapshot()
+            snap: Dict[str, Any] = snapshot()
+            return snap
 
         state.stats.snapshot = snapshot_with_native
 
@@ -349,12 +350,12 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         for op, (buckets, total) in latency.items():
             if op == "health_check":
                 continue
-            before = self._seen_latency.get(op)
-            now = [float(b) for b in buckets] + [total]
-            delta = [a - b for a, b in zip(now, before)] if before else now
-            self._seen_latency[op] = now
+            last = self._seen_latency.get(op)
+            current = [float(b) for b in buckets] + [total]
+            delta = [a - b for a, b in zip(current, last)] if last else current
+            self._seen_latency[op] = current
             if any(delta):
-                h = stats.latency.setdefault(op, [0.0] * len(now))
+                h = stats.latency.setdefault(op, [0.0] * len(current))
                 for i, d in enumerate(delta):
                     h[i] += d
 
@@ -373,11 +374,17 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         for job in self.core.take_jobs():
             task = asyncio.ensure_future(self._answer(*job))
             self._tasks[job[0]] = task
-            task.add_done_callback(lambda _t, j=job[0]: self._tasks.pop(j, None))
+            task.add_done_callback(self._forget(job[0]))
         for job_id in self.core.take_cancels():
-            task = self._tasks.get(job_id)
-            if task is not None:
-                task.cancel()  # the client is gone or its deadline passed
+            running = self._tasks.get(job_id)
+            if running is not None:
+                running.cancel()  # the client is gone or its deadline passed
+
+    def _forget(self, job: int) -> Any:
+        def forget(_task: "asyncio.Task[Any]") -> None:
+            self._tasks.pop(job, None)
+
+        return forget
 
     def _handler(self, path: str, metadata: Any) -> Any:
         handler = self._registered.get(path)
