@@ -3,7 +3,7 @@
 """guardian's native data plane (experimental): a gRPC server in C over
 libnghttp2 on its own thread, answering CheckLimit, CheckLimits,
 ShouldRateLimit and health Check from a compiled policy and the core's
-tables, and handing every other call to Python (guardian._native_server).
+tables, and handing every other call to Python (guardian.server.native).
 
 This module is the thin boundary: it turns a plan built in Python into the
 C structs of _dataplane/policy.h and moves jobs between the C queues and
@@ -192,7 +192,7 @@ cdef char *_cstr(bytes b, uint32_t *n) except? NULL:
 
 
 cdef class CompiledPolicy:
-    """A plan (see guardian._native_server.build_plan) as C structs. Holds
+    """A plan (see guardian.server.native.build_plan) as C structs. Holds
     the Table objects the structs point to for as long as it lives."""
 
     cdef g_policy *p
@@ -310,7 +310,7 @@ cdef extern from *:
 
 cdef class Server:
     """One data plane thread. Python creates the listening sockets and
-    answers the jobs; see guardian._native_server for the lifecycle."""
+    answers the jobs; see guardian.server.native for the lifecycle."""
 
     cdef g_server *s
     cdef dict jobs          # id -> <size_t>g_job*, taken and not yet completed

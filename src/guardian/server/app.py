@@ -92,7 +92,7 @@ class Worker:
             return 2
         # --- native data plane hook (issue 14): --engine native swaps the server ---
         if opts.engine == "native":
-            from .._native_server import native_server
+            from .native import native_server
 
             server = native_server(opts, self.state, self.health)
             if server is None:

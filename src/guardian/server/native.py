@@ -12,9 +12,8 @@ here as a job and is answered by the registered Python handler on this
 event loop, while the C thread keeps serving other streams. Streaming
 methods (reflection, health Watch) answer UNIMPLEMENTED.
 
-This module belongs to the server layer (it imports grpc and the server's
-policy and state); it lives beside the extension while the engine is
-experimental.
+A module of its own beside the server's (app.py imports it only for
+``--engine native``), so the grpcio engine never loads the extension.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ __all__ = ["NativeServer", "native_server", "build_plan", "available"]
 _native: Any
 _IMPORT_ERROR: Optional[BaseException] = None
 try:
-    from . import _native  # type: ignore[no-redef,attr-defined,unused-ignore]
+    from .. import _native  # type: ignore[no-redef,attr-defined,unused-ignore]
 except ImportError as exc:  # not built: no libnghttp2 at build time, or a pure build
     _native = None
     _IMPORT_ERROR = exc
@@ -60,7 +59,7 @@ def available() -> Tuple[bool, str]:
     """Whether the native engine is built here, and why not."""
     if _native is None:
         return False, f"guardian._native is not built ({_IMPORT_ERROR}); build with libnghttp2-dev installed"
-    from . import _impl
+    from .. import _impl
 
     if not _impl.USING_C:
         return False, "the native engine needs the C core (guardian._core)"
@@ -83,7 +82,7 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     """The policy in force as flat lists for guardian._native.CompiledPolicy."""
     from envoy.service.ratelimit.v3 import rls_pb2
 
-    from .server import service_v1
+    from . import service_v1
 
     unit_enum = rls_pb2.RateLimitResponse.RateLimit.Unit
     tables: List[Any] = []
