@@ -86,7 +86,7 @@ static g_server *srv;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!srv) {
-        gs_options o = {100, 1 << 16, 1 << 20, 64, 16, 0};
+        gs_options o = {100, 1 << 16, 1 << 20, 64, 16, 50, 0};
         srv = gs_new(&o);
         gs_swap_policy(srv, make_policy());
         gs_set_health(srv, "", 0, 1);
@@ -152,6 +152,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (srv->conns) conn_close(c);
     close(fds[1]);
     /* every request byte is accounted for once its stream and job are gone */
-    if (srv->buffered != 0 || srv->njobs != 0) abort();
+    if (srv->buffered != 0 || srv->njobs != 0 || srv->nstreams != 0) abort();
     return 0;
 }

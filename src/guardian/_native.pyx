@@ -122,6 +122,7 @@ cdef extern from "_dataplane/server.h" nogil:
         uint64_t max_buffered
         uint32_t max_jobs
         uint32_t max_connections
+        uint32_t max_streams
         uint32_t keepalive_ms
     ctypedef struct g_job:
         uint64_t id
@@ -319,13 +320,14 @@ cdef class Server:
 
     def __cinit__(self, int max_concurrent_streams=1000, int max_message=4 * 1024 * 1024,
                   long long max_buffered=64 * 1024 * 1024, int max_jobs=4096,
-                  int max_connections=10000, int keepalive_ms=0):
+                  int max_connections=10000, int max_streams=65536, int keepalive_ms=0):
         cdef gs_options o
         o.max_concurrent_streams = max_concurrent_streams
         o.max_message = max_message
         o.max_buffered = max_buffered
         o.max_jobs = max_jobs
         o.max_connections = max_connections
+        o.max_streams = max_streams
         o.keepalive_ms = keepalive_ms
         self.s = gs_new(&o)
         if self.s == NULL:

@@ -27,7 +27,8 @@
 #define MAX_ENTRIES 1024
 #define MAX_HEADER_BYTES (16 * 1024)
 #define READ_CHUNK (64 * 1024)
-#define OUT_HIGH_WATER (1 << 20) /* stop reading a connection whose peer does not read */
+#define OUT_HIGH_WATER (256 * 1024) /* stop reading a connection whose peer does not read */
+#define ACCEPT_PAUSE_NS (100 * 1000000LL) /* out of file descriptors: stop accepting this long */
 #define TICK_MS 50
 
 enum {
@@ -95,7 +96,9 @@ struct g_server {
     int by_fd_cap;
     uint64_t next_serial;
     uint32_t nconns;
-    uint64_t buffered; /* request bytes and payloads of jobs in flight */
+    uint64_t buffered; /* request bytes (bodies, kept headers) of streams and jobs in flight */
+    uint32_t nstreams; /* open streams, all connections */
+    int64_t accept_paused_until; /* 0: accepting */
     /* jobs */
     pthread_mutex_t qlock;
     g_job *jobs_head, *jobs_tail, *done_head;
@@ -437,6 +440,7 @@ static void handoff(g_stream *st, const uint8_t *msg, size_t n) {
     buf_init(&st->headers);
     j->deadline_ns = st->deadline_ns;
     if (!j->payload || !j->path) {
+        s->buffered -= j->headers_len;
         gs_job_free(j);
         respond_error(st, GRPC_RESOURCE_EXHAUSTED, "out of memory", 200);
         return;
@@ -514,7 +518,7 @@ static void run_completions(g_server *s) {
         pthread_mutex_lock(&s->qlock);
         s->njobs--;
         pthread_mutex_unlock(&s->qlock);
-        s->buffered -= j->payload_len;
+        s->buffered -= j->payload_len + j->headers_len;
         g_conn *c = conn_of(s, j->fd, j->serial);
         g_stream *st = c ? nghttp2_session_get_stream_user_data(c->h2, j->stream_id) : NULL;
         if (st && st->job == j->id && !st->responded) {
@@ -563,7 +567,9 @@ static void stream_free(g_stream *st) {
     else c->streams = st->next;
     if (st->next) st->next->prev = st->prev;
     c->nstreams--;
+    c->srv->nstreams--;
     body_release(st);
+    c->srv->buffered -= st->headers.n;
     buf_free(&st->headers);
     buf_free(&st->resp);
     free(st->path);
@@ -574,6 +580,11 @@ static void stream_free(g_stream *st) {
 static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *f, void *user) {
     g_conn *c = user;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    if (c->srv->nstreams >= c->srv->o.max_streams) {
+        /* the whole server holds its maximum: the client may retry this one */
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
     g_stream *st = calloc(1, sizeof *st);
     if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
     st->id = f->hd.stream_id;
@@ -583,6 +594,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *f, void *u
     if (c->streams) c->streams->prev = st;
     c->streams = st;
     c->nstreams++;
+    c->srv->nstreams++;
     nghttp2_session_set_stream_user_data(h2, st->id, st);
     return 0;
 }
@@ -611,11 +623,16 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
         int64_t t = parse_timeout(value, vlen);
         if (t >= 0) st->deadline_ns = now_ns() + t;
     } else if (nlen > 0 && name[0] != ':') {
-        /* kept for a call handed to Python (its metadata) */
+        /* kept for a call handed to Python (its metadata), on the byte budget */
+        g_server *s = st->conn->srv;
+        if (s->buffered + nlen + vlen + 2 > s->o.max_buffered) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        size_t before = st->headers.n;
         buf_bytes(&st->headers, name, nlen);
         buf_bytes(&st->headers, "", 1);
         buf_bytes(&st->headers, value, vlen);
         buf_bytes(&st->headers, "", 1);
+        if (st->headers.failed) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        s->buffered += st->headers.n - before;
     }
     return 0;
 }
@@ -774,7 +791,14 @@ static void conn_read(g_conn *c) {
 static void conn_accept(g_server *s, int lfd) {
     for (int k = 0; k < 64; k++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* a level-triggered listener would wake us at once, forever: pause it */
+                for (int i = 0; i < s->nlisteners; i++) epoll_ctl(s->ep, EPOLL_CTL_DEL, s->listeners[i], NULL);
+                s->accept_paused_until = now_ns() + ACCEPT_PAUSE_NS;
+            }
+            return;
+        }
         if (s->draining || s->nconns >= s->o.max_connections) {
             close(fd);
             continue;
@@ -832,7 +856,20 @@ static void conn_accept(g_server *s, int lfd) {
 
 /* --- the loop --------------------------------------------------------------- */
 
+static void listen_all(g_server *s) {
+    for (int i = 0; i < s->nlisteners; i++) {
+        struct epoll_event ev = {0};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &s->listeners[i];
+        epoll_ctl(s->ep, EPOLL_CTL_ADD, s->listeners[i], &ev);
+    }
+}
+
 static void sweep(g_server *s, int64_t now) {
+    if (s->accept_paused_until && now > s->accept_paused_until && !s->drain_started) {
+        s->accept_paused_until = 0;
+        listen_all(s);
+    }
     for (g_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         int touched = 0;

@@ -17,6 +17,7 @@ typedef struct {
     uint64_t max_buffered;      /* request and job bytes held at once, whole server */
     uint32_t max_jobs;          /* calls waiting for Python at once */
     uint32_t max_connections;
+    uint32_t max_streams;       /* open streams, whole server (REFUSED_STREAM beyond) */
     uint32_t keepalive_ms;      /* PING an idle connection this often; 0: never */
 } gs_options;
 
