@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from native_engine import native_module
-from sidecar import Sidecar, counter, write
+from sidecar import Sidecar, counter, wait_until, write
 
 from guardian.v1 import guardian_pb2 as pb
 from guardian.v1 import guardian_pb2_grpc as pb_grpc
@@ -30,33 +30,35 @@ native_module()
 pytestmark = pytest.mark.grpc
 
 POLICY = """
+# Slow refills (a token per hours or days): the two engines see each request
+# a millisecond apart, and a refill must not fall between them.
 domain: web
 descriptors:
   - key: path
     value: /login
-    rate_limit: {unit: hour, requests_per_unit: 5, name: login}
+    rate_limit: {unit: week, requests_per_unit: 5, name: login}
   - key: path
     value: /api*
-    rate_limit: {unit: hour, requests_per_unit: 4}
+    rate_limit: {unit: week, requests_per_unit: 4}
   - key: user
-    rate_limit: {unit: hour, requests_per_unit: 3, name: per_user}
+    rate_limit: {unit: week, requests_per_unit: 3, name: per_user}
     descriptors:
       - key: vip
         rate_limit: {unlimited: true, replaces: [{name: per_user}]}
       - key: tier
         value: free
-        rate_limit: {unit: day, requests_per_unit: 2}
+        rate_limit: {unit: week, requests_per_unit: 2}
   - key: blocked
     rate_limit: {unit: minute, requests_per_unit: 0}
   - key: shadow
     shadow_mode: true
-    rate_limit: {unit: hour, requests_per_unit: 1}
+    rate_limit: {unit: week, requests_per_unit: 1}
   - key: big
-    rate_limit: {unit: second, requests_per_unit: 1000, burst: 2}
+    rate_limit: {unit: year, requests_per_unit: 1000, burst: 2}
 ---
 limits:
-  default: {requests_per_unit: 10, unit: hour, burst: 6}
-  small: {capacity: 2, refill_rate: 1, refill_interval: 3600}
+  default: {requests_per_unit: 10, unit: day, burst: 6}
+  small: {capacity: 2, refill_rate: 1, refill_interval: 86400}
   big_v1: {capacity: 1000000, refill_rate: 1000000, refill_interval: 1}
 """
 
@@ -279,6 +281,9 @@ async def test_asyncio_client(native: Sidecar) -> None:
 def test_two_workers_many_connections_admit_exactly_the_bucket(tmp_path: Path) -> None:
     policy = write(tmp_path / "p.yaml", "limits:\n  one: {capacity: 300, refill_rate: 1, refill_interval: 86400}\n")
     s = Sidecar(tmp_path, "--config", policy, "--engine", "native", "--workers", "2").start()
+    # both workers serving (the kernel spreads the connections over them), and both
+    # past their start, so that SIGTERM at the end finds their handlers installed
+    wait_until(lambda: s.log().count("serving gRPC") == 2, 30, "both workers")
     allowed: List[int] = []
     lock = threading.Lock()
 
@@ -301,4 +306,4 @@ def test_two_workers_many_connections_admit_exactly_the_bucket(tmp_path: Path) -
     finally:
         code, _ = s.stop()
     assert sum(allowed) == 300
-    assert code == 0
+    assert code == 0, s.log()
