@@ -89,9 +89,16 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     table_index: Dict[int, int] = {}
 
     def table_of(bucket: Any) -> int:
-        if bucket is None or not bucket.local:
+        """The index of a bucket's core table, or -1 when its checks are Python's:
+        anything but an in-process core table (Redis, batched leases, the twin)."""
+        backend = getattr(bucket, "backend", None)
+        table = getattr(backend, "table", None)
+        if table is None or not hasattr(table, "_native_api") or getattr(backend, "does_io", False):
             return -1
-        table = bucket.backend.table
+        try:
+            table._native_api()
+        except ValueError:  # an injected clock: only Python can read it
+            return -1
         if id(table) not in table_index:
             table_index[id(table)] = len(tables)
             tables.append(table)
