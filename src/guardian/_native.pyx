@@ -107,6 +107,7 @@ cdef extern from "_dataplane/policy.h":
         g_domain *domains
         uint32_t ndomains
         int python_all
+        int rls_python
         int response_headers
         uint32_t max_checks
         g_policy_counts counts
@@ -214,6 +215,7 @@ cdef class CompiledPolicy:
         self.tables = list(plan["tables"])
         self.metrics = []
         p.python_all = bool(plan["python_all"])
+        p.rls_python = bool(plan.get("rls_python", False))
         p.response_headers = bool(plan["response_headers"])
         p.max_checks = plan["max_checks"]
         p.tables = <g_table_ref *>calloc(max(len(self.tables), 1), sizeof(g_table_ref))

@@ -32,3 +32,16 @@ def test_unknown_engine_is_refused() -> None:
     out = subprocess.run([sys.executable, "-m", "guardian", "serve", "--engine", "rust"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "invalid choice: 'rust'" in out.stderr
+
+
+def test_the_native_engine_was_checked_against_the_python_services_in_this_tree() -> None:
+    """The C code answers as service_rls.py / service_v1.py / policy.py do.
+    When those change, the native engine sends their calls to Python (safe,
+    slow) until someone runs tests/integration/test_native_engine.py (both
+    engines, same requests), adapts _dataplane/policy.c if it fails, and
+    records the new digests in guardian.server.native.CHECKED_AGAINST."""
+    from guardian.server.native import CHECKED_AGAINST, python_digests
+
+    assert python_digests() == CHECKED_AGAINST, (
+        "the Python services changed since the native engine was checked against them: "
+        "see this test's docstring; the digests now are " + repr(python_digests()))

@@ -214,7 +214,8 @@ static void put_header(g_buf *out, const char *key, const char *value) {
 #define MAX_DESCRIPTORS 64
 
 int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
-    if (p->python_all || q->domain.n == 0 || q->ndescs == 0 || q->ndescs > MAX_DESCRIPTORS) return G_HANDOFF;
+    if (p->python_all || p->rls_python || q->domain.n == 0 || q->ndescs == 0 || q->ndescs > MAX_DESCRIPTORS)
+        return G_HANDOFF;
     const g_domain *dom = NULL;
     for (uint32_t i = 0; i < p->ndomains; i++)
         if (eq(p->domains[i].name, p->domains[i].name_len, q->domain.p, q->domain.n)) dom = &p->domains[i];

@@ -80,6 +80,7 @@ typedef struct g_policy {
     g_domain *domains;
     uint32_t ndomains;
     int python_all;        /* every request to Python (e.g. a Redis backend) */
+    int rls_python;        /* every ShouldRateLimit to Python */
     int response_headers;  /* --response-headers */
     uint32_t max_checks;   /* CheckLimits above this go to Python (its caps apply) */
     g_policy_counts counts;

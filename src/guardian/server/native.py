@@ -66,6 +66,41 @@ def available() -> Tuple[bool, str]:
     return True, ""
 
 
+#: sha256 (first 16 hex digits) of the Python code whose answers the C code
+#: reproduces, as it was when the native engine was checked against it
+#: (tests/integration/test_native_engine.py compares the two engines). When
+#: that code changes, its calls go to Python until the C side is checked
+#: again and these are updated (tests/unit/test_native_build.py says which).
+CHECKED_AGAINST = {
+    "rls": "c64efd3f98355125",
+    "v1": "be7c97aef53c9952",
+}
+
+
+def python_digests() -> Dict[str, str]:
+    """The digests of CHECKED_AGAINST for the code installed now."""
+    import hashlib
+    import inspect
+
+    from . import policy, service_rls, service_v1
+
+    parts: Dict[str, List[Any]] = {
+        "rls": [service_rls.RateLimitService, policy.Node, policy.Domain, policy.Rule, policy._bucket],
+        "v1": [service_v1.RateLimiterService.CheckLimit, service_v1.RateLimiterService.CheckLimits,
+               service_v1.RateLimiterService._bucket],
+    }
+    out = {}
+    for name, objs in parts.items():
+        h = hashlib.sha256()
+        for obj in objs:
+            try:
+                h.update(inspect.getsource(obj).encode())
+            except (OSError, TypeError):  # no source installed: never matches
+                h.update(b"\0no source")
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
 def _extras(obj: Any, known: Set[str]) -> bool:
     """True when a dataclass carries a field the compiler does not know, set."""
     for f in dataclasses.fields(obj):
@@ -104,7 +139,10 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
             tables.append(table)
         return table_index[id(table)]
 
-    limits = [(name, table_of(bucket)) for name, (_rule, bucket) in state.limits.items()]
+    current = python_digests()
+    v1_checked = current["v1"] == CHECKED_AGAINST["v1"]
+    rls_checked = current["rls"] == CHECKED_AGAINST["rls"]
+    limits = [(name, table_of(bucket) if v1_checked else -1) for name, (_rule, bucket) in state.limits.items()]
     rules: List[Dict[str, Any]] = []
     nodes: List[Any] = []
     domains = []
@@ -162,6 +200,8 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     return {
         "tables": tables, "limits": limits, "rules": rules, "nodes": nodes, "domains": domains,
         "python_all": bool(getattr(opts, "redis_url", None)),
+        "rls_python": not rls_checked,
+        "checked": {"v1": v1_checked, "rls": rls_checked},
         "response_headers": bool(getattr(opts, "response_headers", False)),
         "max_checks": int(getattr(service_v1, "MAX_CHECKS", 1024)),
     }
@@ -249,6 +289,7 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self._ticker: Optional["asyncio.Task[Any]"] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
+        self._warned: Set[str] = set()
         # Reloads: State.install builds the buckets, then this compiles and swaps.
         install = state.install
 
@@ -323,8 +364,24 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
     # --- the policy and the counters ----------------------------------------
 
     def _compile(self) -> None:
+        """Compiles the policy in force and swaps it in. Should that fail, every
+        call goes to Python: the C side must never go on with an old policy."""
         assert _native is not None
-        compiled = _native.CompiledPolicy(build_plan(self.state, self.opts))
+        try:
+            plan = build_plan(self.state, self.opts)
+            compiled = _native.CompiledPolicy(plan)
+        except Exception:  # noqa: BLE001 - any failure: Python answers everything
+            log.exception("guardian: cannot compile the policy for the native engine; "
+                          "every call is answered by Python")
+            plan = {"tables": [], "limits": [], "rules": [], "nodes": [], "domains": [], "python_all": True,
+                    "response_headers": False, "max_checks": 0}
+            compiled = _native.CompiledPolicy(plan)
+        for part, checked in plan.get("checked", {}).items():
+            if not checked and part not in self._warned:
+                self._warned.add(part)
+                log.warning("guardian: the Python %s code changed since the native engine was checked against "
+                            "it (guardian.server.native.CHECKED_AGAINST): its calls are answered by Python",
+                            "Envoy RLS" if part == "rls" else "guardian.v1")
         self.core.install(compiled)
         self._policies.append(compiled)
 
