@@ -4,6 +4,8 @@ native`` refuses to start with the reason, and grpcio stays the default."""
 from __future__ import annotations
 
 import os
+
+import pytest
 import subprocess
 import sys
 
@@ -45,3 +47,18 @@ def test_the_native_engine_was_checked_against_the_python_services_in_this_tree(
     assert python_digests() == CHECKED_AGAINST, (
         "the Python services changed since the native engine was checked against them: "
         "see this test's docstring; the digests now are " + repr(python_digests()))
+
+
+def test_changed_python_code_sends_its_calls_to_python(monkeypatch: "pytest.MonkeyPatch") -> None:
+    from guardian.server import native
+    from guardian.server.config import ServeOptions
+    from guardian.server.state import State
+
+    state = State(ServeOptions(), None)
+    state.load()  # the built-in policy: guardian.v1's "default"
+    plan = native.build_plan(state, state.opts)
+    assert [t for _, t in plan["limits"]] == [0] and not plan["rls_python"]
+    monkeypatch.setitem(native.CHECKED_AGAINST, "v1", "0" * 16)
+    monkeypatch.setitem(native.CHECKED_AGAINST, "rls", "0" * 16)
+    plan = native.build_plan(state, state.opts)
+    assert [t for _, t in plan["limits"]] == [-1] and plan["rls_python"]
