@@ -322,7 +322,7 @@ cdef class Server:
 
     def __cinit__(self, int max_concurrent_streams=1000, int max_message=4 * 1024 * 1024,
                   long long max_buffered=64 * 1024 * 1024, int max_jobs=4096,
-                  int max_connections=10000, int max_streams=65536, int keepalive_ms=0):
+                  int max_connections=4096, int max_streams=65536, int keepalive_ms=0):
         cdef gs_options o
         o.max_concurrent_streams = max_concurrent_streams
         o.max_message = max_message
@@ -465,15 +465,16 @@ cdef class Server:
     def close(self):
         """Joins the thread (draining with no grace if still running)."""
         if self.s != NULL:
-            for addr in self.jobs.values():
-                gs_job_free(<g_job *><size_t>addr)
-            self.jobs.clear()
+            if self.jobs:  # (None when the GC cleared it first)
+                for addr in self.jobs.values():
+                    gs_job_free(<g_job *><size_t>addr)
+                self.jobs.clear()
             with nogil:
                 gs_free(self.s)
             self.s = NULL
             if self.current is not None:
                 self.current.installed = False
-            for at, p in self.retired:
+            for at, p in self.retired or ():
                 (<CompiledPolicy>p).installed = False
             self.retired = []
 

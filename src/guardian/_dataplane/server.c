@@ -27,7 +27,7 @@
 #define MAX_ENTRIES 1024
 #define MAX_HEADER_BYTES (16 * 1024)
 #define READ_CHUNK (64 * 1024)
-#define OUT_HIGH_WATER (256 * 1024) /* stop reading a connection whose peer does not read */
+#define OUT_HIGH_WATER (64 * 1024) /* stop reading a connection whose peer does not read */
 #define ACCEPT_PAUSE_NS (100 * 1000000LL) /* out of file descriptors: stop accepting this long */
 #define TICK_MS 50
 
