@@ -187,6 +187,17 @@ def test_native_checks_are_counted_in_metrics(tmp_path: Path, policy: str) -> No
         s.stop()
 
 
+def test_native_and_python_paths_share_one_bucket(native: Sidecar) -> None:
+    """CheckLimit is answered in C, GetUsage and ResetLimit by Python: one table."""
+    with grpc.insecure_channel(native.target) as ch:
+        stub = pb_grpc.RateLimiterStub(ch)
+        for _ in range(3):
+            assert stub.CheckLimit(pb.CheckLimitRequest(key="shared-bucket", limit="default")).allowed
+        assert stub.GetUsage(pb.GetUsageRequest(key="shared-bucket", limit="default")).used == 3
+        stub.ResetLimit(pb.ResetLimitRequest(key="shared-bucket", limit="default"))
+        assert stub.CheckLimit(pb.CheckLimitRequest(key="shared-bucket", limit="default")).remaining == 5
+
+
 # --- gRPC semantics -------------------------------------------------------------
 
 
