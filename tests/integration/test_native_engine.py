@@ -246,6 +246,35 @@ def test_request_bytes_are_returned_to_the_budget(native: Sidecar) -> None:
             assert len(stub.CheckLimits(request, timeout=30).results) == 1000
 
 
+def test_hostile_connections_do_not_stop_the_others(native: Sidecar) -> None:
+    """Garbage, a half preface, a flood of PINGs, streams never finished and a
+    peer that never reads: the next client is still answered."""
+    import os
+    import socket
+
+    host, port = native.target.rsplit(":", 1)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0"  # + empty SETTINGS
+    ping = b"\0\0\x08\x06\0\0\0\0\0" + b"12345678"
+    # HEADERS (stream 1, END_HEADERS, no END_STREAM): literal :method POST, :path /x, :scheme http
+    headers_block = b"\x83\x44\x02/x\x86"
+    open_stream = len(headers_block).to_bytes(3, "big") + b"\x01\x04\0\0\0\x01" + headers_block
+    payloads = [os.urandom(512), preface[:10], preface + ping * 2000, preface + open_stream]
+    socks = []
+    try:
+        for p in payloads * 5:
+            s = socket.create_connection((host, int(port)))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            s.sendall(p)
+            socks.append(s)
+        with grpc.insecure_channel(native.target) as ch:
+            r = pb_grpc.RateLimiterStub(ch).CheckLimit(pb.CheckLimitRequest(key="after-hostile", limit="big_v1"),
+                                                       timeout=10)
+        assert r.allowed
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _frame(message: bytes) -> bytes:
     return b"\0" + struct.pack(">I", len(message)) + message
 
