@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True
-# (setup.py builds with wraparound off: no negative indexing in this file)
+# (no negative indexing in this file: a build may turn wraparound off)
 """guardian's native data plane (experimental): a gRPC server in C over
 libnghttp2 on its own thread, answering CheckLimit, CheckLimits,
 ShouldRateLimit and health Check from a compiled policy and the core's
