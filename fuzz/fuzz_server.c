@@ -64,9 +64,15 @@ static g_policy *make_policy(void) {
     p->nnodes = 5;
     p->nodes = calloc(5, sizeof *p->nodes);
     for (int i = 0; i < 5; i++) p->nodes[i].rule = i == 0 ? -1 : i - 1;
-    p->nodes[0].nexact = 1;
-    p->nodes[0].exact = calloc(1, sizeof(g_edge));
+    /* k=v, and k=v0..k=v11 (enough exact values for a hash index) */
+    p->nodes[0].nexact = 13;
+    p->nodes[0].exact = calloc(13, sizeof(g_edge));
     p->nodes[0].exact[0] = (g_edge){s("k"), s("v"), 1, 1, 1};
+    for (int i = 1; i < 13; i++) {
+        char v[8];
+        snprintf(v, sizeof v, "v%d", i - 1);
+        p->nodes[0].exact[i] = (g_edge){s("k"), s(v), 1, (uint32_t)strlen(v), 1 + i % 4};
+    }
     p->nodes[0].nwild = 1;
     p->nodes[0].wild = calloc(1, sizeof(g_edge));
     p->nodes[0].wild[0] = (g_edge){s("k"), s("w"), 1, 1, 2};
@@ -79,6 +85,7 @@ static g_policy *make_policy(void) {
     p->ndomains = 1;
     p->domains = calloc(1, sizeof *p->domains);
     p->domains[0] = (g_domain){s("d"), 1, 0, 0};
+    if (policy_index(p) != 0) abort();
     return p;
 }
 

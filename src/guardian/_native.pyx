@@ -113,6 +113,7 @@ cdef extern from "_dataplane/policy.h":
         g_policy_counts counts
         const g_core_api *api
     void policy_free(g_policy *p)
+    int policy_index(g_policy *p)
 
 cdef extern from "_dataplane/server.h" nogil:
     ctypedef struct g_server:
@@ -274,6 +275,8 @@ cdef class CompiledPolicy:
             p.domains[i].root = root
             p.domains[i].python = python
             p.ndomains = i + 1
+        if policy_index(p) != 0:
+            raise MemoryError()
 
     cdef g_edge *_edges(self, list edges, uint32_t *count) except? NULL:
         cdef g_edge *out = <g_edge *>calloc(max(len(edges), 1), sizeof(g_edge))

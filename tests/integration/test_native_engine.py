@@ -198,6 +198,43 @@ def test_native_and_python_paths_share_one_bucket(native: Sidecar) -> None:
         assert stub.CheckLimit(pb.CheckLimitRequest(key="shared-bucket", limit="default")).remaining == 5
 
 
+def test_a_large_policy_answers_as_the_grpcio_engine(tmp_path: Path) -> None:
+    """Thousands of exact values, many domains and limits (hash-indexed in C)."""
+    lines = []
+    for d in range(12):
+        lines += [f"domain: d{d}", "descriptors:"]
+        for v in range(300 if d == 0 else 3):
+            lines += [f"  - key: tenant", f"    value: t{v}",
+                      f"    rate_limit: {{unit: week, requests_per_unit: {1 + v % 7}}}"]
+        lines.append("---")
+    lines.append("limits:")
+    lines += [f"  l{i}: {{capacity: {1 + i % 5}, refill_rate: 1, refill_interval: 86400}}" for i in range(40)]
+    policy = write(tmp_path / "big.yaml", "\n".join(lines) + "\n")
+    a = Sidecar(tmp_path, "--config", policy, "--engine", "grpcio").start()
+    b = Sidecar(tmp_path, "--config", policy, "--engine", "native").start()
+    try:
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            ra, rb = rls_pb2_grpc.RateLimitServiceStub(ca), rls_pb2_grpc.RateLimitServiceStub(cb)
+            va, vb = pb_grpc.RateLimiterStub(ca), pb_grpc.RateLimiterStub(cb)
+            for i in range(0, 600, 7):
+                req = {"domain": f"d{i % 13}", "descriptors": [{"entries": [("tenant", f"t{i % 310}")]}]}
+                x, y = _ask(ra, req), _ask(rb, req)
+                for s in x.get("statuses", []) + y.get("statuses", []):
+                    s.pop("durationUntilReset", None)
+                assert x == y, req
+                c = pb.CheckLimitRequest(key=f"k{i % 3}", limit=f"l{i % 41}")
+                try:
+                    p, q = va.CheckLimit(c), vb.CheckLimit(c)
+                    assert (p.allowed, p.remaining, p.limit) == (q.allowed, q.remaining, q.limit)
+                except grpc.RpcError as e:  # l40 is not a limit: both engines say so
+                    assert e.code() == grpc.StatusCode.NOT_FOUND
+                    with pytest.raises(grpc.RpcError):
+                        vb.CheckLimit(c)
+    finally:
+        a.stop()
+        b.stop()
+
+
 # --- gRPC semantics -------------------------------------------------------------
 
 

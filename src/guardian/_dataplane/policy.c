@@ -13,8 +13,100 @@
 #define UNLIMITED_REMAINING 0xffffffffu
 enum { CODE_OK = 1, CODE_OVER_LIMIT = 2 };
 
+/* --- indexes -------------------------------------------------------------- */
+
+#define INDEX_MIN 8 /* shorter lists are scanned */
+
+static uint64_t hash2(const void *a, size_t an, const void *b, size_t bn) {
+    /* FNV-1a over a, a separator, b: the keys are the operator's policy;
+     * a request only chooses where a probe starts. */
+    uint64_t h = 1469598103934665603ULL;
+    const uint8_t *x = a;
+    for (size_t i = 0; i < an; i++) h = (h ^ x[i]) * 1099511628211ULL;
+    h = (h ^ 0x1f) * 1099511628211ULL;
+    x = b;
+    for (size_t i = 0; i < bn; i++) h = (h ^ x[i]) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+typedef void (*item_fn)(const void *items, uint32_t i, g_str *a, g_str *b);
+
+static int index_build(g_index *ix, const void *items, uint32_t n, item_fn item) {
+    ix->slot = NULL;
+    ix->mask = 0;
+    if (n <= INDEX_MIN) return 0;
+    uint32_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    ix->slot = calloc(cap, sizeof *ix->slot);
+    if (!ix->slot) return -1;
+    ix->mask = cap - 1;
+    for (uint32_t i = 0; i < n; i++) {
+        g_str a, b;
+        item(items, i, &a, &b);
+        uint32_t k = (uint32_t)hash2(a.p, a.n, b.p, b.n) & ix->mask;
+        while (ix->slot[k]) k = (k + 1) & ix->mask;
+        ix->slot[k] = i + 1;
+    }
+    return 0;
+}
+
+static void edge_item(const void *items, uint32_t i, g_str *a, g_str *b) {
+    const g_edge *e = &((const g_edge *)items)[i];
+    a->p = (const uint8_t *)e->key;
+    a->n = e->key_len;
+    b->p = (const uint8_t *)e->value;
+    b->n = e->value_len;
+}
+
+static void limit_item(const void *items, uint32_t i, g_str *a, g_str *b) {
+    const g_limit *l = &((const g_limit *)items)[i];
+    a->p = (const uint8_t *)l->name;
+    a->n = l->name_len;
+    b->p = NULL;
+    b->n = 0;
+}
+
+static void domain_item(const void *items, uint32_t i, g_str *a, g_str *b) {
+    const g_domain *d = &((const g_domain *)items)[i];
+    a->p = (const uint8_t *)d->name;
+    a->n = d->name_len;
+    b->p = NULL;
+    b->n = 0;
+}
+
+int policy_index(g_policy *p) {
+    if (index_build(&p->limits_ix, p->limits, p->nlimits, limit_item) != 0) return -1;
+    if (index_build(&p->domains_ix, p->domains, p->ndomains, domain_item) != 0) return -1;
+    for (uint32_t i = 0; i < p->nnodes; i++)
+        if (index_build(&p->nodes[i].exact_ix, p->nodes[i].exact, p->nodes[i].nexact, edge_item) != 0) return -1;
+    return 0;
+}
+
+static int str_eq(g_str x, g_str y) { return x.n == y.n && (x.n == 0 || memcmp(x.p, y.p, x.n) == 0); }
+
+/* The item whose (a, b) equals the given pair: its index, or -1. */
+static int64_t index_find(const g_index *ix, const void *items, uint32_t n, item_fn item, g_str a, g_str b) {
+    if (!ix->slot) {
+        for (uint32_t i = 0; i < n; i++) {
+            g_str x, y;
+            item(items, i, &x, &y);
+            if (str_eq(x, a) && str_eq(y, b)) return i;
+        }
+        return -1;
+    }
+    uint32_t k = (uint32_t)hash2(a.p, a.n, b.p, b.n) & ix->mask;
+    for (; ix->slot[k]; k = (k + 1) & ix->mask) {
+        g_str x, y;
+        item(items, ix->slot[k] - 1, &x, &y);
+        if (str_eq(x, a) && str_eq(y, b)) return ix->slot[k] - 1;
+    }
+    return -1;
+}
+
 void policy_free(g_policy *p) {
     if (!p) return;
+    free(p->limits_ix.slot);
+    free(p->domains_ix.slot);
     for (uint32_t i = 0; i < p->nlimits; i++) free(p->limits[i].name);
     for (uint32_t i = 0; i < p->nrules; i++) {
         g_rule *r = &p->rules[i];
@@ -25,6 +117,7 @@ void policy_free(g_policy *p) {
     }
     for (uint32_t i = 0; i < p->nnodes; i++) {
         g_node *n = &p->nodes[i];
+        free(n->exact_ix.slot);
         g_edge *lists[3] = {n->exact, n->wild, n->any};
         uint32_t counts[3] = {n->nexact, n->nwild, n->nany};
         for (int l = 0; l < 3; l++) {
@@ -58,9 +151,9 @@ static const g_limit *find_limit(const g_policy *p, g_str name) {
         name.p = dflt;
         name.n = 7;
     }
-    for (uint32_t i = 0; i < p->nlimits; i++)
-        if (eq(p->limits[i].name, p->limits[i].name_len, name.p, name.n)) return &p->limits[i];
-    return NULL;
+    g_str none = {NULL, 0};
+    int64_t i = index_find(&p->limits_ix, p->limits, p->nlimits, limit_item, name, none);
+    return i < 0 ? NULL : &p->limits[i];
 }
 
 /* The table and cost of one check, or NULL when Python must answer it
@@ -137,7 +230,8 @@ static const g_edge *find_edge(const g_edge *edges, uint32_t n, const g_entry *e
 static int match(const g_policy *p, int root, const g_entry *entries, uint32_t n) {
     const g_node *node = &p->nodes[root];
     for (uint32_t i = 0; i < n; i++) {
-        const g_edge *x = find_edge(node->exact, node->nexact, &entries[i], 0);
+        int64_t ex = index_find(&node->exact_ix, node->exact, node->nexact, edge_item, entries[i].key, entries[i].value);
+        const g_edge *x = ex < 0 ? NULL : &node->exact[ex];
         if (!x) x = find_edge(node->wild, node->nwild, &entries[i], 1);
         if (!x) x = find_edge(node->any, node->nany, &entries[i], -1);
         if (!x) return -1;
@@ -216,9 +310,9 @@ static void put_header(g_buf *out, const char *key, const char *value) {
 int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
     if (p->python_all || p->rls_python || q->domain.n == 0 || q->ndescs == 0 || q->ndescs > MAX_DESCRIPTORS)
         return G_HANDOFF;
-    const g_domain *dom = NULL;
-    for (uint32_t i = 0; i < p->ndomains; i++)
-        if (eq(p->domains[i].name, p->domains[i].name_len, q->domain.p, q->domain.n)) dom = &p->domains[i];
+    g_str none = {NULL, 0};
+    int64_t di = index_find(&p->domains_ix, p->domains, p->ndomains, domain_item, q->domain, none);
+    const g_domain *dom = di < 0 ? NULL : &p->domains[di];
     if (dom && dom->python) return G_HANDOFF;
     int rules[MAX_DESCRIPTORS];
     /* 1. each descriptor's rule, before any bucket is touched */

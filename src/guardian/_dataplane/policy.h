@@ -14,6 +14,14 @@
 
 enum { G_DONE = 0, G_HANDOFF = 1, G_NOMEM = 2 };
 
+/* An open-addressing index over a list (slot: item index + 1, 0 empty), built
+ * for lists longer than a few items so that a policy of many thousands of
+ * values costs one hash per level, not a scan. */
+typedef struct {
+    uint32_t *slot;
+    uint32_t mask;
+} g_index;
+
 typedef struct {
     void *table; /* a guardian._core.Table (borrowed; the plan holds it), or NULL */
     int64_t capacity;
@@ -55,6 +63,7 @@ typedef struct {
     g_edge *exact, *wild, *any;
     uint32_t nexact, nwild, nany;
     int rule; /* -1: none */
+    g_index exact_ix;
 } g_node;
 
 typedef struct {
@@ -85,9 +94,12 @@ typedef struct g_policy {
     uint32_t max_checks;   /* CheckLimits above this go to Python (its caps apply) */
     g_policy_counts counts;
     const g_core_api *api;
+    g_index limits_ix, domains_ix;
 } g_policy;
 
 void policy_free(g_policy *p);
+/* Builds the indexes once the arrays are filled: 0, or -1 out of memory. */
+int policy_index(g_policy *p);
 
 /* Each evaluates one decoded request: G_DONE with the response message in
  * out, or G_HANDOFF, or G_NOMEM. */
