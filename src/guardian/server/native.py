@@ -72,8 +72,8 @@ def available() -> Tuple[bool, str]:
 #: that code changes, its calls go to Python until the C side is checked
 #: again and these are updated (tests/unit/test_native_build.py says which).
 CHECKED_AGAINST = {
-    "rls": "c64efd3f98355125",
-    "v1": "be7c97aef53c9952",
+    "rls": "f2976897e87a41ae",
+    "v1": "49ece77abb77ccf2",
 }
 
 
@@ -82,12 +82,14 @@ def python_digests() -> Dict[str, str]:
     import hashlib
     import inspect
 
-    from . import policy, service_rls, service_v1
+    from . import app, policy, service_rls, service_v1, state
 
+    # how a policy comes into force (install is wrapped to compile it): both
+    reload = [state.State, app.Worker._reload]
     parts: Dict[str, List[Any]] = {
-        "rls": [service_rls.RateLimitService, policy.Node, policy.Domain, policy.Rule, policy._bucket],
+        "rls": [service_rls.RateLimitService, policy.Node, policy.Domain, policy.Rule, policy._bucket, *reload],
         "v1": [service_v1.RateLimiterService.CheckLimit, service_v1.RateLimiterService.CheckLimits,
-               service_v1.RateLimiterService._bucket],
+               service_v1.RateLimiterService._bucket, *reload],
     }
     out = {}
     for name, objs in parts.items():
