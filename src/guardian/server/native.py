@@ -72,8 +72,8 @@ def available() -> Tuple[bool, str]:
 #: that code changes, its calls go to Python until the C side is checked
 #: again and these are updated (tests/unit/test_native_build.py says which).
 CHECKED_AGAINST = {
-    "rls": "f2976897e87a41ae",
-    "v1": "49ece77abb77ccf2",
+    "rls": "499a81e2b44e0d22",
+    "v1": "f9cac7a46cf45af0",
 }
 
 
@@ -82,10 +82,11 @@ def python_digests() -> Dict[str, str]:
     import hashlib
     import inspect
 
-    from . import app, policy, service_rls, service_v1, state
+    from . import policy, service_rls, service_v1, state
 
-    # how a policy comes into force (install is wrapped to compile it): both
-    reload = [state.State, app.Worker._reload]
+    # how a policy comes into force (install is wrapped to compile it): both.
+    # app.py imports this module, so its reload is read as text, not imported.
+    reload: List[Any] = [state.State, _source_of("app.py", "Worker", "_reload")]
     parts: Dict[str, List[Any]] = {
         "rls": [service_rls.RateLimitService, policy.Node, policy.Domain, policy.Rule, policy._bucket, *reload],
         "v1": [service_v1.RateLimiterService.CheckLimit, service_v1.RateLimiterService.CheckLimits,
@@ -96,11 +97,28 @@ def python_digests() -> Dict[str, str]:
         h = hashlib.sha256()
         for obj in objs:
             try:
-                h.update(inspect.getsource(obj).encode())
+                h.update(obj.encode() if isinstance(obj, str) else inspect.getsource(obj).encode())
             except (OSError, TypeError):  # no source installed: never matches
                 h.update(b"\0no source")
         out[name] = h.hexdigest()[:16]
     return out
+
+
+def _source_of(filename: str, cls: str, method: str) -> str:
+    """The source text of cls.method in this package's ``filename`` ("" if absent)."""
+    import ast
+    from pathlib import Path
+
+    try:
+        text = Path(__file__).with_name(filename).read_text()
+    except OSError:
+        return ""
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == method:
+                    return ast.get_source_segment(text, item) or ""
+    return ""
 
 
 def _extras(obj: Any, known: Set[str]) -> bool:
