@@ -401,15 +401,22 @@ cdef class Table:
     def usage(self, key):
         """Tokens in use: capacity minus the tokens available now."""
         cdef uint64_t h = self._hash(key)
-        return self._usage(h, self._now())
+        cdef int64_t stuck = 0
+        cdef int64_t used = self._usage(h, self._now(), &stuck)
+        if stuck:
+            self._stuck(stuck)
+        return used
 
-    cdef int64_t _usage(self, uint64_t h, int64_t now) noexcept nogil:
+    cdef int64_t _usage(self, uint64_t h, int64_t now, int64_t *stuck) noexcept nogil:
+        """Tokens in use; sets ``stuck`` to the holder of a lock that did
+        not come free within the bound (the caller raises, with the GIL)."""
         cdef int64_t tat
         cdef Py_ssize_t s = self._locate(h, &tat)
         if s == CONTENDED:
             s = self._locate_locked(h, &tat)
             if s == STUCK:
-                self._stuck(tat)
+                stuck[0] = tat
+                return 0
         if s < 0 or tat <= now:
             return 0
         return self.capacity - (self.tau - (tat - now)) // self.P
@@ -842,7 +849,8 @@ cdef struct NativeApi:
 cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
                       Decision *d) noexcept nogil:
     """One take, as check_result makes it: 0, or -1 past the tick horizon,
-    -2 for a bad key length, -3 for a cost outside 1..capacity."""
+    -2 for a bad key length, -3 for a cost outside 1..capacity, -4 when a
+    stripe lock stayed held past the bound (the caller hands it to Python)."""
     cdef uint64_t h
     cdef int64_t now
     if cost < 1 or cost > t.capacity:
@@ -852,6 +860,8 @@ cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
     if t._native_now(&now) != 0:
         return -1
     t._take(h, cost, now, d)
+    if d.stuck:
+        return -4  # a stuck stripe lock: the Python path decides, by the policy
     return 0
 
 
@@ -862,7 +872,10 @@ cdef int _native_usage(Table t, const unsigned char *key, size_t n, int64_t *use
         return -2
     if t._native_now(&now) != 0:
         return -1
-    used[0] = t._usage(h, now)
+    cdef int64_t stuck = 0
+    used[0] = t._usage(h, now, &stuck)
+    if stuck:
+        return -4  # as in _native_take
     return 0
 
 
