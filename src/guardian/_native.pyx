@@ -17,6 +17,8 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, strlen
 
 cdef extern from "_dataplane/core_api.h":
+    ctypedef struct g_decision:
+        pass
     ctypedef struct g_core_api:
         unsigned version
         unsigned decision_size
@@ -179,7 +181,7 @@ cdef const g_core_api *_api_of(object table) except NULL:
     if not PyCapsule_IsValid(capsule, b"guardian._core.native_api"):
         raise RuntimeError("guardian._core exported no native API capsule")
     cdef const g_core_api *api = <const g_core_api *>PyCapsule_GetPointer(capsule, b"guardian._core.native_api")
-    if api.version != G_CORE_API_VERSION or api.decision_size != 32:
+    if api.version != G_CORE_API_VERSION or api.decision_size != sizeof(g_decision):
         raise RuntimeError("guardian._core and guardian._native were built from different sources")
     return api
 

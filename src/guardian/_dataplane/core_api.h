@@ -14,6 +14,9 @@ typedef struct {
     int64_t remaining;
     int64_t retry_ticks;
     int64_t reset_ticks;
+    int64_t stuck;     /* 0, or the pid holding the key's stripe lock past the bound */
+    ptrdiff_t slot;    /* Py_ssize_t: the admission's slot (take_all undoes with it) */
+    int64_t before, after;
 } g_decision;
 
 typedef int (*g_take_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
