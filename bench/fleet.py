@@ -587,6 +587,12 @@ def sweep(quick: bool = False) -> List[Scenario]:
     for n in (1, 10, 50, 300):
         for b in ("plain", "batched"):
             out.append(replace(hot, backend=b, nodes=n, node_rate=1500.0 / n, rate=200.0, label="hotkey"))
+    # The 300-node row again: on a loaded machine one run is not enough.
+    for b in ("plain", "batched"):
+        out.append(replace(hot, backend=b, nodes=300, node_rate=5.0, rate=200.0, label="hotrepeat"))
+    # The same key with every node asking often: denied checks at fleet scale.
+    for b in ("plain", "batched"):
+        out.append(replace(hot, backend=b, nodes=100, node_rate=40.0, rate=200.0, label="storm"))
     # One key under its limit (2,400/s offered, 3,000/s allowed, burst 100)
     # across more nodes than its leases (at most 20 tokens) can be split into.
     for n in (20, 60, 300):

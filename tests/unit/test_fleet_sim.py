@@ -121,10 +121,11 @@ def test_model_plain_is_one_command_per_check() -> None:
 
 def test_model_batched_leases_follow_per_node_demand() -> None:
     params = fleet_model.Params(alpha=1.0, gamma=0.5)
-    # 100/s per node, 0.1 s of it: leases of 10, a tenth of a command per check.
-    assert fleet_model.predict(_traffic(), "batched", params).commands_per_s == pytest.approx(100.0)
-    # 5/s per node: leases of one, a plain check each.
-    assert fleet_model.predict(_traffic(node_rate=5.0), "batched", params).commands_per_s == pytest.approx(50.0)
+    # 100/s per node, 0.1 s of it: leases of 1 + 10, an eleventh of a command per check.
+    assert fleet_model.predict(_traffic(), "batched", params).commands_per_s == pytest.approx(1000 / 11)
+    # 0.5/s per node: leases of about one, nearly a plain check each.
+    rare = fleet_model.predict(_traffic(node_rate=0.5), "batched", params).commands_per_s
+    assert rare == pytest.approx(5.0 / 1.05)
     # Leases stop at max_share * C = 20.
     big = fleet_model.predict(_traffic(node_rate=1000.0), "batched", params)
     assert big.commands_per_s == pytest.approx(10 * 1000 / 20)
