@@ -93,7 +93,7 @@ class Scenario:
         return TokenBucketConfig(self.capacity, Fraction(self.rate).limit_denominator(10**6))
 
 
-# --- the traffic model and the allowance (pure; tests/unit/test_fleet.py) ----
+# --- the traffic model and the allowance (pure; tests/unit/test_fleet_model.py) ----
 
 
 def zipf_cumulative(keys: int, s: float) -> List[float]:
