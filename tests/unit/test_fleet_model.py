@@ -142,3 +142,24 @@ def test_model_key_over_its_limit_costs_more_with_more_nodes() -> None:
 def test_masters_needed() -> None:
     assert fleet_model.masters_needed(100_000, 1_000, usec_per_call=10.0) == (3, True)
     assert fleet_model.masters_needed(100_000, 60_000, usec_per_call=10.0) == (3, False)
+
+
+def _result(offered: list, admitted: list, arrivals: dict) -> dict:
+    return dict(offered=offered, admitted=admitted, arrivals=arrivals, latency_ns=[1000] * sum(offered),
+                local=0, errors=0, lagged=0, stats={}, hot=[], nodes_started=1, nodes_killed=0)
+
+
+def test_summary_counts_any_admission_above_the_allowance() -> None:
+    sc = fleet.Scenario(backend="plain", nodes=2, node_rate=1.0, keys=2, capacity=5, rate=10.0)
+    window_us = 1_000_000  # 1 s: at most 5 + 10 per key
+    ts = {0: [10**9 + i for i in range(20)], 1: [10**9] * 3}
+    deltas = [{"evalsha": 20}, {"evalsha": 3, "time": 2, "info": 1, "hello": 2}, {}]
+    ok = fleet.summarize(sc, [_result([12, 2], [10, 2], ts), _result([8, 1], [5, 1], {})], deltas, window_us,
+                         window_us)
+    assert ok["over"] == 0 and ok["admitted"] == 18 and ok["checks"] == 23
+    # HELLO (a new connection) is a command; TIME run by scripts and our INFO are not.
+    assert ok["commands"] == 25 and ok["script_calls"] == 23
+    assert ok["per_master"] == [20, 3, 0]
+    over = fleet.summarize(sc, [_result([12, 2], [11, 2], ts), _result([8, 1], [5, 1], {})], deltas, window_us,
+                           window_us)
+    assert over["over"] == 1 and over["over_keys"] == 1  # 16 > 5 + 10 on key 0
