@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from dataclasses import replace
@@ -21,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fleet_model import Params, fit, from_run, masters_needed, predict  # noqa: E402
+from fleet_model import Params, Traffic, fit, from_run, masters_needed, predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 Row = Dict[str, Any]
@@ -86,6 +85,34 @@ def tables(rows: List[Row], p: Params) -> str:
     usec = [r["usec_per_script"] for r in rows if r.get("usec_per_script")]
     if usec:
         out.append(f"Redis CPU per script call (commandstats usec/calls): median {statistics.median(usec):.1f} us.")
+    return "\n".join(out)
+
+
+#: Fleets beyond this machine, for the page's examples: (nodes, checks/s
+#: per node, keys, Zipf s, capacity, rate per second).
+EXAMPLES = [
+    (300, 100.0, 10_000, 1.1, 50, 100.0),
+    (300, 1000.0, 10_000, 1.1, 50, 100.0),
+    (500, 200.0, 100_000, 1.0, 100, 10.0),
+    (300, 1000.0, 100, 1.1, 1000, 1000.0),
+    (500, 40.0, 1, 1.0, 100, 200.0),
+]
+
+
+def examples(p: Params, usec_per_call: float) -> str:
+    out = [f"Model predictions (masters at 50% of a core, {usec_per_call:.0f} us per script call, imbalance 1.15):", "",
+           "| nodes × checks/s | keys, Zipf s | limit | plain cmds/s | batched cmds/s | admitted | "
+           "hottest key cmds/s plain / batched | masters plain / batched |",
+           "|---|---|---|---|---|---|---|---|"]
+    for n, d, k, s, c, r in EXAMPLES:
+        t = Traffic(n, d, k, s, c, r)
+        a, b = predict(t, "plain", p), predict(t, "batched", p)
+        ma, fit_a = masters_needed(a.commands_per_s, a.hottest_key_commands_per_s, usec_per_call)
+        mb, fit_b = masters_needed(b.commands_per_s, b.hottest_key_commands_per_s, usec_per_call)
+        out.append(f"| {n} × {d:,.0f} | {k:,}, {s} | {c} + {r:g}/s | {a.commands_per_s:,.0f} | "
+                   f"{b.commands_per_s:,.0f} | {100 * a.admitted_per_s / a.checks_per_s:.0f}% | "
+                   f"{a.hottest_key_commands_per_s:,.0f} / {b.hottest_key_commands_per_s:,.0f} | "
+                   f"{ma}{'' if fit_a else ' (hot key > 1 master)'} / {mb}{'' if fit_b else ' (hot key > 1 master)'} |")
     return "\n".join(out)
 
 
@@ -211,6 +238,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows: List[Row] = json.loads(Path(args.runs).read_text())
     p = fit(rows)
     print(tables(rows, p))
+    print()
+    print(examples(p, 11.0))
     if not args.no_plots:
         for path in plots(rows, p, Path(args.img)):
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
