@@ -314,14 +314,19 @@ async def _run_nodes(conn: Any, sc: Scenario, url: str, prefix: str, idents: Lis
     await asyncio.gather(*traffic, return_exceptions=True)
     gc.enable()
     stats: Dict[str, int] = {}
+    leases: List[float] = []  # each node's mean tokens per granted reservation
     if sc.backend == "batched":
         for node in everyone:
-            for k, v in node.backend.stats().items():
+            own = node.backend.stats()
+            for k, v in own.items():
                 stats[k] = stats.get(k, 0) + v
+            granted = own.get("reservations", 0) - own.get("redis_denials", 0)
+            if granted > 0:
+                leases.append(own.get("reserved_tokens", 0) / granted)
     hot = [(n.hot[0], n.hot[1], (n.died or end) - n.born, n.dead) for n in everyone if n.hot[0]]
     conn.send(("done", dict(
         offered=rec.offered, admitted=rec.admitted, arrivals=rec.arrivals, latency_ns=rec.latency_ns,
-        local=rec.local, errors=rec.errors, lagged=rec.lagged, stats=stats, hot=hot,
+        local=rec.local, errors=rec.errors, lagged=rec.lagged, stats=stats, hot=hot, leases=leases,
         nodes_started=len(everyone), nodes_killed=sum(n.dead for n in everyone))))
     await asyncio.to_thread(conn.recv)  # the coordinator has read the counters
     for node in everyone:
@@ -533,7 +538,10 @@ def summarize(sc: Scenario, results: List[Dict[str, Any]], deltas: List[Dict[str
     )
     if stats:
         granted = stats.get("reservations", 0) - stats.get("redis_denials", 0)
-        out["batched"] = dict(stats, mean_lease=round(stats.get("reserved_tokens", 0) / max(granted, 1), 2))
+        per_node = sorted(x for r in results for x in r.get("leases", []))
+        out["batched"] = dict(stats, mean_lease=round(stats.get("reserved_tokens", 0) / max(granted, 1), 2),
+                              node_lease_p10_p50_p90_max=[round(percentile(per_node, q), 2) for q in (10, 50, 90)]
+                              + [round(per_node[-1], 2) if per_node else float("nan")])
     return out
 
 

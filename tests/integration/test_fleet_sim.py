@@ -37,4 +37,6 @@ def test_three_nodes_for_a_second(redis_cluster, backend: str) -> None:
         assert r["local_pct"] == 0
     else:
         assert r["batched"]["reservations"] > 0
+        p10, p50, p90, top = r["batched"]["node_lease_p10_p50_p90_max"]
+        assert 1 <= p10 <= p50 <= p90 <= top <= sc.capacity * sc.max_share
         assert r["local_pct"] > 0  # some checks were served from a lease
