@@ -56,7 +56,8 @@ def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lea
 class Lease:
     """This process' bookkeeping for one key's lease."""
 
-    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock")
+    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock", "streak", "window",
+                 "missed")
 
     def __init__(self, lock: Any) -> None:
         self.size = 0  # tokens last asked for; 0: cold
@@ -68,6 +69,9 @@ class Lease:
         #: given back]. Each can only give back its own tokens (release.lua).
         self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
+        self.streak = 0  # Redis denials in a row
+        self.window = 0.0  # seconds the last one is cached for
+        self.missed = 0  # tokens denied from the cache since
         self.lock = lock  # one Redis reservation per key at a time
 
 
@@ -135,6 +139,9 @@ class LeaseBook:
             self.denied.pop(key, None)
             return None
         self.counts["denial_cache_hits"] += 1
+        lease = self.leases.get(key)
+        if lease is not None:
+            lease.missed += cost
         return LimitResult(False, 0, wait + (cost - 1) * self.emission, wait, self.capacity)
 
     def lease(self, key: str) -> Lease:
@@ -160,6 +167,12 @@ class LeaseBook:
 
     def size(self, lease: Lease, held: int, cost: int) -> int:
         now = time.monotonic()
+        if lease.streak:
+            # Back from a denial window: ask for what accrued meanwhile (or
+            # a lone node admits one token per window), but no more than
+            # this node was denied in it (or idle nodes sit on tokens).
+            accrued = math.ceil(lease.window / self.emission - 1e-9)
+            return max(min(accrued, lease.missed + cost, self.max_lease), cost)
         return lease_size(lease.held_at - held, now - lease.at, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
@@ -168,12 +181,23 @@ class LeaseBook:
         (to give back at once)."""
         got, retry_ticks, ahead, us = reply[0], reply[2], reply[3], reply[4]
         counts = self.counts
+        lease.missed = 0
         counts["reservations"] += 1
         now = time.monotonic()
         if got == 0:
             counts["redis_denials"] += 1
-            self.denied[key] = now + retry_ticks / self.tps
+            # The next token goes to one of the nodes asking: each denial
+            # in a row doubles how long this one waits (else N nodes ask
+            # N times per token), never past half the bucket's fill time
+            # (it cannot overflow while all wait) or ``refresh``, never
+            # below Redis' retry_after (docs/scaling.md).
+            lease.streak = min(lease.streak + 1, 16)
+            wait = retry_ticks / self.tps
+            cap = min(self.refresh, self.capacity * self.emission / 2)
+            lease.window = max(wait, min(wait * 2 ** lease.streak, cap))
+            self.denied[key] = now + lease.window
             return 0
+        lease.streak = 0
         self.denied.pop(key, None)
         counts["reserved_tokens"] += got
         table = self.table

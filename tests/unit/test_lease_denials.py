@@ -1,0 +1,74 @@
+"""The batched backend's denial cache at fleet scale (docs/scaling.md): a
+key over its limit is re-asked by every node; the cached window must grow
+with consecutive denials (bounded so the bucket cannot overflow while all
+nodes wait), and a node back from a window asks for what accrued."""
+
+from __future__ import annotations
+
+import threading
+from typing import List
+
+import pytest
+
+from guardian import TokenBucketConfig
+from guardian.backends import _lease
+
+TPS = 1_000_000  # reply ticks per second (microseconds, for the test)
+
+
+class FixedClock:
+    t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FixedClock:
+    c = FixedClock()
+    monkeypatch.setattr(_lease, "time", c)
+    return c
+
+
+def book(capacity: int = 100, rate: float = 200.0) -> _lease.LeaseBook:
+    return _lease.LeaseBook(TokenBucketConfig(capacity, rate), shared=None, slots=64, lease_lifetime=5.0,
+                            refresh_interval=0.1, max_share=0.2, lock=threading.Lock, ticks_per_second=TPS)
+
+
+def deny(b: _lease.LeaseBook, lease: _lease.Lease, retry_s: float) -> float:
+    """A reserve reply with nothing granted; the window it is cached for."""
+    assert b.granted("k", lease, 1, [0, 0, round(retry_s * TPS), 0, 0]) == 0
+    return round(b.denied["k"] - _lease.time.monotonic(), 6)
+
+
+def test_consecutive_denials_back_off_up_to_a_bound(clock: FixedClock) -> None:
+    b = book()  # T = 5 ms; bound min(refresh 0.1 s, C*T/2 = 0.25 s)
+    lease = b.lease("k")
+    windows: List[float] = [deny(b, lease, 0.0025) for _ in range(8)]
+    # Before: every window was Redis' 2.5 ms, so N nodes asked ~N/T times a second.
+    assert windows == [0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
+    # Back from a window, the node asks for the tokens that accrued in it,
+    # no more than it was denied meanwhile (an idle node must not sit on them).
+    assert b.size(lease, 0, 1) == 1
+    for _ in range(7):
+        assert b.cached_denial("k", 1) is not None
+    assert b.size(lease, 0, 1) == 8
+    for _ in range(100):
+        b.cached_denial("k", 1)
+    assert b.size(lease, 0, 1) == 20  # 0.1 s / 5 ms, capped at max_share * C
+    b.granted("k", lease, 20, [3, 0, 0, 15_000, 0])  # a partial grant resets the streak
+    assert deny(b, lease, 0.0025) == 0.005
+    assert b.size(lease, 0, 1) == 1
+
+
+def test_window_bound_keeps_the_bucket_from_overflowing(clock: FixedClock) -> None:
+    b = book(capacity=10)  # C*T/2 = 25 ms < refresh
+    lease = b.lease("k")
+    assert [deny(b, lease, 0.0025) for _ in range(5)][-1] == 0.025
+
+
+def test_window_never_undercuts_redis(clock: FixedClock) -> None:
+    b = book(capacity=5, rate=1 / 720)  # one token per 12 minutes
+    assert deny(b, b.lease("k"), 3600.0) == 3600.0
+    result = b.cached_denial("k", 1)
+    assert result is not None and not result.allowed and result.retry_after == pytest.approx(3600.0)
