@@ -34,7 +34,7 @@ import redis.asyncio  # noqa: E402
 from redis_servers import Cluster, Server  # noqa: E402
 
 from guardian import AsyncRateLimiter, RateLimiter, TokenBucketConfig  # noqa: E402
-from guardian.backends._redis_proto import Layout, Packer, scripts  # noqa: E402
+from guardian.backends._redis_scripts import Layout, Packer, scripts  # noqa: E402
 from guardian.backends.redis import RedisBackend  # noqa: E402
 from guardian.backends.redis_async import AsyncRedisBackend  # noqa: E402
 

@@ -19,7 +19,9 @@ limiters = {policy: RateLimiter(RedisBackend(config, url=url), fail_open=policy)
 
 for round_ in range(rounds):
     for policy, limiter in limiters.items():
-        decisions = [limiter.try_acquire("k") for _ in range(5)]
+        # One key per policy: against a healthy Redis the three limiters must
+        # not drain one shared bucket (each then shows its own 3 allowed).
+        decisions = [limiter.try_acquire(f"demo-{policy}") for _ in range(5)]
         print(f"fail_open={policy!s:5}: {decisions}  (failures decided by policy: {limiter.failures})")
     if round_ + 1 < rounds:
         time.sleep(0.5)

@@ -50,8 +50,8 @@ def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Mod
         from guardian import _core as module
     else:
         module = _pycore
-    monkeypatch.setattr(_impl, "Table", module.Table)
-    monkeypatch.setattr(_impl, "unlink", module.unlink)
+    for name in ("Table", "LimitResult", "unlink"):
+        monkeypatch.setattr(_impl, name, getattr(module, name))
     return module
 
 

@@ -32,13 +32,14 @@ def check_key(key: Any) -> bytes:
     return data
 
 
-def check_cost(cost: Any, capacity: int) -> int:
+def check_cost(cost: Any, capacity: int, lowest: int = 1) -> int:
+    """``cost`` as an int in [lowest, capacity]; a peek passes lowest=0."""
     if type(cost) is not int:
         if isinstance(cost, bool) or not hasattr(cost, "__index__"):
             raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
         cost = cost.__index__()
-    if cost < 1:
-        raise InvalidArgumentError(f"cost must be at least 1, got {cost}")
+    if cost < lowest:
+        raise InvalidArgumentError(f"cost must be at least {lowest}, got {cost}")
     if cost > capacity:
         raise InvalidArgumentError(
             f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"

@@ -1,4 +1,5 @@
-"""Type stubs for guardian._core (the C slot table); _pycore has the same API."""
+"""Type stubs for guardian._core (the C slot table); _pycore has the same
+names and signatures (tests/unit/test_parity.py holds all three to that)."""
 
 from typing import Callable, Iterable, List, Optional, Tuple
 
@@ -7,7 +8,7 @@ MAX_KEY_BYTES: int
 Result = Tuple[bool, int, float, float]
 
 class LimitResult:
-    """The decision for one check; see guardian._result.PyLimitResult."""
+    """The decision for one check; see guardian._pycore.LimitResult."""
 
     allowed: bool
     remaining: int
@@ -42,6 +43,7 @@ class Table:
     def check(self, key: str, cost: int = 1) -> Result: ...
     def check_result(self, key: str, cost: int = 1) -> LimitResult: ...
     def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]: ...
+    def peek(self, key: str, cost: int = 1) -> Result: ...
     def usage(self, key: str) -> int: ...
     def reset(self, key: str) -> None: ...
     def spend(self, key: str, cost: int = 1) -> int: ...

@@ -242,12 +242,22 @@ cdef class Table:
                 return c
         return self._bad_cost(cost)
 
-    cdef int64_t _bad_cost(self, object cost) except -1:
+    cdef inline int64_t _peek_cost(self, object cost) except -1:
+        """A peek may ask for 0 tokens: the bucket as it is."""
+        cdef long long c
+        cdef int overflow = 0
+        if PyLong_CheckExact(cost):
+            c = PyLong_AsLongLongAndOverflow(cost, &overflow)
+            if overflow == 0 and 0 <= c <= self.capacity:
+                return c
+        return self._bad_cost(cost, 0)
+
+    cdef int64_t _bad_cost(self, object cost, int64_t lowest=1) except -1:
         if PyBool_Check(cost) or not hasattr(cost, "__index__"):
             raise ArgumentTypeError(f"cost must be an int, got {type(cost).__name__}")
         c = cost.__index__()
-        if c < 1:
-            raise InvalidArgumentError(f"cost must be at least 1, got {c}")
+        if c < lowest:
+            raise InvalidArgumentError(f"cost must be at least {lowest}, got {c}")
         if c > self.capacity:
             raise InvalidArgumentError(
                 f"cost {c} is above the bucket's capacity {self.capacity}; it could never be allowed")
@@ -314,6 +324,8 @@ cdef class Table:
         r.limit = self.capacity
         return r
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)  # i runs over range(len(held)): held[i] needs no check
     def check_many(self, keys, cost=1):
         """One take per key, all decided at the same instant; the loop runs
         without the GIL. Every key is checked before any is taken."""
@@ -338,6 +350,16 @@ cdef class Table:
         finally:
             free(hashes)
             free(out)
+
+    def peek(self, key, cost=1):
+        """What ``check(key, cost)`` would answer now, changing nothing:
+        (allowed, remaining, retry_after_s, reset_after_s). ``cost`` may be
+        0: the bucket as it is (remaining now, seconds until full)."""
+        cdef Decision d
+        cdef uint64_t h = self._hash(key)
+        cdef int64_t c = self._peek_cost(cost)
+        self._peek(h, c, self._now(), &d)
+        return self._result(&d)
 
     def usage(self, key):
         """Tokens in use: capacity minus the tokens available now."""
@@ -437,7 +459,7 @@ cdef class Table:
     @cython.wraparound(False)
     @cython.cdivision(True)
     cdef void _decide(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
-        cdef int64_t t, tat, new
+        cdef int64_t t, new
         cdef Py_ssize_t s
         while True:
             s = self._locate(h, &t)
@@ -445,21 +467,51 @@ cdef class Table:
                 s = self._place(h, cost, now, &t, d)
                 if s == INSERTED or s == FULL:
                     return
-            tat = t if t > now else now
-            new = tat + cost * self.P
-            if new - now <= self.tau:
-                if not g_cas(&self.slots_[s].tat, t, new):
-                    continue  # another taker or a reclaimer won; re-read
-                d.allowed = True
-                d.remaining = (self.tau - (new - now)) // self.P
-                d.retry_ticks = 0
-                d.reset_ticks = new - now
-            else:
-                d.allowed = False
-                d.remaining = (self.tau - (tat - now)) // self.P
-                d.retry_ticks = new - now - self.tau
-                d.reset_ticks = tat - now
+            new = self._judge(t, cost, now, d)
+            if new >= 0 and not g_cas(&self.slots_[s].tat, t, new):
+                continue  # another taker or a reclaimer won; re-read
             return
+
+    @cython.cdivision(True)
+    cdef inline int64_t _judge(self, int64_t t, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        """The GCRA rule for a bucket whose TAT is ``t``: fills ``d`` and
+        returns the TAT to store when allowed, else -1."""
+        cdef int64_t tat = t if t > now else now
+        cdef int64_t new = tat + cost * self.P
+        if new - now <= self.tau:
+            d.allowed = True
+            d.remaining = (self.tau - (new - now)) // self.P
+            d.retry_ticks = 0
+            d.reset_ticks = new - now
+            return new
+        d.allowed = False
+        d.remaining = (self.tau - (tat - now)) // self.P
+        d.retry_ticks = new - now - self.tau
+        d.reset_ticks = tat - now
+        return -1
+
+    cdef void _peek(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        """``_decide`` without the write. An absent key is a full bucket
+        unless its window has no slot to give it (then a take would be
+        denied as FULL); that is settled under the stripe lock, like an
+        insert, so the answer is the one a take would get."""
+        cdef uint64_t stripe
+        cdef int64_t t, wait = 0
+        cdef Py_ssize_t s = self._locate(h, &t)
+        if s < 0:
+            stripe = (h & self.mask) % G_STRIPES
+            self._lock_stripe(stripe)
+            s = self._scan(h, now, &t, &wait)
+            self._unlock_stripe(stripe)
+            if s == FULL:
+                d.allowed = False
+                d.remaining = 0
+                d.retry_ticks = wait
+                d.reset_ticks = wait
+                return
+            if s < 0:
+                t = 0  # absent, with room: a full bucket
+        self._judge(t, cost, now, d)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)

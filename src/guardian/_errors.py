@@ -20,6 +20,8 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BackendTimeoutError",
+    "BackendConfigError",
+    "MisuseError",
     "RateLimitExceeded",
 ]
 
@@ -43,6 +45,10 @@ class ArgumentTypeError(RateLimitError, TypeError):
     """A key or cost has a type guardian does not accept."""
 
 
+class MisuseError(ConfigurationError, TypeError):
+    """An object of the wrong kind, or an unknown option, was passed."""
+
+
 class SharedTableError(ConfigurationError):
     """A named shared-memory table is missing, incompatible or corrupt."""
 
@@ -60,6 +66,11 @@ class BackendUnavailableError(BackendError, ConnectionError):
 
 class BackendTimeoutError(BackendError, TimeoutError):
     """The backend did not answer in time."""
+
+
+class BackendConfigError(BackendError):
+    """The backend refused guardian's credentials or permissions: a
+    configuration error, not an outage."""
 
 
 # --- raised only by helpers that turn a denial into an exception -----------

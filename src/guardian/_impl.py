@@ -1,6 +1,8 @@
 """Picks the core: the C extension, or its pure-Python twin when
 GUARDIAN_NO_EXTENSIONS is set, the interpreter is not CPython, or the
-extension is not built. Type checkers see the twin (one definition)."""
+extension is not built. Both twins expose the same names (tests/unit/
+test_parity.py); this module takes them from one, never a mix. Type
+checkers see the twin (one definition)."""
 
 from __future__ import annotations
 
@@ -13,23 +15,24 @@ NO_EXTENSIONS = os.environ.get("GUARDIAN_NO_EXTENSIONS", "") not in ("", "0") or
 )
 
 if TYPE_CHECKING:
+    from ._pycore import LimitResult as LimitResult
     from ._pycore import Table as Table
     from ._pycore import unlink as unlink
 
     USING_C = False
 else:
     if NO_EXTENSIONS:
-        from ._pycore import Table, unlink
+        from ._pycore import LimitResult, Table, unlink
 
         USING_C = False
     else:
         try:
-            from ._core import Table, unlink
+            from ._core import LimitResult, Table, unlink
 
             USING_C = True
         except ImportError:  # not built: a source checkout without a compiler
-            from ._pycore import Table, unlink
+            from ._pycore import LimitResult, Table, unlink
 
             USING_C = False
 
-__all__ = ["Table", "unlink", "USING_C"]
+__all__ = ["Table", "LimitResult", "unlink", "USING_C"]

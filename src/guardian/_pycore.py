@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from . import _region
 from ._args import check_cost, check_key
 
-__all__ = ["Table", "siphash13", "unlink"]
+__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
+
+MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 
 _M64 = (1 << 64) - 1
 _TOMB = 2  # fingerprint of a repaired slot; real fingerprints are odd
@@ -62,6 +64,51 @@ def siphash13(k0: int, k1: int, data: bytes) -> int:
     sipround()
     sipround()
     return v0 ^ v1 ^ v2 ^ v3
+
+
+class LimitResult:
+    """The decision for one check of ``cost`` tokens against a bucket.
+
+    ``allowed``: whether the tokens were taken. ``remaining``: whole tokens
+    left after this check. ``retry_after``: seconds until the same check
+    would be allowed (0 when allowed). ``reset_after``: seconds until the
+    bucket is full again. ``limit``: the bucket's capacity. A result is
+    truthy when allowed.
+    """
+
+    __slots__ = ("allowed", "remaining", "retry_after", "reset_after", "limit")
+
+    def __init__(
+        self, allowed: bool, remaining: int, retry_after: float, reset_after: float, limit: int
+    ) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+        self.limit = limit
+
+    def is_allowed(self) -> bool:
+        return self.allowed
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LimitResult):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:  # type: ignore[type-arg]
+        return (type(self), tuple(getattr(self, f) for f in self.__slots__))
+
+    def __repr__(self) -> str:
+        return (
+            f"LimitResult(allowed={self.allowed}, remaining={self.remaining}, "
+            f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
+            f"limit={self.limit})"
+        )
 
 
 class Table:
@@ -196,12 +243,29 @@ class Table:
                 self._count(_region.W_RECLAIMS)
             w[s] = fp
             w[s + 1] = 0
-        tat = max(w[s + 1], now)
+        r = self._judge(w[s + 1], cost, now)
+        if r[0]:
+            w[s + 1] = now + r[3]
+        return r
+
+    def _judge(self, t: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        """The GCRA rule for a bucket whose TAT is ``t``."""
+        tat = max(t, now)
         new = tat + cost * self._P
         if new - now <= self._tau:
-            w[s + 1] = new
             return True, (self._tau - (new - now)) // self._P, 0, new - now
         return False, (self._tau - (tat - now)) // self._P, new - now - self._tau, tat - now
+
+    def _peek(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        """``_decide`` without the write (an absent key is a full bucket,
+        unless its window has no slot for it)."""
+        s = self._find(fp, home)
+        if s >= 0:
+            return self._judge(self._words[s + 1], cost, now)
+        free, wait = self._claim(fp, home, now)
+        if free < 0:
+            return False, 0, wait, wait
+        return self._judge(0, cost, now)
 
     def _count(self, index: int) -> None:
         self._words[index] = (self._words[index] + 1 + (1 << 63)) % (1 << 64) - (1 << 63)
@@ -224,10 +288,8 @@ class Table:
         finally:
             self._leave()
 
-    def check_result(self, key: str, cost: int = 1) -> Any:
+    def check_result(self, key: str, cost: int = 1) -> LimitResult:
         """The same take as ``check``, answered as a LimitResult."""
-        from ._result import LimitResult  # here: _result imports the core selector
-
         return LimitResult(*self.check(key, cost), self.capacity)
 
     def check_many(self, keys: Iterable[str], cost: int = 1) -> List[Result]:
@@ -238,6 +300,18 @@ class Table:
         self._enter()
         try:
             return [self._result(self._take_locked(fp, home, cost, now)) for fp, home in hashed]
+        finally:
+            self._leave()
+
+    def peek(self, key: str, cost: int = 1) -> Result:
+        """What ``check(key, cost)`` would answer now, changing nothing;
+        ``cost`` may be 0: the bucket as it is."""
+        fp, home = self._hash(check_key(key))
+        cost = check_cost(cost, self.capacity, 0)
+        now = self._now()
+        self._enter()
+        try:
+            return self._result(self._peek(fp, home, cost, now))
         finally:
             self._leave()
 

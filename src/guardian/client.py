@@ -53,6 +53,23 @@ def _translate(exc: grpc.RpcError) -> RateLimitError:
     return BackendUnavailableError(f"guardian server failed ({code}): {detail}")
 
 
+class _GrpcErrors:
+    """``with grpc_errors:`` raises guardian's exception for a gRPC error
+    (one translation for both clients, httpx's map_exceptions)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if isinstance(exc, grpc.RpcError):
+            raise _translate(exc) from exc
+
+
+grpc_errors = _GrpcErrors()
+
+
 class _Base:
     """What both clients share: requests, results, metadata; no I/O."""
 
@@ -102,33 +119,25 @@ class Client(_Base):
         self._stub = pb_grpc.RateLimiterStub(self.channel)
 
     def check_limit(self, key: str, cost: int = 1, limit: Optional[str] = None) -> LimitResult:
-        try:
+        with grpc_errors:
             r = self._stub.CheckLimit(self._check(key, _cost(cost), limit), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
         return self._result(r)
 
     def check_limits(self, checks: Iterable[Check]) -> List[LimitResult]:
-        try:
+        with grpc_errors:
             r = self._stub.CheckLimits(self._checks(checks), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
         return [self._result(x) for x in r.results]
 
     def get_usage(self, key: str, limit: Optional[str] = None) -> int:
         key, name = self._key(key, limit)
-        try:
+        with grpc_errors:
             return int(self._stub.GetUsage(pb.GetUsageRequest(key=key, limit=name), timeout=self.timeout).used)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
 
     def reset(self, key: str, limit: Optional[str] = None) -> None:
         key, name = self._key(key, limit)
-        try:
+        with grpc_errors:
             self._stub.ResetLimit(pb.ResetLimitRequest(key=key, limit=name), timeout=self.timeout,
                                   metadata=self._admin)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
 
     def close(self) -> None:
         if self._own:
@@ -153,34 +162,26 @@ class AsyncClient(_Base):
         self._stub = pb_grpc.RateLimiterStub(self.channel)
 
     async def check_limit(self, key: str, cost: int = 1, limit: Optional[str] = None) -> LimitResult:
-        try:
+        with grpc_errors:
             r = await self._stub.CheckLimit(self._check(key, _cost(cost), limit), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
         return self._result(r)
 
     async def check_limits(self, checks: Iterable[Check]) -> List[LimitResult]:
-        try:
+        with grpc_errors:
             r = await self._stub.CheckLimits(self._checks(checks), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
         return [self._result(x) for x in r.results]
 
     async def get_usage(self, key: str, limit: Optional[str] = None) -> int:
         key, name = self._key(key, limit)
-        try:
+        with grpc_errors:
             r = await self._stub.GetUsage(pb.GetUsageRequest(key=key, limit=name), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
         return int(r.used)
 
     async def reset(self, key: str, limit: Optional[str] = None) -> None:
         key, name = self._key(key, limit)
-        try:
+        with grpc_errors:
             await self._stub.ResetLimit(pb.ResetLimitRequest(key=key, limit=name), timeout=self.timeout,
                                         metadata=self._admin)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from exc
 
     async def aclose(self) -> None:
         if self._own:

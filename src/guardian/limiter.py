@@ -24,10 +24,11 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
-from ._errors import BackendError, RateLimitExceeded
+from ._config import TokenBucketConfig
+from ._errors import ArgumentTypeError, BackendConfigError, BackendError, InvalidArgumentError, MisuseError, RateLimitExceeded
 from ._args import check_cost, check_key
 from ._result import LimitResult
-from .backends.base import Backend
+from .backends.base import AsyncBackend, Backend
 from .backends.memory import MemoryBackend
 
 __all__ = ["RateLimiter", "AsyncRateLimiter"]
@@ -49,6 +50,44 @@ def _arg(value: Any, args: Any, kwargs: Any) -> Any:
     return value(*args, **kwargs) if callable(value) else value
 
 
+_OPERATIONS = ("take", "try_take", "take_many", "usage", "reset")
+
+
+def _is_async(backend: Any) -> bool:
+    return inspect.iscoroutinefunction(backend.take)
+
+
+def check_backend(backend: Any, limiter: str) -> None:
+    """Refuses, with the fix in the message, what is not a backend."""
+    if isinstance(backend, TokenBucketConfig):
+        raise MisuseError(
+            f"{limiter} takes a backend, not a TokenBucketConfig: did you mean "
+            f"{limiter}(MemoryBackend(config))? (or a Redis backend built with the config)")
+    missing = [name for name in _OPERATIONS if not callable(getattr(backend, name, None))]
+    if missing or not isinstance(getattr(backend, "config", None), TokenBucketConfig):
+        raise MisuseError(
+            f"{limiter} takes a backend (MemoryBackend, RedisBackend, ...), got {type(backend).__name__!r}"
+            + (f" (no {', '.join(missing)})" if missing else " (no TokenBucketConfig in .config)"))
+
+
+def check_timeout(timeout: Any) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentTypeError(f"timeout must be None or seconds, got {type(timeout).__name__}")
+    if not 0 <= timeout < float("inf"):
+        raise InvalidArgumentError(f"timeout must be None or finite seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def check_keys(keys: Any) -> Sequence[str]:
+    """A str is a key, not a sequence of one-character keys."""
+    if isinstance(keys, (str, bytes)):
+        raise ArgumentTypeError(
+            f"keys must be a sequence of str, got a {type(keys).__name__} (for one key: [key])")
+    return keys  # type: ignore[no-any-return]
+
+
 class _Policy:
     """What both limiters share: the decision and its bookkeeping."""
 
@@ -61,7 +100,9 @@ class _Policy:
         breaker_cooldown: float = 1.0,
     ) -> None:
         if not isinstance(fail_open, bool) and fail_open != "local":
-            raise TypeError(f'fail_open must be True, False or "local", got {fail_open!r}')
+            raise MisuseError(
+                f'fail_open must be True (allow), False (deny) or "local" (an in-process limit), '
+                f"got {fail_open!r}")
         self.backend = backend
         self.fail_open = fail_open
         self.log_interval = log_interval
@@ -69,11 +110,14 @@ class _Policy:
         self.failures = 0
         #: Backend calls that raised BackendError.
         self.errors = 0
+        #: Of those, the ones where the backend refused guardian's
+        #: credentials or permissions (a configuration error, not an outage).
+        self.config_errors = 0
         #: None when disabled (every check then reaches the backend).
         self.breaker = (
             CircuitBreaker(breaker_threshold, breaker_cooldown) if breaker_threshold is not None else None
         )
-        self._last_log = dict.fromkeys(("error", "breaker", "recovered"), float("-inf"))
+        self._last_log = dict.fromkeys(("error", "config", "breaker", "recovered"), float("-inf"))
         self._limit = backend.config.capacity
         self._local: Optional[MemoryBackend] = None
         self._local_lock = threading.Lock()
@@ -102,12 +146,21 @@ class _Policy:
     def _error(self, exc: BaseException) -> None:
         self.errors += 1
         name = type(self.backend).__name__
-        self._log(
+        if isinstance(exc, BackendConfigError):
+            self.config_errors += 1
+            self._log(
+                "config", logging.ERROR,
+                "guardian: backend %s is misconfigured (%s); %s checks until it is fixed "
+                "(%d configuration errors so far)",
+                name, exc, self._mode(), self.config_errors,
+            )
+        else:
+            self._log(
             "error", logging.WARNING,
-            "guardian: backend %s failed (%s: %s); %s checks until it recovers "
-            "(%d failed backend calls, %d checks decided by policy so far)",
-            name, type(exc).__name__, exc, self._mode(), self.errors, self.failures + 1,
-        )
+                "guardian: backend %s failed (%s: %s); %s checks until it recovers "
+                "(%d failed backend calls, %d checks decided by policy so far)",
+                name, type(exc).__name__, exc, self._mode(), self.errors, self.failures + 1,
+            )
         if self.breaker is not None and self.breaker.failure():
             self._log("breaker", logging.WARNING,
                       "guardian: circuit breaker open after %d failures of %s in a row; "
@@ -140,8 +193,7 @@ class _Policy:
     _now: Callable[[], float] = staticmethod(time.monotonic)
 
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        timeout = check_timeout(timeout)
         return None if timeout is None else self._now() + timeout
 
     def _wait(self, result: LimitResult, deadline: Optional[float]) -> float:
@@ -170,6 +222,21 @@ class RateLimiter(_Policy):
     """
 
     backend: Backend
+
+    def __init__(
+        self,
+        backend: Backend,
+        fail_open: FailOpen = True,
+        log_interval: float = 10.0,
+        breaker_threshold: Optional[int] = 3,
+        breaker_cooldown: float = 1.0,
+    ) -> None:
+        check_backend(backend, "RateLimiter")
+        if _is_async(backend):
+            raise MisuseError(
+                f"{type(backend).__name__} is an asyncio backend: use AsyncRateLimiter, or its "
+                f"synchronous twin ({type(backend).__name__.replace('Async', '', 1)}) with RateLimiter")
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
 
     def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
@@ -206,6 +273,7 @@ class RateLimiter(_Policy):
 
     def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call (one round trip for Redis)."""
+        check_keys(keys)
         if self._gate():
             try:
                 results: List[LimitResult] = self.backend.take_many(keys, cost)
@@ -277,28 +345,30 @@ class AsyncRateLimiter(_Policy):
     Works with asyncio backends, and with in-process backends (whose calls
     never block) directly."""
 
+    backend: Any
+
+    def __init__(
+        self,
+        backend: Union[AsyncBackend, MemoryBackend],
+        fail_open: FailOpen = True,
+        log_interval: float = 10.0,
+        breaker_threshold: Optional[int] = 3,
+        breaker_cooldown: float = 1.0,
+    ) -> None:
+        check_backend(backend, "AsyncRateLimiter")
+        if not _is_async(backend) and backend.can_fail:
+            raise MisuseError(
+                f"{type(backend).__name__} is a blocking network backend: its calls would stall "
+                f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
+                f"RateLimiter")
+        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
+
     def _bind(self, backend: Any) -> None:
-        self._native = inspect.iscoroutinefunction(backend.take)
-
-    async def _call(self, name: str, *args: Any) -> Any:
-        method = getattr(self.backend, name)
-        return await method(*args) if self._native else method(*args)
-
-    async def _guarded(self, name: str, *args: Any) -> Any:
-        """The backend's answer, or ``_decide`` (the policy's) on failure."""
-        if self._gate():
-            try:
-                result = await self._call(name, *args)
-            except BackendError as exc:
-                self._error(exc)
-            else:
-                self._ok()
-                return result
-        return self._decide_many(*args) if name == "take_many" else self._decide(*args)
+        #: False for an in-process backend, whose calls return at once.
+        self._native = _is_async(backend)
 
     async def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""
-        # _guarded inlined: one coroutine between the caller and the backend.
         if self._gate():
             try:
                 result: LimitResult = (
@@ -317,16 +387,29 @@ class AsyncRateLimiter(_Policy):
 
     async def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call."""
-        results: List[LimitResult] = await self._guarded("take_many", keys, cost)
-        return results
+        check_keys(keys)
+        if self._gate():
+            try:
+                results: List[LimitResult] = (
+                    await self.backend.take_many(keys, cost) if self._native else self.backend.take_many(keys, cost)
+                )
+            except BackendError as exc:
+                self._error(exc)
+            else:
+                self._ok()
+                return results
+        return self._decide_many(keys, cost)
 
     async def get_usage(self, key: str) -> int:
         """Tokens of ``key``'s bucket in use now."""
-        return int(await self._call("usage", key))
+        return int(await self.backend.usage(key) if self._native else self.backend.usage(key))
 
     async def reset(self, key: str) -> None:
         """Refill ``key``'s bucket."""
-        await self._call("reset", key)
+        if self._native:
+            await self.backend.reset(key)
+        else:
+            self.backend.reset(key)
 
     _sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
 

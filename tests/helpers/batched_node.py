@@ -32,7 +32,7 @@ def main() -> None:
     if args.mode == "hold":
         admitted = sum(backend.try_take("k") for _ in range(args.takes))
         time.sleep(0.2)  # let a prefetch land
-        print(admitted, backend.book.table.usage("k"), flush=True)
+        print(admitted, backend.book.table.held("k"), flush=True)
         time.sleep(60)
         return
     while time.time() < args.start:

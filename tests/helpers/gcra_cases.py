@@ -1,9 +1,12 @@
-"""Hand-computed GCRA cases, the one set every implementation is held to
-(the C core and the Python core now; the Redis Lua scripts use the same).
+"""Hand-computed GCRA cases, the one set every implementation is held to:
+the C core and the Python core (tests/unit/test_core.py) and the Redis Lua
+scripts (tests/integration/test_redis_lua.py).
 
 Each case: a config (capacity, refill_rate, refill_interval) and steps of
-(at_seconds, op, key, cost, expected). ``take`` expects
-(allowed, remaining, retry_after_s, reset_after_s); ``usage`` expects an int.
+(at_seconds, op, key, cost, expected). ``take`` and ``peek`` expect
+(allowed, remaining, retry_after_s, reset_after_s): a peek is what a take
+of ``cost`` would answer, and changes nothing (``cost`` 0: the bucket as it
+is); ``usage`` expects an int.
 """
 
 CASES = {
@@ -58,6 +61,62 @@ CASES = {
             (0.0, "take", "k", 2, (True, 0, 0.0, 172_800.0)),
             (43_200.0, "take", "k", 1, (False, 0, 43_200.0, 129_600.0)),
             (86_400.0, "take", "k", 1, (True, 0, 0.0, 172_800.0)),
+        ],
+    ),
+    "cost_above_one_waits_for_every_token": (
+        (10, 2, 1.0),  # T = 0.5 s
+        [
+            (0.0, "take", "k", 8, (True, 2, 0.0, 4.0)),
+            # 5 tokens: 2 are there, 3 more take 1.5 s; the denial takes nothing.
+            (0.0, "take", "k", 5, (False, 2, 1.5, 4.0)),
+            (0.0, "peek", "k", 5, (False, 2, 1.5, 4.0)),
+            (1.0, "take", "k", 5, (False, 4, 0.5, 3.0)),
+            (1.5, "take", "k", 5, (True, 0, 0.0, 5.0)),
+            (1.5, "take", "k", 10, (False, 0, 5.0, 5.0)),
+            (6.5, "take", "k", 10, (True, 0, 0.0, 5.0)),
+        ],
+    ),
+    "cost_above_one_at_a_fractional_interval": (
+        (3, 3, 7.0),  # T = 7/3 s
+        [
+            (0.0, "take", "k", 2, (True, 1, 0.0, 14 / 3)),
+            (0.0, "take", "k", 2, (False, 1, 7 / 3, 14 / 3)),
+            (0.0, "peek", "k", 1, (True, 0, 0.0, 7.0)),
+            (7.0, "take", "k", 3, (True, 0, 0.0, 7.0)),
+            (7.0, "peek", "k", 3, (False, 0, 7.0, 7.0)),
+        ],
+    ),
+    "peek_changes_nothing": (
+        (5, 1, 1.0),
+        [
+            (0.0, "peek", "k", 0, (True, 5, 0.0, 0.0)),  # an absent key is a full bucket
+            (0.0, "peek", "k", 5, (True, 0, 0.0, 5.0)),
+            (0.0, "usage", "k", 1, 0),  # the peeks inserted nothing
+            (0.0, "take", "k", 3, (True, 2, 0.0, 3.0)),
+            (0.0, "peek", "k", 3, (False, 2, 1.0, 3.0)),
+            (0.0, "peek", "k", 2, (True, 0, 0.0, 5.0)),
+            (0.0, "peek", "k", 0, (True, 2, 0.0, 3.0)),
+            (0.0, "usage", "k", 1, 3),
+            (0.0, "take", "k", 3, (False, 2, 1.0, 3.0)),  # what the peek said
+            (0.5, "peek", "k", 3, (False, 2, 0.5, 2.5)),
+            (0.5, "peek", "k", 0, (True, 2, 0.0, 2.5)),  # reset_after moves with time
+            (1.0, "peek", "k", 3, (True, 0, 0.0, 5.0)),
+            (1.0, "take", "k", 3, (True, 0, 0.0, 5.0)),
+            (1.0, "peek", "k", 0, (True, 0, 0.0, 5.0)),
+            (1.0, "peek", "k", 1, (False, 0, 1.0, 5.0)),
+            (3.5, "peek", "k", 0, (True, 2, 0.0, 2.5)),
+            (6.0, "peek", "k", 0, (True, 5, 0.0, 0.0)),
+            (6.0, "peek", "other", 5, (True, 0, 0.0, 5.0)),
+            (6.0, "usage", "other", 1, 0),
+        ],
+    ),
+    "peek_at_a_high_rate": (
+        (1_000_000, 1_000_000, 1.0),
+        [
+            (0.0, "take", "k", 999_999, (True, 1, 0.0, 0.999999)),
+            (0.0, "peek", "k", 2, (False, 1, 1e-6, 0.999999)),
+            (0.000001, "peek", "k", 2, (True, 0, 0.0, 1.0)),
+            (0.000001, "peek", "k", 0, (True, 2, 0.0, 0.999998)),
         ],
     ),
 }

@@ -71,7 +71,7 @@ def test_sigkill_loses_leased_tokens_until_the_key_expires(redis_server: Server,
     assert admitted + burst <= 100 + 50 * (elapsed + 0.5)
     assert burst <= 100 - held - admitted + 50 * (elapsed + 0.5)
     # The lost tokens come back as the bucket refills: the key expires.
-    wait_until(lambda: raw.exists(f"{prefix}:{{k}}") == 0, 5.0, "the bucket key to expire")
+    wait_until(lambda: raw.exists(other.packer.key("k")) == 0, 5.0, "the bucket key to expire")
     t0 = time.monotonic()
     full = sum(other.try_take("k") for _ in range(150))
     assert 100 <= full <= 100 + 50 * (time.monotonic() - t0) + 1  # + what refilled meanwhile
@@ -83,7 +83,7 @@ def test_close_returns_unused_tokens(redis_server: Server, raw: redis.Redis, pre
     first = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
     assert all(first.try_take("k") for _ in range(30))
     time.sleep(0.1)  # a prefetch may still be landing
-    held = first.book.table.usage("k")
+    held = first.book.table.held("k")
     assert held > 0
     first.close()
     stats = first.stats()
@@ -127,7 +127,7 @@ def test_redis_down_leases_serve_until_expiry(own_server: Server, prefix: str) -
     limiter = RateLimiter(backend, fail_open=False, breaker_cooldown=0.1, log_interval=60)
     assert all(limiter.try_acquire("k") for _ in range(100))
     time.sleep(0.1)
-    held = backend.book.table.usage("k")
+    held = backend.book.table.held("k")
     assert held >= 10
     own_server.kill()
     killed = time.monotonic()
@@ -152,7 +152,7 @@ async def test_async_twin_serves_locally_and_returns_on_aclose(redis_server: Ser
     assert all([await backend.try_take("k") for _ in range(40)])
     await asyncio.sleep(0.1)
     assert script_calls(raw) - before <= 10
-    held = backend.book.table.usage("k")
+    held = backend.book.table.held("k")
     await backend.aclose()
     assert backend.stats()["returned_tokens"] == held
     plain = RedisBackend(config, url=redis_server.url, prefix=prefix)
@@ -172,7 +172,7 @@ async def main():
                                        prefix={prefix!r}, max_share=0.5)
     assert all([await backend.try_take("k") for _ in range(30)])
     await asyncio.sleep(0.1)  # let a prefetch land
-    print(backend.book.table.usage("k"), flush=True)
+    print(backend.book.table.held("k"), flush=True)
     globals()["keep"] = backend  # alive at exit, never closed
 
 asyncio.run(main())
@@ -196,7 +196,7 @@ def test_shared_leases_serve_every_process_of_a_host(redis_server: Server, raw: 
     b = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, shared=shm_name, max_share=0.5)
     assert all(a.try_take("k") for _ in range(50))
     time.sleep(0.1)
-    held = b.book.table.usage("k")
+    held = b.book.table.held("k")
     before = script_calls(raw)
     assert all(b.try_take("k") for _ in range(held // 2))
     assert script_calls(raw) - before <= 1  # at most b's own prefetch

@@ -58,6 +58,18 @@ def test_fail_open_closed_with_redis_down() -> None:
     assert "fail_open=local: [True, True, True, False, False]" in out
 
 
+@pytest.mark.redis
+def test_fail_open_closed_with_redis_up(redis_server: Any) -> None:
+    """Healthy Redis: every policy has its own bucket, so each admits its 3
+    (one shared key made fail-open look like fail-closed)."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    out = run("fail_open_closed.py", redis_server.url)
+    for policy in ("True ", "False", "local"):
+        assert f"fail_open={policy}: [True, True, True, False, False]" in out, out
+
+
 @pytest.mark.grpc
 def test_sidecar_client(tmp_path: Path) -> None:
     sidecar = Sidecar(tmp_path).start()

@@ -1,49 +1,97 @@
-"""RedisBackend against a real redis-server, on the server's real clock."""
+"""RedisBackend and AsyncRedisBackend against a real redis-server, on the
+server's real clock: one body per test, run on both (``flavor``); the
+asyncio backend is driven from here on an event loop of the test's own.
+The asyncio-only behaviours (tasks, cancellation, its wire pool) follow."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
+import signal
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 import redis
+import redis.asyncio
 from redis_servers import Server, free_port, wait_until
 
 from guardian import (
     ArgumentTypeError,
     BackendError,
+    BackendTimeoutError,
     BackendUnavailableError,
     InvalidArgumentError,
     TokenBucketConfig,
 )
 from guardian.backends.redis import RedisBackend
+from guardian.backends.redis_async import AsyncRedisBackend
 
 pytestmark = pytest.mark.redis
 
 HELPERS = Path(__file__).parent.parent / "helpers"
 
 
-@pytest.fixture
-def make(redis_server: Server, prefix: str):
-    made: List[RedisBackend] = []
+class Blocking:
+    """An AsyncRedisBackend with blocking methods: each coroutine runs to
+    completion on the test's loop, so one test body serves both backends."""
 
-    def make(capacity: int, rate: float, interval: float = 1.0, **kw: Any) -> RedisBackend:
-        kw.setdefault("url", redis_server.url)
-        backend = RedisBackend(TokenBucketConfig(capacity, rate, interval), prefix=prefix, **kw)
+    def __init__(self, backend: AsyncRedisBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.backend, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        return lambda *args, **kw: self.loop.run_until_complete(attr(*args, **kw))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.backend.aclose())
+
+
+@pytest.fixture(params=["sync", "async"])
+def flavor(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Builds the backend under test from RedisBackend's arguments."""
+    loop = asyncio.new_event_loop() if request.param == "async" else None
+    made: List[Any] = []
+
+    def build(config: TokenBucketConfig, **kw: Any) -> Any:
+        if loop is None:
+            backend: Any = RedisBackend(config, **kw)
+        else:
+            if "client" in kw:  # the same server, through redis.asyncio
+                kw["client"] = redis.asyncio.Redis(port=kw["client"].connection_pool.connection_kwargs["port"])
+            backend = Blocking(AsyncRedisBackend(config, **kw), loop)
         made.append(backend)
         return backend
 
-    yield make
+    build.kind = request.param  # type: ignore[attr-defined]
+    yield build
     for backend in made:
-        backend.close()
+        try:
+            backend.close()
+        except Exception:  # pragma: no cover - closed by the test already
+            pass
+    if loop is not None:
+        loop.close()
 
 
-def hammer(backend: RedisBackend, seconds: float, key: str = "k") -> int:
+@pytest.fixture
+def make(redis_server: Server, prefix: str, flavor: Callable[..., Any]) -> Callable[..., Any]:
+    def make(capacity: int, rate: float, interval: float = 1.0, **kw: Any) -> Any:
+        kw.setdefault("url", redis_server.url)
+        return flavor(TokenBucketConfig(capacity, rate, interval), prefix=prefix, **kw)
+
+    return make
+
+
+def hammer(backend: Any, seconds: float, key: str = "k") -> int:
     admitted = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -75,18 +123,21 @@ def test_results_and_usage_and_reset(make) -> None:
     backend.reset("k")
     assert backend.usage("k") == 0
     assert backend.take("k", 3).allowed
+    backend.reset("k")
+    granted, remaining, retry, reset = backend.reserve("r", 5)
+    assert (granted, remaining, retry) == (3, 0, 0.0) and reset == pytest.approx(3.0, abs=0.01)
 
 
 def test_ttl_present_and_no_longer_than_a_full_refill(make, raw: redis.Redis, prefix: str) -> None:
     backend = make(5, 20)  # a full refill takes 250 ms
     backend.take("k", 3)
-    ttl = raw.pttl(f"{prefix}:{{k}}")
+    ttl = raw.pttl(backend.packer.key("k"))
     assert 0 < ttl <= 150
     backend.take("k", 2)
-    assert 150 < raw.pttl(f"{prefix}:{{k}}") <= 250
+    assert 150 < raw.pttl(backend.packer.key("k")) <= 250
     backend.take("k", 1)  # denied: nothing changes
-    assert raw.pttl(f"{prefix}:{{k}}") <= 250
-    wait_until(lambda: not raw.exists(f"{prefix}:{{k}}"), 1.0, "the key to expire")
+    assert raw.pttl(backend.packer.key("k")) <= 250
+    wait_until(lambda: not raw.exists(backend.packer.key("k")), 1.0, "the key to expire")
     assert backend.take("k", 5).allowed  # an expired key is a full bucket
 
 
@@ -98,7 +149,7 @@ def test_any_key_is_its_own_bucket(make, raw: redis.Redis, prefix: str, key: str
     assert backend.try_take(key)
     assert not backend.try_take(key)
     assert backend.try_take(key + "}")  # a near neighbour is another bucket
-    assert raw.exists(f"{prefix}:{{{key}}}".encode())
+    assert raw.exists(backend.packer.key(key))
 
 
 def test_take_many_in_order_with_duplicates_and_chunks(make) -> None:
@@ -124,8 +175,8 @@ def test_script_cache_flushed_is_reloaded(make, raw: redis.Redis) -> None:
 
 def test_a_foreign_value_is_a_backend_error(make, raw: redis.Redis, prefix: str) -> None:
     backend = make(10, 1)
-    raw.hset(f"{prefix}:{{h}}", "a", 1)
-    raw.set(f"{prefix}:{{s}}", "not a TAT")
+    raw.hset(backend.packer.key("h"), "a", 1)
+    raw.set(backend.packer.key("s"), "not a TAT")
     for key in ("h", "s"):
         with pytest.raises(BackendError, match="guardian did not write"):
             backend.take(key)
@@ -147,9 +198,9 @@ def test_a_foreign_value_is_a_backend_error(make, raw: redis.Redis, prefix: str)
         ("k", float("nan"), ArgumentTypeError),
     ],
 )
-def test_bad_input_raises_before_any_network_call(key: Any, cost: Any, error: type) -> None:
+def test_bad_input_raises_before_any_network_call(flavor: Any, key: Any, cost: Any, error: type) -> None:
     # Nothing listens on this port: any I/O would be a BackendUnavailableError.
-    backend = RedisBackend(TokenBucketConfig(10, 1), url=f"redis://127.0.0.1:{free_port()}/0")
+    backend = flavor(TokenBucketConfig(10, 1), url=f"redis://127.0.0.1:{free_port()}/0")
     for call in (lambda: backend.take(key, cost), lambda: backend.try_take(key, cost),
                  lambda: backend.take_many(["ok", key], cost)):
         with pytest.raises(error):
@@ -163,20 +214,23 @@ def test_bad_input_raises_before_any_network_call(key: Any, cost: Any, error: ty
     backend.close()
 
 
-def test_an_existing_client_is_used_and_not_closed(redis_server: Server, prefix: str) -> None:
+def test_an_existing_client_is_used_and_not_closed(redis_server: Server, prefix: str, flavor: Any) -> None:
     client = redis.Redis(port=redis_server.port)
-    backend = RedisBackend(TokenBucketConfig(1, 1, 3600), client=client, prefix=prefix)
+    backend = flavor(TokenBucketConfig(1, 1, 3600), client=client, prefix=prefix)
     assert backend.try_take("k") and not backend.try_take("k")
     backend.close()
-    assert client.exists(f"{prefix}:{{k}}") == 1
+    assert client.exists(backend.packer.key("k")) == 1
+    if flavor.kind == "async":  # the asyncio client the backend was given is still open
+        assert backend.loop.run_until_complete(backend.backend.client.exists(backend.packer.key("k"))) == 1
+        backend.loop.run_until_complete(backend.backend.client.aclose())
     client.close()
 
 
-def test_unix_socket_url(tmp_path: Path, prefix: str) -> None:
+def test_unix_socket_url(tmp_path: Path, prefix: str, flavor: Any) -> None:
     sock = tmp_path / "r.sock"
     server = Server(tmp_path, args=["--unixsocket", str(sock), "--unixsocketperm", "700"]).start()
     try:
-        backend = RedisBackend(TokenBucketConfig(1, 1, 3600), url=f"unix://{sock}", prefix=prefix)
+        backend = flavor(TokenBucketConfig(1, 1, 3600), url=f"unix://{sock}", prefix=prefix)
         assert backend.try_take("k") and not backend.try_take("k")
         backend.close()
     finally:
@@ -213,7 +267,7 @@ def test_clients_clocks_hours_apart_share_one_limit(deployment, prefix: str) -> 
     behind = run_hammers(url, prefix, 1, capacity=30, rate=0.01, takes=40, skew=-5)
     assert ahead[0] + behind[0] == 30
     assert ahead[0] == 30 and behind[0] == 0
-    key = f"{prefix}:{{k}}"
+    key = RedisBackend(TokenBucketConfig(30, 0.01), url=url, prefix=prefix).packer.key("k")
     if isinstance(raw, redis.RedisCluster):  # the TIME of the node holding the key
         sec, us = raw.time(target_nodes=raw.get_node_from_key(key))
     else:
@@ -221,3 +275,93 @@ def test_clients_clocks_hours_apart_share_one_limit(deployment, prefix: str) -> 
     tat_us = int(raw.get(key).decode().partition(":")[0])
     window_us = 30 * 100 * 10**6
     assert 0 < tat_us - (sec * 10**6 + us) <= window_us
+
+
+def test_a_server_that_stops_answering_times_out_and_the_wire_recovers(own_server: Server, prefix: str,
+                                                                       flavor: Any) -> None:
+    """A check fails within the timeout (asyncio: the wire's deadline timer,
+    no asyncio.timeout per read; sync: the kernel's socket timeout); the
+    connections are replaced afterwards."""
+    b = flavor(TokenBucketConfig(10, 1, 3600), url=own_server.url, prefix=prefix, timeout=0.25)
+    assert b.try_take("k")
+    assert own_server.proc is not None
+    os.kill(own_server.proc.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(BackendTimeoutError):
+            b.take("k")
+        assert 0.2 < time.monotonic() - start < 0.6
+    finally:
+        os.kill(own_server.proc.pid, signal.SIGCONT)
+    # Redis may still run the request that timed out once it resumes: an
+    # answer lost costs a token, never an extra admission.
+    assert b.take("k").remaining in (7, 8)
+
+
+# --- asyncio only -------------------------------------------------------------
+
+
+def backend(server: Server, prefix: str, capacity: int, rate: float, interval: float = 1.0,
+            **kw: Any) -> AsyncRedisBackend:
+    return AsyncRedisBackend(TokenBucketConfig(capacity, rate, interval), url=server.url,
+                             prefix=prefix, **kw)
+
+
+async def test_concurrent_tasks_share_connections_and_never_over_admit(redis_server: Server,
+                                                                       prefix: str) -> None:
+    b = backend(redis_server, prefix, 100, 1, 3600)
+    results = await asyncio.gather(*(b.try_take("k") for _ in range(300)))
+    assert sum(results) == 100
+    assert b._wires is not None and b._wires.open <= b.max_wires
+    await b.aclose()
+
+
+async def test_cancelled_mid_call_leaves_no_stale_reply(redis_server: Server, prefix: str) -> None:
+    b = backend(redis_server, prefix, 1000, 1, 3600)
+    for _ in range(20):
+        task = asyncio.ensure_future(b.take("k"))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    used = await b.usage("k")
+    r = await b.take("other", 3)  # would read a stale reply if a wire were reused
+    assert r.allowed and r.remaining == 997
+    assert 0 <= used <= 20
+    await b.aclose()
+
+
+async def test_a_burst_waits_for_the_few_connections_allowed(redis_server: Server, prefix: str) -> None:
+    b = backend(redis_server, prefix, 1000, 1, 3600)
+    b.max_wires = 2
+    tasks = [asyncio.ensure_future(b.take(f"k{i % 7}")) for i in range(60)]
+    tasks[5].cancel()  # a waiter that leaves must not strand the others
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(1 for r in done if isinstance(r, asyncio.CancelledError)) == 1
+    assert all(r.allowed for r in done if not isinstance(r, BaseException))
+    assert b._wires is not None and b._wires.open <= 2 and not b._wires.queue
+    await b.aclose()
+
+
+def test_two_limits_on_one_key_never_share_a_bucket(redis_server: Server, prefix: str, flavor: Any) -> None:
+    """A 5-burst and a 100-burst limit on one Redis, one prefix, one key:
+    1,000 mixed checks leave each bucket exactly where it would be alone
+    (a slow refill: nothing refills during the test)."""
+    small_config, big_config = TokenBucketConfig(5, 1, 3600), TokenBucketConfig(100, 1, 3600)
+    small = flavor(small_config, url=redis_server.url, prefix=prefix)
+    big = flavor(big_config, url=redis_server.url, prefix=prefix)
+    results = {"small": [], "big": []}
+    for i in range(1000):
+        name, backend = ("small", small) if i % 3 == 0 else ("big", big)
+        results[name].append(backend.try_take("k"))
+    # Alone, each would admit exactly its capacity, in order, then deny.
+    assert results["small"] == [True] * 5 + [False] * (len(results["small"]) - 5)
+    assert results["big"] == [True] * 100 + [False] * (len(results["big"]) - 100)
+    assert small.usage("k") == 5 and big.usage("k") == 100
+    # Sharing on purpose: without the limit in the key, both use one bucket.
+    shared_small = flavor(small_config, url=redis_server.url, prefix=prefix + "s", limit_in_key=False)
+    shared_big = flavor(big_config, url=redis_server.url, prefix=prefix + "s", limit_in_key=False)
+    assert sum(shared_big.try_take("k") for _ in range(3)) == 3
+    assert sum(shared_small.try_take("k") for _ in range(5)) == 2  # the 3 taken count

@@ -111,8 +111,8 @@ def test_a_stalled_redis_costs_one_timeout_per_probe(stalled: str, prefix: str) 
 def test_a_foreign_value_is_decided_by_policy_and_logged(redis_server: Server, prefix: str,
                                                          raw: redis.Redis,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    raw.hset(f"{prefix}:{{h}}", "a", 1)
     limiter = limiter_on(redis_server.url, prefix, False)
+    raw.hset(limiter.backend.packer.key("h"), "a", 1)
     with caplog.at_level(logging.WARNING, logger="guardian"):
         assert limiter.try_acquire("h") is False
         assert limiter.check_limit("k").allowed  # other keys are unaffected

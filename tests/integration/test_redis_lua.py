@@ -1,7 +1,7 @@
 """The Lua scripts against the shared GCRA cases, on a clock the test sets.
 
-The scripts run exactly as shipped except for one line: the test copy reads
-NOW from its last ARGV instead of redis.call('TIME'). On a nanosecond
+The scripts run exactly as shipped except for one line: the test copy takes
+NOW off the end of its ARGV instead of redis.call('TIME'). On a nanosecond
 clock (``clock_unit_ns=1``) every shared case replays to the nanosecond;
 on the production microsecond clock, at today's and at far-future server
 times, the cases whose times are whole microseconds do.
@@ -17,7 +17,7 @@ import redis
 from gcra_cases import CASES
 
 from guardian import ConfigurationError, TokenBucketConfig
-from guardian.backends._redis_proto import MAX_TAU_TICKS, Layout, read_source
+from guardian.backends._redis_scripts import MAX_TAU_TICKS, Layout, read_source
 
 pytestmark = pytest.mark.redis
 
@@ -29,7 +29,8 @@ YEAR_2250_US = 8_836_000_000 * 10**6
 def clocked(name: str, clock_unit_ns: int) -> str:
     source = read_source(name)
     assert source.count(CLOCK_LINE) == 1
-    source = source.replace(CLOCK_LINE, "local NOW = tonumber(ARGV[#ARGV])\n")
+    # The clock is taken off the end of ARGV, so the script sees the others as shipped.
+    source = source.replace(CLOCK_LINE, "local NOW = tonumber(table.remove(ARGV))\n")
     if clock_unit_ns == 1:
         source = source.replace("local US_PER_MS = 1000\n", "local US_PER_MS = 1000000\n")
     return source
@@ -41,7 +42,8 @@ class Driver:
     def __init__(self, client: redis.Redis, prefix: str, config: TokenBucketConfig, unit: int) -> None:
         self.client, self.prefix = client, prefix
         self.layout = Layout(config, clock_unit_ns=unit)
-        self.scripts = {n: client.register_script(clocked(n, unit)) for n in ("take", "usage", "reserve", "release")}
+        self.scripts = {n: client.register_script(clocked(n, unit))
+                        for n in ("take", "peek", "usage", "reserve", "release")}
         self.now = 0
 
     def _run(self, name: str, key: str, *extra: int) -> Any:
@@ -52,12 +54,18 @@ class Driver:
         r = self.layout.result(self._run("take", key, cost)[0], cost)
         return r.allowed, r.remaining, r.retry_after, r.reset_after
 
+    def peek(self, key: str, cost: int) -> Tuple[bool, int, float, float]:
+        allowed, remaining, retry, reset = self._run("peek", key, cost)
+        assert allowed in (0, 1)
+        tps = self.layout.ticks_per_second
+        return bool(allowed), remaining, retry / tps, reset / tps
+
     def usage(self, key: str) -> int:
         return int(self._run("usage", key))
 
-    def reserve(self, key: str, n: int) -> list:
+    def reserve(self, key: str, n: int, need: "int | None" = None) -> list:
         """The first four fields; the fifth, NOW, is checked separately."""
-        reply = list(self._run("reserve", key, n))
+        reply = list(self._run("reserve", key, n, *([] if need is None else [need])))
         assert reply[4] == self.now
         self.last = reply
         return reply[:4]
@@ -78,8 +86,8 @@ def replay(driver: Driver, steps: list, start: int, unit_ns: int) -> None:
         if op == "usage":
             assert driver.usage(key) == expected, (at, op, key)
             continue
-        got = driver.take(key, cost)
-        assert got[:2] == expected[:2], (at, key, cost, got)
+        got = driver.peek(key, cost) if op == "peek" else driver.take(key, cost)
+        assert got[:2] == expected[:2], (at, op, key, cost, got)
         assert got[2] == pytest.approx(expected[2], abs=1e-12), (at, key, cost, got)
         assert got[3] == pytest.approx(expected[3], abs=1e-12), (at, key, cost, got)
 
@@ -151,6 +159,30 @@ def test_reserve_takes_what_the_bucket_holds(raw: redis.Redis, prefix: str) -> N
     assert driver.reserve("k", 1) == [0, 0, 200_000, 2_000_000]
     driver.now += 600_000
     assert driver.reserve("k", 100) == [3, 0, 0, 2_000_000]
+
+
+def test_reserve_grants_nothing_below_the_cost_asked(raw: redis.Redis, prefix: str) -> None:
+    """With a needed count, reserve takes nothing unless that many fit, and
+    its retry_after is the wait for all of them (the GCRA rule for cost)."""
+    driver = Driver(raw, prefix, TokenBucketConfig(10, 5), unit=1000)  # T = 200 ms
+    driver.now = TODAY_US
+    assert driver.reserve("k", 7, need=3) == [7, 3, 0, 1_400_000]
+    assert driver.reserve("k", 5, need=4) == [0, 3, 200_000, 1_400_000]  # 3 there, 1 more in 200 ms
+    assert driver.usage("k") == 7  # the refusal took nothing
+    assert driver.reserve("k", 1, need=3) == [3, 0, 0, 2_000_000]  # wanted is raised to needed
+    assert driver.reserve("k", 10, need=10) == [0, 0, 2_000_000, 2_000_000]
+    driver.now += 400_000
+    assert driver.reserve("k", 10, need=2) == [2, 0, 0, 2_000_000]
+
+
+def test_peek_at_the_edges_of_the_exact_range(raw: redis.Redis, prefix: str) -> None:
+    driver = Driver(raw, prefix, TokenBucketConfig(50_000, 1, 86_400), unit=1000)
+    driver.now = YEAR_2250_US
+    assert driver.peek("k", 50_000) == (True, 0, 0.0, 50_000 * 86_400.0)
+    assert driver.take("k", 49_999)[:2] == (True, 1)
+    assert driver.peek("k", 2) == (False, 1, 86_400.0, 49_999 * 86_400.0)
+    assert driver.peek("k", 0) == (True, 1, 0.0, 49_999 * 86_400.0)
+    assert raw.pttl(f"{prefix}:{{k}}") > 0 and driver.usage("k") == 49_999  # untouched
 
 
 def test_the_range_limit_is_enforced_at_construction() -> None:

@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = textwrap.dedent("""
     import sys, guardian
-    from guardian.backends import _redis_proto
+    from guardian.backends import _redis_scripts
     assert guardian.CORE == "c", guardian.CORE
     assert "site-packages" in guardian.__file__, guardian.__file__
-    scripts = _redis_proto.scripts()
-    assert set(scripts) == set(_redis_proto.SCRIPT_NAMES), scripts
-    assert all("redis.call" in _redis_proto.read_source(n) for n in _redis_proto.SCRIPT_NAMES)
+    scripts = _redis_scripts.scripts()
+    assert set(scripts) == set(_redis_scripts.SCRIPT_NAMES), scripts
+    assert all("redis.call" in _redis_scripts.read_source(n) for n in _redis_scripts.SCRIPT_NAMES)
     print("ok", guardian.CORE, guardian.__file__)
 """)
 

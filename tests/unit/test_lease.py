@@ -1,4 +1,4 @@
-"""Lease tables (spend, drain on both cores) and lease sizing."""
+"""Lease tables (credit, spend, drain, held on both cores) and lease sizing."""
 
 from __future__ import annotations
 
@@ -8,45 +8,45 @@ import pytest
 from conftest import ManualClock
 
 from guardian import ConfigurationError, InvalidArgumentError, TokenBucketConfig
-from guardian.backends._lease import _SPAN, LeaseBook, lease_size, lease_table
+from guardian.backends._lease import _SPAN, LeaseBook, LeaseTable, lease_size
 
 
-def table(core: ModuleType, clock: ManualClock, capacity: int = 100, slots: int = 64) -> object:
-    return lease_table(capacity, None, slots, clock)
+def table(core: ModuleType, clock: ManualClock, capacity: int = 100, slots: int = 64) -> LeaseTable:
+    return LeaseTable(capacity, None, slots, clock)
 
 
 def test_an_absent_key_holds_nothing(core: ModuleType, clock: ManualClock) -> None:
     t = table(core, clock)
-    assert t.spend("k") == -1 and t.drain("k") == 0 and t.usage("k") == 0
+    assert t.spend("k") == -1 and t.drain("k") == 0 and t.held("k") == 0
     assert t.spend("k") == -1  # spend never inserts
 
 
 def test_credit_spend_drain(core: ModuleType, clock: ManualClock) -> None:
     t = table(core, clock)
-    assert t.try_acquire("k", 10)  # credit
-    assert t.try_acquire("k", 5) and t.usage("k") == 15
+    assert t.credit("k", 10)
+    assert t.credit("k", 5) and t.held("k") == 15
     assert t.spend("k", 4) == 11
-    assert t.spend("k", 12) == -1 and t.usage("k") == 11  # nothing taken
+    assert t.spend("k", 12) == -1 and t.held("k") == 11  # nothing taken
     assert t.spend("k", 11) == 0 and t.spend("k") == -1
-    assert t.try_acquire("k", 3) and t.drain("k") == 3 and t.drain("k") == 0
+    assert t.credit("k", 3) and t.drain("k") == 3 and t.drain("k") == 0
     assert t.spends == 2
 
 
 def test_held_tokens_do_not_decay_while_a_lease_lives(core: ModuleType, clock: ManualClock) -> None:
     t = table(core, clock, capacity=1000)
-    assert t.try_acquire("k", 7)
+    assert t.credit("k", 7)
     clock.advance(3600)  # an hour: far beyond any lease
-    assert t.usage("k") == 7
+    assert t.held("k") == 7
     assert t.spend("k") == 6
     clock.advance(ns=_SPAN // 1000)  # one T later one token is gone
-    assert t.usage("k") == 5
+    assert t.held("k") == 5
 
 
 def test_credit_never_exceeds_capacity(core: ModuleType, clock: ManualClock) -> None:
     t = table(core, clock, capacity=10)
-    assert t.try_acquire("k", 8)
-    assert not t.try_acquire("k", 3) and t.usage("k") == 8
-    assert t.try_acquire("k", 2) and t.usage("k") == 10 and t.spend("k", 10) == 0
+    assert t.credit("k", 8)
+    assert not t.credit("k", 3) and t.held("k") == 8
+    assert t.credit("k", 2) and t.held("k") == 10 and t.spend("k", 10) == 0
 
 
 def test_empty_lease_slots_are_reclaimed(core: ModuleType, clock: ManualClock) -> None:
@@ -55,7 +55,7 @@ def test_empty_lease_slots_are_reclaimed(core: ModuleType, clock: ManualClock) -
     t = table(core, clock, slots=8)
     for i in range(500):
         key = f"key-{i}"
-        assert t.try_acquire(key, 3), i
+        assert t.credit(key, 3), i
         assert t.spend(key, 3) == 0
     assert t.stats()["full"] == 0
 

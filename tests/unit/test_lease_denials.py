@@ -11,37 +11,26 @@ from typing import List
 import pytest
 
 from guardian import TokenBucketConfig
-from guardian.backends import _lease
+from guardian.backends._lease import Lease, LeaseBook
+from guardian.backends._redis_scripts import Reserved
 
 TPS = 1_000_000  # reply ticks per second (microseconds, for the test)
+NOW = 10**12  # the book's clock, in ns; it does not move
 
 
-class FixedClock:
-    t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FixedClock:
-    c = FixedClock()
-    monkeypatch.setattr(_lease, "time", c)
-    return c
+def book(capacity: int = 100, rate: float = 200.0) -> LeaseBook:
+    return LeaseBook(TokenBucketConfig(capacity, rate), shared=None, slots=64, lease_lifetime=5.0,
+                     refresh_interval=0.1, max_share=0.2, lock=threading.Lock, ticks_per_second=TPS,
+                     clock=lambda: NOW)
 
 
-def book(capacity: int = 100, rate: float = 200.0) -> _lease.LeaseBook:
-    return _lease.LeaseBook(TokenBucketConfig(capacity, rate), shared=None, slots=64, lease_lifetime=5.0,
-                            refresh_interval=0.1, max_share=0.2, lock=threading.Lock, ticks_per_second=TPS)
+def deny(b: LeaseBook, lease: Lease, retry_s: float) -> float:
+    """A reserve reply with nothing granted; the seconds it is cached for."""
+    assert b.granted("k", lease, 1, Reserved(0, 0, round(retry_s * TPS), 0, 0)) == 0
+    return (b.denied["k"] - NOW) / 1e9
 
 
-def deny(b: _lease.LeaseBook, lease: _lease.Lease, retry_s: float) -> float:
-    """A reserve reply with nothing granted; the window it is cached for."""
-    assert b.granted("k", lease, 1, [0, 0, round(retry_s * TPS), 0, 0]) == 0
-    return round(b.denied["k"] - _lease.time.monotonic(), 6)
-
-
-def test_consecutive_denials_back_off_up_to_a_bound(clock: FixedClock) -> None:
+def test_consecutive_denials_back_off_up_to_a_bound() -> None:
     b = book()  # T = 5 ms; bound min(refresh 0.1 s, C*T/2 = 0.25 s)
     lease = b.lease("k")
     windows: List[float] = [deny(b, lease, 0.0025) for _ in range(8)]
@@ -56,18 +45,18 @@ def test_consecutive_denials_back_off_up_to_a_bound(clock: FixedClock) -> None:
     for _ in range(100):
         b.cached_denial("k", 1)
     assert b.size(lease, 0, 1) == 20  # 0.1 s / 5 ms, capped at max_share * C
-    b.granted("k", lease, 20, [3, 0, 0, 15_000, 0])  # a partial grant resets the streak
+    b.granted("k", lease, 20, Reserved(3, 0, 0, 15_000, 0))  # a partial grant resets the streak
     assert deny(b, lease, 0.0025) == 0.005
     assert b.size(lease, 0, 1) == 1
 
 
-def test_window_bound_keeps_the_bucket_from_overflowing(clock: FixedClock) -> None:
+def test_window_bound_keeps_the_bucket_from_overflowing() -> None:
     b = book(capacity=10)  # C*T/2 = 25 ms < refresh
     lease = b.lease("k")
     assert [deny(b, lease, 0.0025) for _ in range(5)][-1] == 0.025
 
 
-def test_window_never_undercuts_redis(clock: FixedClock) -> None:
+def test_window_never_undercuts_redis() -> None:
     b = book(capacity=5, rate=1 / 720)  # one token per 12 minutes
     assert deny(b, b.lease("k"), 3600.0) == 3600.0
     result = b.cached_denial("k", 1)

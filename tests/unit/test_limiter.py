@@ -113,9 +113,37 @@ async def test_async_limiter_on_memory(core: ModuleType, clock: ManualClock) -> 
         assert await limiter.get_usage("k") == 0
 
 
+class AsyncBrokenBackend:
+    """BrokenBackend for asyncio."""
+
+    can_fail = True
+    config = CONFIG
+
+    def __init__(self) -> None:
+        self.sync = BrokenBackend()
+
+    async def take(self, key: str, cost: int = 1) -> LimitResult:
+        return self.sync.take(key, cost)
+
+    async def try_take(self, key: str, cost: int = 1) -> bool:
+        return self.sync.try_take(key, cost)
+
+    async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        return self.sync.take_many(keys, cost)
+
+    async def usage(self, key: str) -> int:
+        return self.sync.usage(key)
+
+    async def reset(self, key: str) -> None:
+        self.sync.reset(key)
+
+    async def aclose(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("fail_open", [True, False])
 async def test_async_failure_policy(fail_open: bool) -> None:
-    limiter = AsyncRateLimiter(BrokenBackend(), fail_open=fail_open)
+    limiter = AsyncRateLimiter(AsyncBrokenBackend(), fail_open=fail_open)
     assert await limiter.try_acquire("k") is fail_open
     assert (await limiter.check_limit("k")).allowed is fail_open
     assert limiter.failures == 2

@@ -171,6 +171,9 @@ async def test_asgi_offloads_a_network_limiter_to_a_thread(core: Any, clock: Man
             threads.append(threading.current_thread().name)
             return self.inner.take(key, cost)
 
+        def __getattr__(self, name: str) -> Any:  # the other operations: a whole backend
+            return getattr(self.inner, name)
+
     app = asgi.RateLimitMiddleware(starlette_app(), limiter=RateLimiter(SlowBackend()))  # type: ignore[arg-type]
     assert (await get(app)).status_code == 200
     assert threads and threads[0] != threading.main_thread().name

@@ -19,8 +19,9 @@ from guardian import (
     ConfigurationError,
     TokenBucketConfig,
 )
-from guardian.backends._redis_client import make_client, translate
-from guardian.backends._redis_proto import Layout, Packer, chunks, read_source, scripts
+from guardian.backends._redis_common import translate
+from guardian.backends.redis_url import client_for_url
+from guardian.backends._redis_scripts import Layout, Packer, read_source, scripts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,8 +61,8 @@ def test_decoding() -> None:
         True, 6, 0.0, 0.8, 10)
     assert (second.allowed, second.remaining, second.retry_after, second.reset_after) == (
         False, 1, 0.2, 1.8)
-    assert layout.results(reply, 2) == [first, second, layout.result(reply[2], 2)]
-    assert layout.results([-2_000_000], 1)[0].retry_after == pytest.approx(0.2)
+    assert layout.results([reply], 2, 3) == [first, second, layout.result(reply[2], 2)]
+    assert layout.results([[-2_000_000]], 1, 1)[0].retry_after == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("n", [1, 3, 300])
@@ -88,7 +89,8 @@ def test_bulk_packing_checks_every_key(bad: object) -> None:
 def test_the_hot_path_template_packs_what_the_generic_packer_does(key: str, prefix: str) -> None:
     packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
     bkey = packer.key(key)
-    assert bkey == f"{prefix}:{{{key}}}".encode()
+    assert bkey == f"{prefix}:c10:t1000000/1:{{{key}}}".encode()  # T = 1 s = 10^6 us
+    assert Packer(prefix, packer.layout, limit_in_key=False).key(key) == f"{prefix}:{{{key}}}".encode()
     assert packer.take1(key) == packer.take(key, 1) == packer.command("take", [bkey], b"1")
     assert packer.take(key, 3) == packer.command("take", [bkey], b"3")
     expected = redis.Redis().connection_pool.make_connection().pack_command(
@@ -110,11 +112,6 @@ def test_reserve_wants_a_positive_int_capped_at_capacity() -> None:
             packer.wanted(bad)
 
 
-def test_chunks() -> None:
-    assert chunks([b"a", b"b", b"c"], 2) == [[b"a", b"b"], [b"c"]]
-    assert chunks([], 2) == []
-
-
 def test_scripts_read_the_server_clock_and_carry_headers() -> None:
     for name, script in scripts().items():
         assert script.source == read_source(name)
@@ -134,7 +131,7 @@ def test_scripts_read_the_server_clock_and_carry_headers() -> None:
     ],
 )
 def test_urls_pick_the_client_without_connecting(url: str, kind: str) -> None:
-    client = make_client(redis, url, 0.1, 0.2, {})
+    client = client_for_url(redis, url, 0.1, 0.2)
     pool = client.connection_pool
     assert pool.connection_class.__name__ == kind
     assert pool.connection_kwargs["socket_timeout"] == 0.2
@@ -148,13 +145,13 @@ def test_urls_pick_the_client_without_connecting(url: str, kind: str) -> None:
 @pytest.mark.parametrize("url", ["http://x", "localhost:6379", "redis+sentinel://h:1/", 42])
 def test_bad_urls(url: object) -> None:
     with pytest.raises(ConfigurationError):
-        make_client(redis, url, 0.1, 0.1, {})  # type: ignore[arg-type]
+        client_for_url(redis, url, 0.1, 0.1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), "1", True])
 def test_bad_timeouts(timeout: object) -> None:
     with pytest.raises(ConfigurationError):
-        make_client(redis, "redis://h", timeout, 0.1, {})  # type: ignore[arg-type]
+        client_for_url(redis, "redis://h", timeout, 0.1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -192,3 +189,11 @@ def test_the_slot_is_redis_pys(key: str, prefix: str) -> None:
 
     packer = Packer(prefix, Layout(TokenBucketConfig(10, 1)))
     assert packer.slot(key) == key_slot(packer.key(key))
+
+
+def test_two_limits_never_share_a_key_unless_told_to() -> None:
+    a, b = Layout(TokenBucketConfig(5, 1)), Layout(TokenBucketConfig(100, 1))
+    c = Layout(TokenBucketConfig(5, 2))  # same capacity, another rate
+    keys = {Packer("g", layout).key("k") for layout in (a, b, c)}
+    assert len(keys) == 3
+    assert Packer("g", a, limit_in_key=False).key("k") == Packer("g", b, limit_in_key=False).key("k")

@@ -74,6 +74,11 @@ class TwinMachine(RuleBasedStateMachine):
         self.takes += 1
         self.allowed += allowed
 
+    @rule(key=KEYS, cost=st.integers(0, 20))
+    def peek(self, key: str, cost: int) -> None:
+        cost = min(cost, self.capacity)
+        assert self.c.peek(key, cost) == self.py.peek(key, cost)
+
     @rule(key=KEYS)
     def usage(self, key: str) -> None:
         assert self.c.usage(key) == self.py.usage(key)

@@ -7,11 +7,12 @@ by those who use them (``pip install guardian-ratelimit[redis]``).
 
 from typing import Any
 
-from .base import Backend
+from .base import AsyncBackend, Backend
 from .memory import MemoryBackend
 
 __all__ = [
     "Backend",
+    "AsyncBackend",
     "MemoryBackend",
     "RedisBackend",
     "AsyncRedisBackend",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import time
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -15,8 +16,9 @@ from .. import _impl
 from .._config import TokenBucketConfig
 from .._errors import ConfigurationError
 from .._result import LimitResult
+from ._redis_scripts import Reserved
 
-__all__ = ["LeaseBook", "Lease", "lease_size", "lease_table"]
+__all__ = ["LeaseBook", "LeaseTable", "Lease", "lease_size"]
 
 #: A lease table's capacity C times its T stays at 2^61 ticks (1 ns each),
 #: far from int64 overflow; T is then months for any sane capacity.
@@ -24,6 +26,7 @@ _SPAN = 1 << 61
 #: A held token decays once it is one T old (held is ceil((TAT - now) / T));
 #: T must outlive a lease.
 _MIN_T_OVER_LIFETIME = 2
+_NS = 1_000_000_000
 
 #: (server microseconds, ticks its TAT lay ahead): reserve's 5th and 4th.
 Reservation = Tuple[int, int]
@@ -31,13 +34,45 @@ Reservation = Tuple[int, int]
 _KEEP = 4
 #: What to give back: (key, tokens, the reservation they came from).
 Returns = List[Tuple[str, int, Reservation]]
+#: Time in integer nanoseconds of a monotonic clock: the core's convention,
+#: used for every lease deadline too, so one injected clock moves them all.
+Clock = Callable[[], int]
 
 
-def lease_table(capacity: int, shared: Optional[str], slots: Optional[int],
-                clock: Optional[Callable[[], int]]) -> Any:
-    """A core table counting tokens *held*: T is so long that nothing
-    refills while a lease lives, so TAT - now = held * T (see _core.pyx)."""
-    return _impl.Table(capacity, _SPAN // capacity, 1, slots=slots, name=shared, clock=clock)
+class LeaseTable:
+    """Tokens held per key by this process (or, shared, by this host),
+    kept in a core table whose T is so long that nothing refills while a
+    lease lives: TAT - now = held * T (see _core.pyx). Plain verbs for the
+    core's operations, whose names mean the opposite here."""
+
+    __slots__ = ("_table", "spend", "held", "drain")
+
+    def __init__(self, capacity: int, shared: Optional[str], slots: Optional[int],
+                 clock: Optional[Clock]) -> None:
+        self._table = table = _impl.Table(capacity, _SPAN // capacity, 1, slots=slots, name=shared, clock=clock)
+        #: spend(key, n=1): take n held tokens; what is left, or -1 (nothing
+        #: taken) when fewer are held. The hot path: the core's own method.
+        self.spend: Callable[..., int] = table.spend
+        #: held(key): tokens held.
+        self.held: Callable[[str], int] = table.usage
+        #: drain(key): take every held token; how many there were.
+        self.drain: Callable[[str], int] = table.drain
+
+    def credit(self, key: str, n: int) -> bool:
+        """Adds ``n`` held tokens; False (nothing added) when the key would
+        then hold more than the capacity."""
+        return bool(self._table.try_acquire(key, n))
+
+    @property
+    def spends(self) -> int:
+        """Checks served from held tokens (all processes, when shared)."""
+        return int(self._table.spends)
+
+    def stats(self) -> Dict[str, int]:
+        return dict(self._table.stats())
+
+    def close(self) -> None:
+        self._table.close()
 
 
 def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lease: int, cost: int) -> int:
@@ -59,25 +94,29 @@ class Lease:
     __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock", "streak", "window",
                  "missed")
 
-    def __init__(self, lock: Any) -> None:
+    def __init__(self, lock: Any, expires: int) -> None:
         self.size = 0  # tokens last asked for; 0: cold
         self.low = 0  # refill in the background at or below this many held
         self.held_at = 0  # tokens held right after the last credit...
-        self.at = 0.0  # ...at this monotonic time
-        self.expires = math.inf
+        self.at = 0  # ...at this clock time (ns)
+        #: Forgotten at this clock time (ns) unless a reservation renews it:
+        #: a key whose reservations are denied or fail holds no entry for long.
+        self.expires = expires
         #: The last few reservations, newest last: [us, ahead, tokens not
         #: given back]. Each can only give back its own tokens (release.lua).
         self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
         self.streak = 0  # Redis denials in a row
-        self.window = 0.0  # seconds the last one is cached for
+        self.window = 0  # ns the last one is cached for
         self.missed = 0  # tokens denied from the cache since
         self.lock = lock  # one Redis reservation per key at a time
 
 
 class LeaseBook:
     """The leases of one backend. The hot path is ``table.spend``; the rest
-    runs on a miss, in the background refill or at expiry."""
+    runs on a miss, in the background refill or at expiry. Every per-key
+    entry (lease, cached denial) ends within a lease lifetime of its last
+    renewal, so the book stays bounded whatever keys callers send."""
 
     def __init__(
         self,
@@ -90,10 +129,10 @@ class LeaseBook:
         max_share: float,
         lock: Callable[[], Any],
         ticks_per_second: int,
-        clock: Optional[Callable[[], int]] = None,
+        clock: Optional[Clock] = None,
     ) -> None:
         for name, value in (("lease_lifetime", lease_lifetime), ("refresh_interval", refresh_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ConfigurationError(f"{name} must be positive seconds, got {value!r}")
         if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 0.5:
             # Refills start at half a lease, so held tokens stay within C.
@@ -109,17 +148,20 @@ class LeaseBook:
         self.emission = config.emission_interval
         self.tps = ticks_per_second  # of the scripts' replies
         self.lifetime = float(lease_lifetime)
+        self._lifetime_ns = int(lease_lifetime * _NS)
         self.refresh = float(refresh_interval)
         self.max_lease = max(1, int(capacity * max_share))
         self.shared = shared
+        self.now: Clock = clock or time.monotonic_ns
         self._args = (capacity, shared, slots, clock)
-        self.table = lease_table(*self._args)
+        self.table = LeaseTable(*self._args)
         self._lock = lock
         self.leases: Dict[str, Lease] = {}
         #: The highest low water of the live leases: a hit that leaves more
         #: held tokens than this needs no look at its lease.
         self.low_cap = 0
-        self.denied: Dict[str, float] = {}
+        #: key: clock time (ns) until which Redis' last denial holds.
+        self.denied: Dict[str, int] = {}
         self.counts = dict.fromkeys(
             ("reservations", "reserved_tokens", "redis_denials", "denial_cache_hits",
              "returned_tokens", "dropped_tokens", "expired_leases", "refill_errors"), 0)
@@ -134,7 +176,7 @@ class LeaseBook:
         until = self.denied.get(key)
         if until is None:
             return None
-        wait = until - time.monotonic()
+        wait = until - self.now()
         if wait <= 0:
             self.denied.pop(key, None)
             return None
@@ -142,12 +184,13 @@ class LeaseBook:
         lease = self.leases.get(key)
         if lease is not None:
             lease.missed += cost
-        return LimitResult(False, 0, wait + (cost - 1) * self.emission, wait, self.capacity)
+        wait_s = wait / _NS
+        return LimitResult(False, 0, wait_s + (cost - 1) * self.emission, wait_s, self.capacity)
 
     def lease(self, key: str) -> Lease:
         lease = self.leases.get(key)
         if lease is None:
-            lease = self.leases[key] = Lease(self._lock())
+            lease = self.leases[key] = Lease(self._lock(), self.now() + self._lifetime_ns)
         return lease
 
     def wants_refill(self, key: str, left: int) -> Optional[Lease]:
@@ -166,24 +209,25 @@ class LeaseBook:
     # --- a reservation ----------------------------------------------------
 
     def size(self, lease: Lease, held: int, cost: int) -> int:
-        now = time.monotonic()
         if lease.streak:
             # Back from a denial window: ask for what accrued meanwhile (or
             # a lone node admits one token per window), but no more than
             # this node was denied in it (or idle nodes sit on tokens).
-            accrued = math.ceil(lease.window / self.emission - 1e-9)
+            accrued = math.ceil(lease.window / _NS / self.emission - 1e-9)
             return max(min(accrued, lease.missed + cost, self.max_lease), cost)
-        return lease_size(lease.held_at - held, now - lease.at, self.refresh, lease.size,
+        elapsed = (self.now() - lease.at) / _NS
+        return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
-    def granted(self, key: str, lease: Lease, asked: int, reply: Sequence[int]) -> int:
+    def granted(self, key: str, lease: Lease, asked: int, reply: Reserved) -> int:
         """Credits a reserve reply to the table; the tokens that did not fit
         (to give back at once)."""
-        got, retry_ticks, ahead, us = reply[0], reply[2], reply[3], reply[4]
+        got = reply.granted
         counts = self.counts
         lease.missed = 0
         counts["reservations"] += 1
-        now = time.monotonic()
+        now = self.now()
+        lease.expires = now + self._lifetime_ns
         if got == 0:
             counts["redis_denials"] += 1
             # The next token goes to one of the nodes asking: each denial
@@ -192,9 +236,9 @@ class LeaseBook:
             # (it cannot overflow while all wait) or ``refresh``, never
             # below Redis' retry_after (docs/scaling.md).
             lease.streak = min(lease.streak + 1, 16)
-            wait = retry_ticks / self.tps
-            cap = min(self.refresh, self.capacity * self.emission / 2)
-            lease.window = max(wait, min(wait * 2 ** lease.streak, cap))
+            wait = reply.retry_ticks * _NS // self.tps
+            cap = int(min(self.refresh, self.capacity * self.emission / 2) * _NS)
+            lease.window = max(wait, min(wait << lease.streak, cap))
             self.denied[key] = now + lease.window
             return 0
         lease.streak = 0
@@ -202,31 +246,30 @@ class LeaseBook:
         counts["reserved_tokens"] += got
         table = self.table
         fit = got
-        if not table.try_acquire(key, fit):  # held + got > C: another process refilled too
-            fit = min(got, self.capacity - table.usage(key))
-            if fit <= 0 or not table.try_acquire(key, fit):
+        if not table.credit(key, fit):  # held + got > C: another process refilled too
+            fit = min(got, self.capacity - table.held(key))
+            if fit <= 0 or not table.credit(key, fit):
                 fit = 0
         lease.size = asked
         lease.low = asked // 2
         if lease.low > self.low_cap:
             self.low_cap = lease.low
-        lease.held_at = table.usage(key)
+        lease.held_at = table.held(key)
         lease.at = now
-        lease.expires = now + self.lifetime
-        lease.reservations.append([us, ahead, fit])
+        lease.reservations.append([reply.now_us, reply.ahead_ticks, fit])
         del lease.reservations[:-_KEEP]
         return got - fit
 
-    def decided(self, key: str, cost: int, left: int, reply: Sequence[int]) -> LimitResult:
+    def decided(self, key: str, cost: int, left: int, reply: Reserved) -> LimitResult:
         """The answer after a reservation: a hit when the tokens are now
         held, else Redis' denial."""
         if left >= 0:
             return self.hit(left)
         tps = self.tps
-        retry = reply[2] / tps if reply[0] == 0 else 0.0
-        held = max(self.table.usage(key), 0)
+        retry = reply.retry_ticks / tps if reply.granted == 0 else 0.0
+        held = max(self.table.held(key), 0)
         return LimitResult(False, 0, retry + max(cost - held - 1, 0) * self.emission,
-                           reply[3] / tps, self.capacity)
+                           reply.ahead_ticks / tps, self.capacity)
 
     # --- giving tokens back -----------------------------------------------
 
@@ -245,11 +288,11 @@ class LeaseBook:
 
     def expired(self) -> Returns:
         """Leases past their lifetime, drained and forgotten (not one with
-        a refill in flight)."""
-        now = time.monotonic()
+        a refill in flight), and cached denials past their end."""
+        now = self.now()
         out: Returns = []
         for key, lease in list(self.leases.items()):
-            if lease.expires <= now and not lease.busy:
+            if lease.expires <= now and not lease.busy and not lease.lock.locked():
                 self.counts["expired_leases"] += 1
                 del self.leases[key]
                 self.take_back(key, lease, out)
@@ -276,25 +319,28 @@ class LeaseBook:
     def after_fork(self) -> None:
         """A forked child must not serve its parent's private leases twice."""
         if self.shared is None:
-            self.table = lease_table(*self._args)
+            self.table = LeaseTable(*self._args)
         self.leases = {}
         self.denied = {}
         self.low_cap = 0
 
     def stats(self) -> Dict[str, int]:
-        return dict(self.counts, leases=len(self.leases))
+        return dict(self.counts, leases=len(self.leases), denials=len(self.denied))
 
 
 class BatchedCommon:
     """What BatchedRedisBackend and its asyncio twin share: arguments, the
-    wrapped Redis backend, the book and the script calls' packing. The
-    subclasses only do I/O and run the background refill."""
+    wrapped Redis backend and the book. The twins are one source
+    (batched_async.py; batched.py is generated from it) and differ only in
+    their Redis backend, lock and refiller."""
 
     can_fail = True
     #: The Redis backend class wrapped (sync or asyncio); set by subclasses.
     redis_class: Any
     #: What guards one key's reservations (threading.Lock or asyncio.Lock).
     lock_class: Any
+    #: What refills leases in the background (a thread or a task).
+    refiller_class: Any
 
     def __init__(
         self,
@@ -310,40 +356,49 @@ class BatchedCommon:
         max_share: float = 0.2,
         connect_timeout: float = 0.25,
         timeout: float = 0.25,
-        **client_kwargs: Any,
+        limit_in_key: bool = True,
+        clock: Optional[Clock] = None,
+        **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
         self.redis = self.redis_class(config, url, client=client, prefix=prefix,
-                                      connect_timeout=connect_timeout, timeout=timeout, **client_kwargs)
+                                      connect_timeout=connect_timeout, timeout=timeout,
+                                      limit_in_key=limit_in_key, **client_options)
         self.config = config
         self.book = LeaseBook(config, shared=shared, slots=slots, lease_lifetime=lease_lifetime,
                               refresh_interval=refresh_interval, max_share=max_share,
-                              lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second)
+                              lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second,
+                              clock=clock)
         self._low_cap = 0  # the book's low_cap, copied for the hot path
         self._capacity = config.capacity  # likewise, for results of local hits
+        self._spend = self.book.table.spend
         #: Seconds between expiry scans of the background worker.
         self.scan_interval = min(lease_lifetime / 4, 0.5)
+        #: To give leases back at interpreter exit over a fresh connection.
+        self._url = url
+        self._timeouts = {"connect_timeout": connect_timeout, "timeout": timeout, "limit_in_key": limit_in_key}
+        self._closed = False
+        self._refiller = self.refiller_class(self)
+        live.add(self)
 
-    def reserve_call(self, key: str, n: int) -> Tuple[List[Any], bytes]:
-        return self.redis.plan_call("reserve", key, self.redis.packer.wanted(n))  # type: ignore[no-any-return]
-
-    def release_call(self, key: str, n: int, reservation: Reservation) -> Tuple[List[Any], bytes]:
-        us, ahead = reservation
-        return self.redis.plan_call("release", key, b"%d" % n, b"%d" % us, b"%d" % ahead)  # type: ignore[no-any-return]
-
-    def _close_at_exit(self) -> None:
-        """Give leases back at interpreter exit; subclasses say how."""
-
-    def returned(self, reply: Sequence[int]) -> None:
-        self.book.counts["returned_tokens"] += int(reply[0])
+    def returned(self, tokens: int) -> None:
+        self.book.counts["returned_tokens"] += tokens
 
     def stats(self) -> Dict[str, int]:
         """Counters: local_hits, reservations (Redis calls that reserved),
         reserved_tokens, redis_denials, denial_cache_hits, returned_tokens,
         dropped_tokens (drained but not returnable), expired_leases,
-        refill_errors (background refills that failed), leases (live)."""
+        refill_errors (background refills that failed), leases (live),
+        denials (cached)."""
         return dict(self.book.stats(), local_hits=self.book.table.spends)
+
+    def after_fork(self) -> None:
+        """A forked child starts with no leases of its own and no worker."""
+        self.book.after_fork()
+        self._spend = self.book.table.spend
+        self._low_cap = 0
+        self._refiller.after_fork()
 
     def __repr__(self) -> str:
         where = f"shared={self.book.shared!r}" if self.book.shared else "local"
@@ -360,6 +415,14 @@ live: "weakref.WeakSet[BatchedCommon]" = weakref.WeakSet()
 def _close_all_at_exit() -> None:
     for backend in list(live):
         try:
-            backend._close_at_exit()
+            backend._refiller.close_at_exit(backend)
         except Exception:  # pragma: no cover - exit must not fail on one backend
             pass
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(live):
+        backend.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

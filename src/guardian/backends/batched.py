@@ -1,46 +1,45 @@
-"""BatchedRedisBackend: token leases reserved from Redis in bulk and served
-from the local core table; a thread refills them ahead of need. The shared
-logic is in _lease; this module only talks to Redis (docs/batched.md)."""
+"""BatchedRedisBackend: token leases reserved from Redis in bulk and
+served from the local core table; a background refiller keeps them ahead
+of need. The shared logic is in _lease; this module only talks to Redis
+(docs/batched.md).
+
+GENERATED from batched_async.py by tests/helpers/unasync.py: do not edit
+this file; edit batched_async.py and run ``python tests/helpers/unasync.py``.
+"""
 
 from __future__ import annotations
 
-import os
-import queue
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 from .._errors import BackendError
 from .._result import LimitResult
-from ._lease import BatchedCommon, Lease, live
+from ._lease import BatchedCommon, Lease
+from ._redis_scripts import Reserved
+from ._refill_thread import Refiller
 from .redis import RedisBackend
 
 __all__ = ["BatchedRedisBackend"]
-
-_STOP = object()
 
 
 class BatchedRedisBackend(BatchedCommon):
     """Token buckets in Redis, checked against local leases.
 
-    ``BatchedRedisBackend(config, url=...)`` takes RedisBackend's arguments
-    (``client=``, ``prefix=``, timeouts) and: ``shared="name"`` keeps the
-    leases in that shared-memory table, so the processes of a host draw from
-    one lease; ``lease_lifetime`` (s) after its last reservation a lease's
-    unused tokens go back to Redis; ``refresh_interval`` (s) of observed
-    demand is the lease size, at most ``max_share`` of the capacity.
+    ``BatchedRedisBackend(config, url=...)`` takes RedisBackend's
+    arguments (``client=``, ``prefix=``, timeouts) and: ``shared="name"``
+    keeps the leases in that shared-memory table, so the processes of a
+    host draw from one lease; ``lease_lifetime`` (s) after its last
+    reservation a lease's unused tokens go back to Redis;
+    ``refresh_interval`` (s) of observed demand is the lease size, at most
+    ``max_share`` of the capacity; ``clock`` (integer nanoseconds, for
+    tests) times the leases. Unused tokens go back on close() and at
+    interpreter exit.
     """
 
     redis_class = RedisBackend
+    redis: RedisBackend
     lock_class = threading.Lock
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._spend = self.book.table.spend
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._worker: Optional[threading.Thread] = None
-        self._start_lock = threading.Lock()
-        self._closed = False
-        live.add(self)
+    refiller_class = Refiller
 
     # --- the Backend protocol ---------------------------------------------
 
@@ -51,7 +50,7 @@ class BatchedRedisBackend(BatchedCommon):
         if left >= 0:
             self._low(key, left)
             return True
-        return self._miss(key, cost).allowed
+        return (self._miss(key, cost)).allowed
 
     def take(self, key: str, cost: int = 1) -> LimitResult:
         left = self._spend(key, cost)
@@ -66,7 +65,7 @@ class BatchedRedisBackend(BatchedCommon):
 
     def usage(self, key: str) -> int:
         """Tokens in use in Redis (leased ones count as in use)."""
-        return int(self.redis.usage(key))
+        return self.redis.usage(key)
 
     def reset(self, key: str) -> None:
         self.redis.reset(key)
@@ -77,11 +76,11 @@ class BatchedRedisBackend(BatchedCommon):
     def _low(self, key: str, left: int) -> None:
         """A hit that may have taken the lease to its low water."""
         if self.book.wants_refill(key, left) is not None:
-            self._start()
-            self._queue.put(key)
+            self._refiller.submit(key)
 
     def _miss(self, key: str, cost: int) -> LimitResult:
         book = self.book
+        self._refiller.start()  # expiry scans keep the book small
         denial = book.cached_denial(key, cost)
         if denial is not None:
             return denial
@@ -91,22 +90,21 @@ class BatchedRedisBackend(BatchedCommon):
             if left >= 0:
                 return book.hit(left)
             reply = self._reserve(key, lease, cost)
-            return book.decided(key, cost, self._spend(key, cost) if reply[0] else -1, reply)
+            return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
 
-    def _reserve(self, key: str, lease: Lease, cost: int) -> Any:
+    def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
-        held = self.book.table.usage(key)
-        n = self.book.size(lease, held, cost)
-        reply = self.redis._run(*self.reserve_call(key, n))[0]
+        n = self.book.size(lease, self.book.table.held(key), cost)
+        reply = self.redis.reserve_tokens(key, n)
         spill = self.book.granted(key, lease, n, reply)
         self._low_cap = self.book.low_cap
         if spill:
-            self._release(key, spill, (reply[4], reply[3]))
+            self._release(key, spill, (reply.now_us, reply.ahead_ticks))
         return reply
 
     def _release(self, key: str, n: int, reservation: Any) -> None:
         try:
-            self.returned(self.redis._run(*self.release_call(key, n, reservation))[0])
+            self.returned(self.redis.release_tokens(key, n, *reservation))
         except BackendError:
             self.book.counts["dropped_tokens"] += n
 
@@ -114,7 +112,7 @@ class BatchedRedisBackend(BatchedCommon):
         lease = self.book.lease(key)
         with lease.lock:
             try:
-                if self.book.table.usage(key) <= lease.low:
+                if self.book.table.held(key) <= lease.low:
                     self._reserve(key, lease, 1)
             except BackendError:
                 self.book.counts["refill_errors"] += 1
@@ -126,26 +124,6 @@ class BatchedRedisBackend(BatchedCommon):
             self._release(key, n, reservation)
         self._low_cap = self.book.low_cap
 
-    def _start(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            with self._start_lock:
-                if self._closed or (self._worker is not None and self._worker.is_alive()):
-                    return
-                self._worker = threading.Thread(target=self._work, name="guardian-leases", daemon=True)
-                self._worker.start()
-
-    def _work(self) -> None:
-        while True:
-            try:
-                key = self._queue.get(timeout=self.scan_interval)
-            except queue.Empty:
-                key = None
-            if key is _STOP:
-                return
-            if key is not None:
-                self._refill(key)
-            self._expire()
-
     # --- shutdown -----------------------------------------------------------
 
     def close(self) -> None:
@@ -153,28 +131,8 @@ class BatchedRedisBackend(BatchedCommon):
         if self._closed:
             return
         self._closed = True
-        worker = self._worker
-        if worker is not None and worker.is_alive():
-            self._queue.put(_STOP)
-            worker.join(timeout=5)
+        self._refiller.stop()
         for key, n, reservation in self.book.everything():
             self._release(key, n, reservation)
         self.redis.close()
         self.book.table.close()
-
-    _close_at_exit = close
-
-    def _after_fork(self) -> None:
-        self.book.after_fork()
-        self._worker = None
-        self._queue = queue.SimpleQueue()
-        self._start_lock = threading.Lock()
-
-
-def _forget_after_fork() -> None:
-    for backend in list(live):
-        if isinstance(backend, BatchedRedisBackend):
-            backend._after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)

@@ -47,6 +47,9 @@ class MemoryBackend:
             seed=seed,
         )
         self.shared = shared
+        # The result type of the core that decides (there is one per process;
+        # the tests swap cores, and results must not mix types).
+        self._result = _impl.LimitResult
         # The core's own methods, bound once: no Python frame in between.
         self.try_take: Callable[..., bool] = self.table.try_acquire
         self.take: Callable[..., LimitResult] = self.table.check_result
@@ -54,8 +57,14 @@ class MemoryBackend:
         self.reset: Callable[[str], None] = self.table.reset
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        limit = self.config.capacity
-        return [LimitResult(*r, limit) for r in self.table.check_many(keys, cost)]
+        limit, make = self.config.capacity, self._result
+        return [make(*r, limit) for r in self.table.check_many(keys, cost)]
+
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What ``take(key, cost)`` would answer now, without taking;
+        ``cost=0`` reads the bucket as it is (remaining now, seconds until
+        full)."""
+        return self._result(*self.table.peek(key, cost), self.config.capacity)
 
     def stats(self) -> Dict[str, int]:
         """Slots, denials because a key's window was full, reclaims."""

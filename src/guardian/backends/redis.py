@@ -1,45 +1,51 @@
 """RedisBackend: buckets in Redis, decided by Lua scripts on the server's
-clock. Only the I/O lives here; see _redis_client / _redis_proto."""
+clock. Only the I/O lives here; see _redis_common / _redis_scripts."""
 
 from __future__ import annotations
 
 import socket
 import struct
-from itertools import chain
 from typing import Any, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis
 import redis.exceptions as rex
 from redis._parsers import BaseParser
-from redis.crc import key_slot
 
 from .._result import LimitResult
-from ._redis_client import Call, RedisCommon, boundary, first_error, redirected
+from ._redis_common import Call, RedisCommon, Reserved, boundary
+from ._redis_scripts import malformed
 
 __all__ = ["RedisBackend"]
 
 class _Wire:
-    """One connection of ours. redis-py opens it (TCP, TLS or unix socket,
-    AUTH, SELECT, Sentinel's master lookup); then we speak on its socket
-    with our own hiredis reader: redis-py's command path costs more than
-    the script. A plain socket gets its timeout from the kernel
-    (SO_RCVTIMEO/SO_SNDTIMEO) instead of a poll() before every read."""
+    """One connection of ours, taken from a redis-py pool with
+    ``get_connection`` (which opens it: TCP, TLS or unix socket, AUTH,
+    SELECT, Sentinel's master lookup) and always handed back with
+    ``release``, so the pool's count of connections stays true however
+    often a server goes away. We speak on its socket with our own hiredis
+    reader: redis-py's command path costs more than the script. A plain
+    socket gets its timeout from the kernel (SO_RCVTIMEO/SO_SNDTIMEO)
+    instead of a poll() before every read."""
 
-    __slots__ = ("conn", "sock", "reader")
+    __slots__ = ("pool", "conn", "sock", "reader")
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        conn.connect()
-        self.sock = sock = conn._sock
-        self.reader = hiredis.Reader(replyError=BaseParser.parse_error)
-        timeout = sock.gettimeout()
-        if type(sock) is socket.socket and timeout is not None:
-            whole = int(timeout)
-            tv = struct.pack("ll", whole, int((timeout - whole) * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            sock.settimeout(None)
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.conn = conn = pool.get_connection()  # released by the pool itself if it fails
+        try:
+            self.sock = sock = conn._sock
+            self.reader = hiredis.Reader(replyError=BaseParser.parse_error)
+            timeout = sock.gettimeout()
+            if type(sock) is socket.socket and timeout is not None:
+                whole = int(timeout)
+                tv = struct.pack("ll", whole, int((timeout - whole) * 1e6))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+                sock.settimeout(None)
+        except BaseException:
+            self.close()
+            raise
 
     def exchange(self, packed: bytes) -> Any:
         """Sends ``packed`` (may be empty) and reads one reply."""
@@ -56,7 +62,12 @@ class _Wire:
         return reply
 
     def close(self) -> None:
-        self.conn.disconnect()
+        """Closes the socket and gives the connection back to its pool
+        (disconnected: the pool reconnects it when it is next used)."""
+        try:
+            self.conn.disconnect()
+        finally:
+            self.pool.release(self.conn)
 
 
 class RedisBackend(RedisCommon):
@@ -67,7 +78,8 @@ class RedisBackend(RedisCommon):
     ``Sentinel(...).master_for(name)``). Keys are ``{prefix}:{<key>}``.
     ``connect_timeout`` and ``timeout`` (seconds, 0.25 by default) apply
     to clients built from a URL; further keyword arguments go to that
-    client. URLs: see guardian.backends._redis_client.
+    client (see guardian.backends.redis_url for the URLs). Connections
+    come from the client's pool (``max_connections`` bounds them).
     """
 
     lib = redis
@@ -79,7 +91,7 @@ class RedisBackend(RedisCommon):
             wire: _Wire = self._idle.pop()
             return wire
         except IndexError:
-            return _Wire(self._pool.make_connection())  # type: ignore[union-attr]
+            return _Wire(self._pool)
 
     def _discard(self, wire: _Wire, exc: BaseException) -> None:
         """A wire that failed mid-exchange is out of step: close it. When
@@ -101,7 +113,7 @@ class RedisBackend(RedisCommon):
             raise
         self._idle.append(wire)
         if isinstance(reply, Exception):
-            return self._exchange(packed, 1, reply)[0]
+            return self._exchange(packed, 1, [reply])[0]
         return reply
 
     def _send(self, packed: bytes, count: int) -> List[Any]:
@@ -114,23 +126,15 @@ class RedisBackend(RedisCommon):
         self._idle.append(wire)
         return replies
 
-    def _exchange(self, packed: bytes, count: int, error: Optional[Exception] = None) -> List[Any]:
+    def _exchange(self, packed: bytes, count: int, replies: Optional[List[Any]] = None) -> List[Any]:
         """Sends ``count`` pre-packed commands at once and reads their
-        replies. A NOSCRIPT (cache flushed, restart, failover) loads the
-        scripts and sends once more; other error replies are raised."""
-        if error is None:
+        replies (or takes ``replies`` already read); see ``usable``."""
+        if replies is None:
             replies = self._send(packed, count)
-            error = first_error(replies)
-            if error is None:
-                return replies
-        if not isinstance(error, rex.NoScriptError):
-            raise error
-        for script in self.packer.scripts.values():
-            self.client.script_load(script.source)
-        replies = self._send(packed, count)
-        error = first_error(replies)
-        if error is not None:
-            raise error
+        if not self.usable(replies, reloaded=False):
+            self.checked(self._send(*self.packer.load_scripts()))
+            replies = self._send(packed, count)
+            self.usable(replies, reloaded=True)
         return replies
 
     def _via_client(self, calls: Sequence[Call]) -> List[Any]:
@@ -146,14 +150,10 @@ class RedisBackend(RedisCommon):
                 replies.append(exc)
         if pipe is not client:
             replies = pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, rex.NoScriptError):
-                name, keys, extra = calls[i]
-                replies[i] = client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))
-        error = first_error(replies)
-        if error is not None:
-            raise error
-        return list(replies)
+        for i in self.noscript(replies):
+            name, keys, extra = calls[i]
+            replies[i] = client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))
+        return self.checked(list(replies))
 
     # --- Redis Cluster: straight to each slot's primary ------------------
 
@@ -162,7 +162,7 @@ class RedisBackend(RedisCommon):
         if idle:
             wire: _Wire = idle.pop()
             return wire
-        return _Wire(node.redis_connection.connection_pool.make_connection())
+        return _Wire(node.redis_connection.connection_pool)
 
     def _drop_node(self, name: str, wire: Optional[_Wire]) -> None:
         """A node's connection failed: close it and the node's idle ones."""
@@ -174,9 +174,8 @@ class RedisBackend(RedisCommon):
     def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
         """The cluster's hot path: one packed call on a wire of the slot's
         primary; anything unusual goes through redis-py's cluster client."""
-        nodes = self.client.nodes_manager.slots_cache.get(slot)
-        if nodes:
-            node = nodes[0]
+        node = self.primary(slot)
+        if node is not None:
             wire = None
             try:
                 wire = self._node_wire(node)
@@ -185,11 +184,9 @@ class RedisBackend(RedisCommon):
                 self._drop_node(node.name, wire)
             else:
                 self._nodes.setdefault(node.name, []).append(wire)
-                if not redirected(reply):
-                    if isinstance(reply, Exception):
-                        raise reply
+                if self.routed_reply(reply):
                     return reply
-        return self._via_client([("take", [self.packer.key(key)], (self.packer.cost(cost),))])[0]
+        return self._via_client([self.take_call(key, cost)])[0]
 
     def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
         """Many calls: every node's calls are written before any reply is
@@ -211,6 +208,7 @@ class RedisBackend(RedisCommon):
             else:
                 sent.append((name, wire, positions))
         for name, wire, positions in sent:
+            n = 0
             try:
                 for n, i in enumerate(positions):
                     replies[i] = wire.exchange(b"")
@@ -229,7 +227,7 @@ class RedisBackend(RedisCommon):
         with boundary:
             if self.direct:
                 return self._exchange(packed, len(calls))
-            return self._routed(calls, slots or [key_slot(calls[0][1][0])])
+            return self._routed(calls, slots or self.call_slot(calls))
 
     # --- the Backend protocol ---------------------------------------------
 
@@ -237,13 +235,16 @@ class RedisBackend(RedisCommon):
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-        return self.layout.result(reply[0], cost)
+            return self.layout.result(reply[0], cost)
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-        return reply[0] > 0  # type: ignore[no-any-return]
+            v = reply[0] if type(reply) is list else None
+            if type(v) is not int:
+                raise malformed(reply)
+            return v > 0
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         if self.direct:
@@ -252,20 +253,40 @@ class RedisBackend(RedisCommon):
                 return []
             with boundary:
                 replies = self._exchange(packed, count)
-            return self.layout.results(chain.from_iterable(replies), c)
+                return self.layout.results(replies, c, len(keys))
         c, plan, calls, slots = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, self._run(calls, b"", slots), c) if calls else []
+        if not calls:
+            return []
+        replies = self._run(calls, b"", slots)
+        with boundary:
+            return self.assemble(len(keys), plan, replies, c)
 
     def usage(self, key: str) -> int:
-        return int(self._run(*self.plan_call("usage", key))[0])
+        reply = self._run(*self.plan_call("usage", key))[0]
+        with boundary:
+            return self.layout.count(reply)
 
     def reset(self, key: str) -> None:
         self._run(*self.plan_call("reset", key))
 
+    def reserve_tokens(self, key: str, tokens: int) -> Reserved:
+        """Takes up to ``tokens`` from the bucket, as many as it holds, for
+        a lease (reserve.lua's reply: see Reserved)."""
+        reply = self._run(*self.plan_reserve(key, tokens))[0]
+        with boundary:
+            return self.layout.reserved(reply)
+
+    def release_tokens(self, key: str, tokens: int, now_us: int, ahead_ticks: int) -> int:
+        """Gives back up to ``tokens`` of the reservation made at ``now_us``
+        whose TAT lay ``ahead_ticks`` ahead (release.lua); the tokens returned."""
+        reply = self._run(*self.plan_release(key, tokens, now_us, ahead_ticks))[0]
+        with boundary:
+            return self.layout.count(reply[0])
+
     def reserve(self, key: str, tokens: int) -> Tuple[int, int, float, float]:
         """Takes up to ``tokens`` from the bucket, as many as it holds:
         (granted, remaining, retry_after_s, reset_after_s)."""
-        return self.reserved(self._run(*self.plan_call("reserve", key, self.packer.wanted(tokens)))[0])
+        return self.seconds(self.reserve_tokens(key, tokens))
 
     def close(self) -> None:
         idle, self._idle = self._idle, []

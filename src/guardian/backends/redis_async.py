@@ -1,22 +1,20 @@
 """AsyncRedisBackend: RedisBackend for asyncio, on redis.asyncio. The same
-scripts, packing and decoding (_redis_client / _redis_proto); only the
+scripts, packing and decoding (_redis_common / _redis_scripts); only the
 I/O differs."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from itertools import chain
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis.asyncio
 import redis.exceptions as rex
 from redis._parsers import BaseParser
-from redis.crc import key_slot
 
 from .._result import LimitResult
-from ._redis_client import Call, RedisCommon, boundary, first_error, redirected
+from ._redis_common import Call, RedisCommon, Reserved, boundary
 
 __all__ = ["AsyncRedisBackend"]
 
@@ -244,18 +242,16 @@ class AsyncRedisBackend(RedisCommon):
 
     async def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
         """Like RedisBackend._route_one."""
-        nodes = self.client.nodes_manager.slots_cache.get(slot)
-        if nodes:
+        node = self.primary(slot)
+        if node is not None:
             try:
-                reply = await self._pool_of(nodes[0]).request(packed)
+                reply = await self._pool_of(node).request(packed)
             except _NETWORK:
                 pass
             else:
-                if not redirected(reply):
-                    if isinstance(reply, Exception):
-                        raise reply
+                if self.routed_reply(reply):
                     return reply
-        return (await self._via_client([("take", [self.packer.key(key)], (self.packer.cost(cost),))]))[0]
+        return (await self._via_client([self.take_call(key, cost)]))[0]
 
     async def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
         """Like RedisBackend._routed: the nodes' requests run concurrently."""
@@ -282,20 +278,18 @@ class AsyncRedisBackend(RedisCommon):
                 replies[i] = reply
         return replies
 
-    async def _exchange(self, packed: bytes, count: int) -> List[Any]:
-        """Like RedisBackend._exchange: NOSCRIPT loads the scripts, once."""
-        replies = await self._send(packed, count)
-        error = first_error(replies)
-        if isinstance(error, rex.NoScriptError):
-            for script in self.packer.scripts.values():
-                await self.client.script_load(script.source)
+    async def _exchange(self, packed: bytes, count: int, replies: Optional[List[Any]] = None) -> List[Any]:
+        """Like RedisBackend._exchange."""
+        if replies is None:
             replies = await self._send(packed, count)
-            error = first_error(replies)
-        if error is not None:
-            raise error
+        if not self.usable(replies, reloaded=False):
+            self.checked(await self._send(*self.packer.load_scripts()))
+            replies = await self._send(packed, count)
+            self.usable(replies, reloaded=True)
         return replies
 
     async def _via_client(self, calls: Sequence[Call]) -> List[Any]:
+        """Like RedisBackend._via_client."""
         packer, client = self.packer, self.client
         if len(calls) == 1:
             name, keys, extra = calls[0]
@@ -307,20 +301,16 @@ class AsyncRedisBackend(RedisCommon):
         for name, keys, extra in calls:
             pipe.execute_command("EVALSHA", *packer.args(name, keys, *extra))
         replies = list(await pipe.execute(raise_on_error=False))
-        for i, reply in enumerate(replies):
-            if isinstance(reply, rex.NoScriptError):
-                name, keys, extra = calls[i]
-                replies[i] = await client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))
-        error = first_error(replies)
-        if error is not None:
-            raise error
-        return replies
+        for i in self.noscript(replies):
+            name, keys, extra = calls[i]
+            replies[i] = await client.execute_command("EVAL", *packer.eval_args(name, keys, *extra))
+        return self.checked(replies)
 
     async def _run(self, calls: List[Call], packed: bytes, slots: Optional[Sequence[int]] = None) -> List[Any]:
         with boundary:
             if self.direct:
                 return await self._exchange(packed, len(calls))
-            return await self._routed(calls, slots or [key_slot(calls[0][1][0])])
+            return await self._routed(calls, slots or self.call_slot(calls))
 
     # --- the Backend protocol, as coroutines -------------------------------
 
@@ -340,10 +330,8 @@ class AsyncRedisBackend(RedisCommon):
                 raise
             pool.release(wire)
             if isinstance(reply, Exception):
-                if not isinstance(reply, rex.NoScriptError):
-                    raise reply
-                reply = (await self._exchange(packed, 1))[0]
-        return self.layout.result(reply[0], cost)
+                reply = (await self._exchange(packed, 1, [reply]))[0]
+            return self.layout.result(reply[0], cost)
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed
@@ -355,19 +343,37 @@ class AsyncRedisBackend(RedisCommon):
                 return []
             with boundary:
                 replies = await self._exchange(packed, count)
-            return self.layout.results(chain.from_iterable(replies), c)
+                return self.layout.results(replies, c, len(keys))
         c, plan, calls, slots = self.plan_take_many(keys, cost)
-        return self.assemble(len(keys), plan, await self._run(calls, b"", slots), c) if calls else []
+        if not calls:
+            return []
+        replies = await self._run(calls, b"", slots)
+        with boundary:
+            return self.assemble(len(keys), plan, replies, c)
 
     async def usage(self, key: str) -> int:
-        return int((await self._run(*self.plan_call("usage", key)))[0])
+        reply = (await self._run(*self.plan_call("usage", key)))[0]
+        with boundary:
+            return self.layout.count(reply)
 
     async def reset(self, key: str) -> None:
         await self._run(*self.plan_call("reset", key))
 
+    async def reserve_tokens(self, key: str, tokens: int) -> Reserved:
+        """Like RedisBackend.reserve_tokens."""
+        reply = (await self._run(*self.plan_reserve(key, tokens)))[0]
+        with boundary:
+            return self.layout.reserved(reply)
+
+    async def release_tokens(self, key: str, tokens: int, now_us: int, ahead_ticks: int) -> int:
+        """Like RedisBackend.release_tokens."""
+        reply = (await self._run(*self.plan_release(key, tokens, now_us, ahead_ticks)))[0]
+        with boundary:
+            return self.layout.count(reply[0])
+
     async def reserve(self, key: str, tokens: int) -> Tuple[int, int, float, float]:
         """Takes up to ``tokens`` from the bucket, as many as it holds."""
-        return self.reserved((await self._run(*self.plan_call("reserve", key, self.packer.wanted(tokens))))[0])
+        return self.seconds(await self.reserve_tokens(key, tokens))
 
     async def aclose(self) -> None:
         pools: List[_Pool] = [self._wires] if self._wires is not None else []

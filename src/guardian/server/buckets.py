@@ -94,9 +94,9 @@ class Buckets:
         if opts.redis_url:
             import redis.asyncio
 
-            from ..backends._redis_client import make_client
+            from ..backends.redis_url import client_for_url
 
-            self.redis_client = make_client(redis.asyncio, opts.redis_url, 0.25, 0.25, {})
+            self.redis_client = client_for_url(redis.asyncio, opts.redis_url)
 
     def get(self, namespace: str, config: TokenBucketConfig) -> Bucket:
         ident = (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)

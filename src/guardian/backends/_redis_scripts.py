@@ -11,7 +11,7 @@ from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from operator import index
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 try:  # the redis extra brings hiredis; this module must import without it
     from hiredis import pack_command
@@ -19,18 +19,28 @@ except ImportError:  # pragma: no cover - packing falls back to bulk_keys
     pack_command = None  # type: ignore[assignment]
 
 from .._config import TokenBucketConfig
-from .._errors import ArgumentTypeError, ConfigurationError, InvalidArgumentError
+from .._errors import ArgumentTypeError, BackendError, ConfigurationError, InvalidArgumentError
 from .._args import check_cost, check_key
 from .._region import MAX_KEY_BYTES
 from .._result import LimitResult
 
-__all__ = ["Script", "Layout", "Packer", "scripts", "MAX_TAU_TICKS"]
+__all__ = ["Script", "Layout", "Packer", "Reserved", "scripts", "malformed", "MAX_TAU_TICKS"]
 
 #: Largest burst tolerance C*T in ticks: TAU + cost*P must stay below 2^53,
 #: where Lua's doubles stop holding every integer.
 MAX_TAU_TICKS = 2**52
 
 SCRIPT_NAMES = ("take", "usage", "reset", "reserve", "release")
+
+
+class Reserved(NamedTuple):
+    """reserve.lua's reply, in the scripts' units (see lua/reserve.lua)."""
+
+    granted: int
+    remaining: int
+    retry_ticks: int
+    ahead_ticks: int
+    now_us: int
 
 
 class Script:
@@ -63,7 +73,7 @@ class Layout:
     the scripts on a nanosecond clock to replay the shared GCRA cases.
     """
 
-    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv")
+    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv", "tag")
 
     def __init__(self, config: TokenBucketConfig, clock_unit_ns: int = 1000) -> None:
         interval = Fraction(config.emission_ticks, config.ticks_per_ns * clock_unit_ns)
@@ -79,10 +89,14 @@ class Layout:
                 f"{'us' if clock_unit_ns == 1000 else 'clock units'} (see docs/redis.md)"
             )
         self.ticks_per_second = self.D * (1_000_000_000 // clock_unit_ns)
+        #: The limit in a bucket's key: capacity and T in ticks (P/D us).
+        self.tag = b"c%d:t%d/%d" % (self.capacity, self.P, self.D)
         self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
 
-    def result(self, v: int, cost: int = 1) -> LimitResult:
+    def result(self, v: Any, cost: int = 1) -> LimitResult:
         """Decodes one key's take reply ``v`` (see take.lua) for ``cost``."""
+        if type(v) is not int:
+            raise malformed(v)
         tps = self.ticks_per_second
         if v > 0:
             return LimitResult(True, (self.tau - v) // self.P, 0.0, v / tps, self.capacity)
@@ -90,17 +104,43 @@ class Layout:
             False, (self.tau + v) // self.P, (index(cost) * self.P - v - self.tau) / tps, -v / tps, self.capacity
         )
 
-    def results(self, reply: Iterable[int], cost: int) -> List[LimitResult]:
-        """``result`` for each integer of take replies (take_many decodes
-        hundreds at a time; with the C core, LimitResult's constructor is C)."""
+    def results(self, replies: Sequence[Any], cost: int, count: int) -> List[LimitResult]:
+        """``result`` for each integer of take replies, ``count`` in all
+        (take_many decodes hundreds at a time; with the C core,
+        LimitResult's constructor is C)."""
+        if any(type(r) is not list for r in replies) or sum(map(len, replies)) != count:
+            raise malformed(replies)
         tau, P, tps, capacity = self.tau, self.P, self.ticks_per_second, self.capacity
         over = cost * P - tau
         make = LimitResult
-        return [
+        out = [
             make(True, (tau - v) // P, 0.0, v / tps, capacity) if v > 0
             else make(False, (tau + v) // P, (over - v) / tps, -v / tps, capacity)
-            for v in reply
+            for r in replies for v in r
         ]
+        if not all(type(v) is int for r in replies for v in r):
+            raise malformed(replies)
+        return out
+
+    @staticmethod
+    def count(v: Any) -> int:
+        """A count of tokens in a reply (usage, release)."""
+        if type(v) is not int or v < 0:
+            raise malformed(v)
+        return v
+
+    def reserved(self, reply: Any) -> Reserved:
+        """reserve.lua's reply, checked."""
+        if type(reply) is not list or len(reply) != 5 or any(type(v) is not int for v in reply):
+            raise malformed(reply)
+        return Reserved(*reply)
+
+
+def malformed(reply: Any) -> BackendError:
+    """A reply that is not what the script returns: a proxy in between,
+    another program answering on the port, a protocol error."""
+    text = repr(reply)
+    return BackendError(f"Redis sent a reply guardian cannot read: {text[:80]}{'...' if len(text) > 80 else ''}")
 
 
 def check_prefix(prefix: Any) -> bytes:
@@ -122,8 +162,12 @@ class Packer:
     validates its arguments first: a bad key or cost raises before any
     byte is sent."""
 
-    def __init__(self, prefix: str, layout: Layout) -> None:
-        self.prefix = check_prefix(prefix) + b":{"
+    def __init__(self, prefix: str, layout: Layout, limit_in_key: bool = True) -> None:
+        #: ``prefix:<limit>:{key}``: a bucket belongs to one limit, so two
+        #: backends with different configs never share one by accident.
+        #: Without the limit (``limit_in_key=False``): ``prefix:{key}``,
+        #: shared on purpose by every config that uses the prefix.
+        self.prefix = check_prefix(prefix) + (b":" + layout.tag if limit_in_key else b"") + b":{"
         self.layout = layout
         self.scripts = scripts()
         take = self.scripts["take"].sha.encode()
@@ -140,8 +184,16 @@ class Packer:
         self._take_sha = take
         self._text_prefix = self.prefix.decode()
 
+    def load_scripts(self) -> Tuple[bytes, int]:
+        """SCRIPT LOAD of every script, packed, and how many replies it
+        gets: sent on the backend's own connection after a NOSCRIPT."""
+        parts = [b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n" + resp_bulk(s.source.encode())
+                 for s in self.scripts.values()]
+        return b"".join(parts), len(parts)
+
     def key(self, key: str) -> bytes:
-        """The bucket's Redis key: ``prefix:{key}`` (the hash tag is the key)."""
+        """The bucket's Redis key: ``prefix:<limit>:{key}`` (the hash tag is
+        the key)."""
         return self.prefix + check_key(key) + b"}"
 
     def take1(self, key: str) -> bytes:
@@ -224,16 +276,11 @@ class Packer:
         """The same call as EVAL with the source, after a NOSCRIPT."""
         return (self.scripts[name].source, len(keys), *keys, *self.layout.argv, *extra)
 
-    def command(self, name: str, keys: Sequence[bytes], *extra: bytes, op: bytes = b"EVALSHA") -> bytes:
-        """One packed EVALSHA (or EVAL: pass ``op`` and the source is sent)."""
-        body = self.scripts[name].source.encode() if op == b"EVAL" else self.scripts[name].sha.encode()
-        parts = [op, body, b"%d" % len(keys), *keys, *self.layout.argv, *extra]
+    def command(self, name: str, keys: Sequence[bytes], *extra: bytes) -> bytes:
+        """One packed EVALSHA."""
+        parts = [b"EVALSHA", self.scripts[name].sha.encode(), b"%d" % len(keys), *keys, *self.layout.argv, *extra]
         return b"*%d\r\n" % len(parts) + b"".join(resp_bulk(p) for p in parts)
 
     def keys(self, keys: Sequence[str]) -> List[bytes]:
         return [self.key(k) for k in keys]
 
-
-def chunks(items: Sequence[bytes], size: int) -> List[Sequence[bytes]]:
-    """``items`` in runs of at most ``size`` (one script call each)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]

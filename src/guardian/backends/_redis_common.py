@@ -1,85 +1,38 @@
-"""Choosing a redis-py client from a URL, and translating redis-py's
-exceptions into guardian's at one boundary. Shared by the sync and async
-backends: ``lib`` is the ``redis`` or the ``redis.asyncio`` module.
-
-URLs: ``redis://``, ``rediss://`` and ``unix://`` for one server;
-``redis+cluster://host:port`` (or ``rediss+cluster://``) for Redis Cluster;
-``redis+sentinel://host:port[,host:port...]/service[/db]`` for Sentinel.
+"""What the sync and async Redis backends share and does no I/O: their
+constructor, the error boundary (redis-py's exceptions become guardian's
+in one place), the decisions taken on replies (NOSCRIPT reload, when the
+cluster client must take over) and the plans of multi-key calls.
+``lib`` is the ``redis`` or the ``redis.asyncio`` module.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from importlib import import_module
 from types import ModuleType, TracebackType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
-from urllib.parse import unquote, urlsplit
 
+import hiredis
 import redis.exceptions as rex
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from .._config import TokenBucketConfig
-from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
-from ._redis_proto import Layout, Packer
+from .._errors import (
+    BackendConfigError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    MisuseError,
+    RateLimitError,
+)
+from ._redis_scripts import Layout, Packer, Reserved, malformed
+from .redis_url import client_for_url
 
-__all__ = ["make_client", "is_cluster", "redirected", "boundary", "translate", "RedisCommon", "Call"]
+__all__ = ["is_cluster", "redirected", "boundary", "translate", "RedisCommon", "Call", "Reserved"]
 
 #: One script call: (script name, bucket keys, ARGV after the layout's).
 Call = Tuple[str, List[bytes], Tuple[bytes, ...]]
-
-
-def _timeouts(connect_timeout: float, timeout: float) -> Dict[str, Any]:
-    for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
-
-
-def _hosts(netloc: str, default_port: int) -> List[Tuple[str, int]]:
-    hosts = []
-    for part in netloc.rpartition("@")[2].split(","):
-        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
-        hosts.append((host or "localhost", int(port) if port else default_port))
-    return hosts
-
-
-def make_client(
-    lib: ModuleType, url: str, connect_timeout: float, timeout: float, kwargs: Dict[str, Any]
-) -> Any:
-    """A client for ``url`` with short timeouts. Standalone and Sentinel
-    clients get no retries: a failed call is reported at once and the
-    limiter's breaker decides. Cluster keeps redis-py's retries, which
-    follow MOVED/ASK and failovers."""
-    options = {**_timeouts(connect_timeout, timeout), **kwargs}
-    if not isinstance(url, str):
-        raise ConfigurationError(f"url must be a str, got {url!r}")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigurationError(f"not a Redis URL: {url!r}")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return lib.RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
-    retry = import_module(lib.__name__ + ".retry").Retry  # redis.asyncio has its own
-    options.setdefault("retry", retry(NoBackoff(), 0))
-    if scheme == "redis+sentinel":
-        parts = urlsplit(url)
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ConfigurationError(f"a Sentinel URL names its service: {url!r}")
-        if parts.password:
-            options.setdefault("password", unquote(parts.password))
-        if len(path) > 1:
-            options.setdefault("db", int(path[1]))
-        sentinel = lib.Sentinel(
-            _hosts(parts.netloc, 26379),
-            sentinel_kwargs=_timeouts(connect_timeout, timeout),
-            **_timeouts(connect_timeout, timeout),
-        )
-        return sentinel.master_for(path[0], **options)
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"unsupported Redis URL scheme {scheme!r} in {url!r}")
-    return lib.Redis.from_url(url, **options)
 
 
 def first_error(replies: Sequence[Any]) -> Optional[Exception]:
@@ -101,8 +54,16 @@ def is_cluster(client: Any) -> bool:
     return hasattr(client, "nodes_manager")
 
 
+#: Replies that say guardian's credentials or permissions are wrong.
+_REFUSED = ("NOAUTH", "WRONGPASS", "NOPERM", "-NOAUTH", "-WRONGPASS", "-NOPERM")
+
+
 def translate(exc: BaseException) -> BackendError:
     """guardian's exception for a redis-py (or socket) exception."""
+    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)) or str(
+        exc
+    ).startswith(_REFUSED):
+        return BackendConfigError(f"Redis refused guardian's credentials or permissions: {exc}")
     if isinstance(exc, (rex.TimeoutError, TimeoutError, BlockingIOError)):  # SO_RCVTIMEO: EAGAIN
         return BackendTimeoutError(f"Redis did not answer in time: {exc}")
     if isinstance(exc, (rex.ConnectionError, rex.ClusterError, OSError)):
@@ -117,10 +78,14 @@ def translate(exc: BaseException) -> BackendError:
 
 
 _CAUGHT = (rex.RedisError, rex.RedisClusterException, OSError)
+#: What reading a reply of the wrong shape raises (a foreign server or
+#: proxy, a protocol error): never past the backend.
+_MALFORMED = (hiredis.ProtocolError, TypeError, IndexError, ValueError, AttributeError, KeyError)
 
 
 class _Boundary:
-    """``with boundary:`` turns redis-py's exceptions into guardian's.
+    """``with boundary:`` turns redis-py's exceptions, and a reply guardian
+    cannot read, into guardian's. guardian's own errors pass unchanged.
     A class, not @contextmanager: it sits on the hot path."""
 
     __slots__ = ()
@@ -131,8 +96,12 @@ class _Boundary:
     def __exit__(
         self, tp: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
-        if exc is not None and isinstance(exc, _CAUGHT):
+        if exc is None or isinstance(exc, RateLimitError):
+            return
+        if isinstance(exc, _CAUGHT):
             raise translate(exc) from exc
+        if isinstance(exc, _MALFORMED):
+            raise malformed(f"{type(exc).__name__}: {exc}") from exc
 
 
 boundary = _Boundary()
@@ -152,7 +121,8 @@ os.register_at_fork(after_in_child=_forget_connections)
 
 class RedisCommon:
     """Everything the sync and async backends share: validation, the
-    client, the packer and the I/O plan. Subclasses only talk to Redis."""
+    client, the packer, the I/O plans and the decisions on replies.
+    Subclasses only talk to Redis."""
 
     can_fail = True
     #: Keys per script call in take_many (one call per chunk, pipelined).
@@ -170,30 +140,34 @@ class RedisCommon:
         prefix: str = "guardian",
         connect_timeout: float = 0.25,
         timeout: float = 0.25,
-        **client_kwargs: Any,
+        limit_in_key: bool = True,
+        **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
         if (url is None) == (client is None):
             raise ConfigurationError("pass exactly one of url= and client=")
+        if not isinstance(limit_in_key, bool):
+            raise MisuseError(f"limit_in_key must be True or False, got {limit_in_key!r}")
         self.config = config
         self.layout = Layout(config)
-        self.packer = Packer(prefix, self.layout)
+        self.packer = Packer(prefix, self.layout, limit_in_key)
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
-            client = make_client(self.lib, url, connect_timeout, timeout, client_kwargs)  # type: ignore[arg-type]
-        elif client_kwargs:
-            raise ConfigurationError("client options go to the client you pass, not here")
+            client = client_for_url(self.lib, url, connect_timeout, timeout, **client_options)  # type: ignore[arg-type]
+            _check_options(client, client_options)
+        elif client_options:
+            raise ConfigurationError(
+                f"client options ({', '.join(sorted(client_options))}) go to the client you pass, not here")
         self.client = client
-        #: Standalone and Sentinel: our own stack of the pool's connections,
-        #: spoken to with pre-packed commands (redis-py's generic command path
-        #: costs more than the script). Cluster: the client routes each call.
+        #: Standalone and Sentinel: our own wires, taken from the client's
+        #: pool and spoken to with pre-packed commands (redis-py's generic
+        #: command path costs more than the script). Cluster: each call
+        #: goes straight to its slot's primary on a wire of ours, and
+        #: redis-py's client serves what that path cannot (MOVED, ASK,
+        #: NOSCRIPT, a node down).
         self.direct = not is_cluster(client)
-        #: Cluster: each call goes straight to its slot's primary on a
-        #: connection of ours (see ``route``); redis-py's client serves
-        #: what that path cannot (MOVED, ASK, NOSCRIPT, a node down).
-        self.routed = not self.direct
         self._nodes: Dict[str, Any] = {}  # node name: idle wires (sync), a _Pool (asyncio)
         self._pool = client.connection_pool if self.direct else None
         self._idle: List[Any] = []
@@ -214,10 +188,18 @@ class RedisCommon:
         manager = getattr(self._pool, "sentinel_manager", None)
         return list(manager.sentinels) if manager is not None and self._owns_client else []
 
+    # --- plans --------------------------------------------------------------
+
     def plan_call(self, name: str, key: str, *extra: bytes) -> Tuple[List[Call], bytes]:
         """One script call on one key: the call, and its packed bytes."""
         keys = [self.packer.key(key)]
         return [(name, keys, extra)], self.packer.command(name, keys, *extra)
+
+    def plan_reserve(self, key: str, tokens: int) -> Tuple[List[Call], bytes]:
+        return self.plan_call("reserve", key, self.packer.wanted(tokens))
+
+    def plan_release(self, key: str, tokens: int, now_us: int, ahead_ticks: int) -> Tuple[List[Call], bytes]:
+        return self.plan_call("release", key, b"%d" % tokens, b"%d" % now_us, b"%d" % ahead_ticks)
 
     def pack_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, int, bytes]:
         """take_many on one server: (cost, script calls, their packed bytes),
@@ -245,6 +227,14 @@ class RedisCommon:
                 slots.append(slot)
         return int(c), plan, [("take", [bkeys[i] for i in group], (c,)) for group in plan], slots
 
+    def take_call(self, key: str, cost: int) -> Call:
+        """take for one key as a call for redis-py's cluster client."""
+        return ("take", [self.packer.key(key)], (self.packer.cost(cost),))
+
+    @staticmethod
+    def call_slot(calls: Sequence[Call]) -> List[int]:
+        return [key_slot(calls[0][1][0])]
+
     def route(self, slots: Sequence[int]) -> Tuple[Dict[str, Tuple[Any, List[int]]], List[int]]:
         """Calls (by position) per primary node, from the slot map redis-py's
         cluster client keeps (CLUSTER SLOTS, updated on MOVED and failover);
@@ -260,6 +250,49 @@ class RedisCommon:
                 unmapped.append(i)
         return by_node, unmapped
 
+    def primary(self, slot: int) -> Any:
+        """The slot's primary node in the cluster client's map, or None."""
+        nodes = self.client.nodes_manager.slots_cache.get(slot)
+        return nodes[0] if nodes else None
+
+    # --- decisions on replies ----------------------------------------------
+
+    @staticmethod
+    def usable(replies: Sequence[Any], reloaded: bool) -> bool:
+        """After a batch of replies from our own wires: True when they can
+        be used; False when a NOSCRIPT asks to load the scripts and send
+        once more (only once: ``reloaded``). Any other error is raised."""
+        error = first_error(replies)
+        if error is None:
+            return True
+        if isinstance(error, rex.NoScriptError) and not reloaded:
+            return False
+        raise error
+
+    @staticmethod
+    def routed_reply(reply: Any) -> bool:
+        """A reply on our path to a cluster node: True when it is the
+        answer, False when redis-py's cluster client must take the call
+        over (MOVED, ASK, NOSCRIPT...). An error about our data is raised."""
+        if not redirected(reply):
+            if isinstance(reply, Exception):
+                raise reply
+            return True
+        return False
+
+    @staticmethod
+    def noscript(replies: Sequence[Any]) -> List[int]:
+        """The calls redis-py's cluster client must send again as EVAL."""
+        return [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
+
+    @staticmethod
+    def checked(replies: List[Any]) -> List[Any]:
+        """``replies``, or the first error among them raised."""
+        error = first_error(replies)
+        if error is not None:
+            raise error
+        return replies
+
     @staticmethod
     def retries(replies: Sequence[Any], again: List[int]) -> List[int]:
         """The calls (by position) for redis-py's cluster client: ``again``
@@ -272,15 +305,30 @@ class RedisCommon:
                 raise reply
         return sorted(again)
 
-    def reserved(self, reply: Sequence[int]) -> Tuple[int, int, float, float]:
+    # --- decoding -------------------------------------------------------------
+
+    def seconds(self, reserved: Reserved) -> Tuple[int, int, float, float]:
         tps = self.layout.ticks_per_second
-        return reply[0], reply[1], reply[2] / tps, reply[3] / tps
+        return reserved[0], reserved[1], reserved[2] / tps, reserved[3] / tps
 
     def assemble(self, n: int, plan: List[List[int]], replies: List[Any], cost: int) -> List[Any]:
         """One LimitResult per key, in the caller's order."""
         out: List[Any] = [None] * n
         results = self.layout.results
         for positions, reply in zip(plan, replies):
-            for pos, result in zip(positions, results(reply, cost)):
+            for pos, result in zip(positions, results([reply], cost, len(positions))):
                 out[pos] = result
         return out
+
+
+def _check_options(client: Any, options: Dict[str, Any]) -> None:
+    """Options redis-py would only refuse on the first connection (a typo
+    such as ``timout=``) are refused now: a connection object is built,
+    not connected."""
+    if not options or not hasattr(client, "connection_pool"):
+        return
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown Redis client option: {exc}") from exc
