@@ -18,8 +18,8 @@ from typing import Any
 from flask import Flask
 
 from guardian import MemoryBackend, RateLimiter, TokenBucketConfig
+from guardian.flask import RateLimit
 from guardian.http import client_ip, route
-from guardian.wsgi import RateLimitMiddleware
 
 config = TokenBucketConfig(int(os.environ.get("GUARDIAN_CAPACITY", "5")),
                            float(os.environ.get("GUARDIAN_RATE", "1")))
@@ -45,10 +45,9 @@ def health() -> dict:
 
 # One bucket per route and client address (the TCP peer; see
 # guardian.http.client_ip for proxies), with the legacy X-RateLimit-* fields
-# as well as the draft's.
-app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter,  # type: ignore[method-assign]
-                                   key_func=route(client_ip()), headers="both",
-                                   routes={"/health": None})
+# as well as the draft's. The extension asks Flask's URL map which rule a
+# request runs, so /items/1 and /items/2 would share their route's bucket.
+RateLimit(app, limiter=limiter, key_func=route(client_ip()), headers="both", routes={"/health": None})
 
 
 def served_by(wsgi_app: Any) -> Any:

@@ -41,14 +41,17 @@ local function ahead_of(key, v)
   if not v then
     return 0
   end
-  local us, f = v, 0
-  local c = string.find(v, ':', 1, true)
-  if c then
-    us = string.sub(v, 1, c - 1)
-    f = tonumber(string.sub(v, c + 1))
+  -- Only what store() writes: digits, or digits ':' digits. tonumber()
+  -- alone would take 'nan', 'inf', '1e400', '0x10' and padded numbers.
+  local us, f = string.match(v, '^(%d+):(%d+)$')
+  if not us then
+    us, f = string.match(v, '^%d+$'), '0'
   end
-  us = tonumber(us)
-  if not us or not f then
+  if not us or #us > 20 or #f > 20 then
+    foreign(key)
+  end
+  us, f = tonumber(us), tonumber(f)
+  if f >= D then
     foreign(key)
   end
   local d = us - NOW

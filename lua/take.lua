@@ -12,6 +12,12 @@
 --   denied:  minus the TAT ahead of NOW in ticks, unchanged (<= 0).
 local inc = tonumber(ARGV[4]) * P
 local values = redis.call('MGET', unpack(KEYS))
+-- Every value is read before any is written: a foreign one fails the call
+-- with nothing taken.
+local aheads = {}
+for i = 1, #KEYS do
+  aheads[i] = ahead_of(KEYS[i], values[i])
+end
 local out = {}
 local taken = {}
 for i = 1, #KEYS do
@@ -19,7 +25,7 @@ for i = 1, #KEYS do
   local a = taken[key]
   local fresh = false
   if not a then
-    a = ahead_of(key, values[i])
+    a = aheads[i]
     fresh = not values[i]
   end
   local new = a + inc

@@ -50,7 +50,7 @@ def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Mod
         from guardian import _core as module
     else:
         module = _pycore
-    for name in ("Table", "LimitResult", "unlink"):
+    for name in ("Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all"):
         monkeypatch.setattr(_impl, name, getattr(module, name))
     return module
 

@@ -6,7 +6,7 @@
 True
 """
 
-from ._config import TokenBucketConfig
+from ._config import Limits, TokenBucketConfig
 from ._errors import (
     ArgumentTypeError,
     BackendConfigError,
@@ -33,6 +33,7 @@ CORE = "c" if _USING_C else "python"
 
 __all__ = [
     "TokenBucketConfig",
+    "Limits",
     "LimitResult",
     "RateLimiter",
     "AsyncRateLimiter",

@@ -1,7 +1,8 @@
 """The ``guardian`` command.
 
 ``guardian demo`` shows the limiter at work on the embedded memory backend;
-``guardian serve`` runs the gRPC sidecar (guardian.server, the ``server`` extra).
+``guardian serve`` runs the gRPC sidecar (guardian.server, the ``server`` extra);
+``guardian tables`` lists (or unlinks) shared-memory tables.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("--workers", type=int, default=2, help="processes sharing the table (default 2)")
     d.add_argument("--seconds", type=float, default=2.0, help="how long to run (default 2)")
     d.set_defaults(run=demo)
+    from ._tables_cli import add_parser as add_tables
+
+    add_tables(sub)  # guardian tables [--unlink NAME]
     s = sub.add_parser("serve", help="run the gRPC sidecar (guardian.v1, Envoy RLS v3, health, /metrics)",
                        allow_abbrev=False)  # "--redis" must not silently mean --redis-url
     from .server.config import add_arguments

@@ -27,7 +27,7 @@ from libc.stdint cimport int64_t, uint64_t, INT64_MAX
 from libc.stdlib cimport malloc, free
 
 from guardian import _region
-from guardian._errors import ArgumentTypeError, InvalidArgumentError
+from guardian._errors import ArgumentTypeError, BackendTimeoutError, InvalidArgumentError
 
 cdef extern from "Python.h":
     # No except clause: NULL is checked by hand so that the hot path carries
@@ -36,6 +36,14 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
     bint PyBool_Check(object o)
+
+cdef extern from "Python.h" nogil:
+    # To release the GIL while waiting for a stripe lock, from code that is
+    # also run without it (check_many's loop): only when it is held.
+    ctypedef struct PyThreadState
+    int PyGILState_Check()
+    PyThreadState *PyEval_SaveThread()
+    void PyEval_RestoreThread(PyThreadState *state)
 
 cdef extern from "_atomic.h" nogil:
     int64_t g_load(const int64_t *p)
@@ -70,11 +78,13 @@ cdef extern from "_table.h" nogil:
     int64_t g_self_pid
     int g_pid_setup()
     void g_pause(unsigned spins)
+    void g_sleep_ns(int64_t ns)
 
 if g_pid_setup() != 0:  # pragma: no cover
     raise ImportError("guardian: pthread_atfork failed")
 
-__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+           "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 cdef enum:
@@ -82,12 +92,20 @@ cdef enum:
 if MAX_KEY_BYTES != MAX_KEY:  # pragma: no cover
     raise ImportError("_core.pyx and _region.py disagree on MAX_KEY_BYTES")
 
+# Waiting for a stripe lock: spins, then yields for LOCK_YIELD_NS, then
+# sleeps of LOCK_SLEEP_NS until the table's lock_wait_ns.
+cdef enum:
+    LOCK_SPINS = 64
+    LOCK_YIELD_NS = 1000000
+    LOCK_SLEEP_NS = 50000
+
 # Outcomes of a slot lookup.
 cdef enum:
     ABSENT = -1      # no slot holds the key
     CONTENDED = -2   # a LOCKED slot was met: resolve under the stripe lock
     INSERTED = -3    # the slow path placed the key and decided the take
     FULL = -4        # every slot in the key's window holds a live bucket
+    STUCK = -5       # the stripe lock stayed held past the bound: undecided
 
 
 cdef struct Decision:
@@ -95,6 +113,11 @@ cdef struct Decision:
     int64_t remaining
     int64_t retry_ticks
     int64_t reset_ticks
+    int64_t stuck  # 0, or the pid that held the key's stripe lock past the bound
+    # An admission's write, so that take_all can undo it: the slot's TAT
+    # went from ``before`` to ``after``.
+    Py_ssize_t slot
+    int64_t before, after
 
 
 @cython.final
@@ -167,6 +190,7 @@ cdef class Table:
     cdef int64_t epoch, P, Q, tau, horizon
     cdef double scale
     cdef unsigned window
+    cdef int64_t lock_wait_ns
     cdef object clock
     cdef object buf
     cdef Py_buffer view
@@ -213,6 +237,7 @@ cdef class Table:
         self.scale = <double>ticks_per_ns * 1e9
         self.horizon = (<int64_t>1 << 62) // ticks_per_ns
         self.window = min(_region.PROBE_WINDOW, self.slots)
+        self.lock_wait_ns = <int64_t>(_region.LOCK_WAIT_S * 1e9)
 
     def __dealloc__(self):
         if self.has_view:
@@ -300,6 +325,8 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
+        if d.stuck:
+            self._stuck(d.stuck)
         return d.allowed
 
     def check(self, key, cost=1):
@@ -308,6 +335,8 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
+        if d.stuck:
+            self._stuck(d.stuck)
         return self._result(&d)
 
     def check_result(self, key, cost=1):
@@ -316,6 +345,8 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
+        if d.stuck:
+            self._stuck(d.stuck)
         cdef LimitResult r = LimitResult.__new__(LimitResult)
         r.allowed = d.allowed
         r.remaining = d.remaining
@@ -346,6 +377,9 @@ cdef class Table:
             with nogil:
                 for i in range(n):
                     self._take(hashes[i], c, now, &out[i])
+            for i in range(n):
+                if out[i].stuck:  # the keys before it were decided (and taken): fewer admissions, never more
+                    self._stuck(out[i].stuck)
             return [self._result(&out[i]) for i in range(n)]
         finally:
             free(hashes)
@@ -359,6 +393,8 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._peek_cost(cost)
         self._peek(h, c, self._now(), &d)
+        if d.stuck:
+            self._stuck(d.stuck)
         return self._result(&d)
 
     def usage(self, key):
@@ -369,6 +405,8 @@ cdef class Table:
         cdef Py_ssize_t s = self._locate(h, &tat)
         if s == CONTENDED:
             s = self._locate_locked(h, &tat)
+            if s == STUCK:
+                self._stuck(tat)
         if s < 0 or tat <= now:
             return 0
         return self.capacity - (self.tau - (tat - now)) // self.P
@@ -382,6 +420,8 @@ cdef class Table:
             s = self._locate(h, &tat)
             if s == CONTENDED:
                 s = self._locate_locked(h, &tat)
+            if s == STUCK:
+                self._stuck(tat)
             if s < 0 or g_cas(&self.slots_[s].tat, tat, 0):
                 return
 
@@ -402,6 +442,8 @@ cdef class Table:
             s = self._locate(h, &t)
             if s == CONTENDED:
                 s = self._locate_locked(h, &t)
+                if s == STUCK:
+                    self._stuck(t)
             if s < 0 or t - now <= (c - 1) * self.P:
                 return -1
             new = t - c * self.P
@@ -425,6 +467,8 @@ cdef class Table:
             s = self._locate(h, &t)
             if s == CONTENDED:
                 s = self._locate_locked(h, &t)
+                if s == STUCK:
+                    self._stuck(t)
             if s < 0 or t <= now:
                 return 0
             if g_cas(&self.slots_[s].tat, t, 0):
@@ -450,6 +494,8 @@ cdef class Table:
 
     cdef inline void _take(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
         self._decide(h, cost, now, d)
+        if d.stuck:
+            return  # not decided: not counted
         if d.allowed:
             g_count(&self.allowed_)
         else:
@@ -461,15 +507,18 @@ cdef class Table:
     cdef void _decide(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
         cdef int64_t t, new
         cdef Py_ssize_t s
+        d.stuck = 0
         while True:
             s = self._locate(h, &t)
             if s < 0:
                 s = self._place(h, cost, now, &t, d)
-                if s == INSERTED or s == FULL:
+                if s == INSERTED or s == FULL or s == STUCK:
                     return
             new = self._judge(t, cost, now, d)
-            if new >= 0 and not g_cas(&self.slots_[s].tat, t, new):
-                continue  # another taker or a reclaimer won; re-read
+            if new >= 0:
+                if not g_cas(&self.slots_[s].tat, t, new):
+                    continue  # another taker or a reclaimer won; re-read
+                d.slot, d.before, d.after = s, t, new
             return
 
     @cython.cdivision(True)
@@ -498,9 +547,12 @@ cdef class Table:
         cdef uint64_t stripe
         cdef int64_t t, wait = 0
         cdef Py_ssize_t s = self._locate(h, &t)
+        d.stuck = 0
         if s < 0:
             stripe = (h & self.mask) % G_STRIPES
-            self._lock_stripe(stripe)
+            d.stuck = self._lock_stripe(stripe)
+            if d.stuck:
+                return
             s = self._scan(h, now, &t, &wait)
             self._unlock_stripe(stripe)
             if s == FULL:
@@ -536,9 +588,14 @@ cdef class Table:
         return ABSENT
 
     cdef Py_ssize_t _locate_locked(self, uint64_t h, int64_t *tat_out) noexcept nogil:
+        """``_locate`` under the stripe lock; STUCK (the holder's pid in
+        tat_out) when that lock stayed held past the bound."""
         cdef uint64_t stripe = (h & self.mask) % G_STRIPES
         cdef int64_t ignored_wait
-        self._lock_stripe(stripe)
+        cdef int64_t holder = self._lock_stripe(stripe)
+        if holder:
+            tat_out[0] = holder
+            return STUCK
         s = self._scan(h, 0, tat_out, &ignored_wait)
         self._unlock_stripe(stripe)
         return s if s >= 0 else ABSENT
@@ -555,7 +612,9 @@ cdef class Table:
         cdef int64_t lock = -1 - g_self_pid
         cdef int64_t t, wait, new
         cdef Py_ssize_t s
-        self._lock_stripe(stripe)
+        d.stuck = self._lock_stripe(stripe)
+        if d.stuck:
+            return STUCK
         while True:
             s = self._scan(h, now, &t, &wait)
             if s >= 0:
@@ -581,6 +640,7 @@ cdef class Table:
             if not g_cas(&self.slots_[s].tat, lock, new):
                 continue  # taken over as if we were dead (pid reuse); start again
             self._unlock_stripe(stripe)
+            d.slot, d.before, d.after = s, 0, new  # before: a full bucket
             d.allowed = True
             d.remaining = (self.tau - cost * self.P) // self.P
             d.retry_ticks = 0
@@ -647,25 +707,200 @@ cdef class Table:
             g_store_u(&self.slots_[s].fp, G_TOMB)
             g_cas(&self.slots_[s].tat, lock, 0)
 
-    cdef void _lock_stripe(self, uint64_t stripe) noexcept nogil:
+    cdef int64_t _lock_stripe(self, uint64_t stripe) noexcept nogil:
+        """Takes the stripe's insert lock: 0. A holder that died loses it.
+        A live one that keeps it past lock_wait_ns (stopped by SIGSTOP or a
+        debugger, or a pid reused by another process) is not waited for
+        longer: returns its pid, nothing taken. A holder is only ever inside
+        a short insert: the wait spins, then yields for up to a millisecond
+        (yields can cost a time slice each on a busy host, so they are
+        timed, not counted), then sleeps with the GIL released (when this
+        thread holds it)."""
         cdef uint64_t me = <uint64_t>g_self_pid, holder
-        cdef unsigned spins = 0
+        cdef unsigned spins = 0, mask = 1023  # look at the holder every mask + 1 tries
+        cdef int64_t now, sleep_at = 0, deadline = 0
+        cdef bint got = False, sleeping = False
+        cdef PyThreadState *released = NULL
         while True:
             holder = g_load_u(&self.hdr.stripes[stripe])
             if holder == 0:
                 if g_cas_u(&self.hdr.stripes[stripe], 0, me):
-                    return
-            elif (spins & 1023) == 1023 and not g_pid_alive(<int64_t>holder):
+                    got = True
+                    break
+            elif (spins & mask) == mask and not g_pid_alive(<int64_t>holder):
                 if g_cas_u(&self.hdr.stripes[stripe], holder, me):
-                    return  # the holder died inside; its LOCKED slots get repaired by _scan
-            g_pause(spins)
+                    got = True
+                    break  # the holder died inside; its LOCKED slots get repaired by _scan
             spins += 1
+            if spins < LOCK_SPINS:
+                g_pause(0)
+                continue
+            now = g_monotonic_ns()
+            if deadline == 0:
+                sleep_at = now + LOCK_YIELD_NS
+                deadline = now + self.lock_wait_ns
+            if now < sleep_at:
+                g_pause(LOCK_SPINS)  # a yield
+                continue
+            if now > deadline:
+                break
+            if not sleeping:
+                sleeping = True
+                mask = 15
+                if PyGILState_Check():
+                    released = PyEval_SaveThread()
+            g_sleep_ns(LOCK_SLEEP_NS)
+        if released != NULL:
+            PyEval_RestoreThread(released)
+        return 0 if got else <int64_t>holder
+
+    cdef bint _undo(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
+        """Takes back an admission of ``_decide`` (``now``: the time of the
+        undo). If the slot still holds what the take wrote, it gets back
+        what it held: exactly as before. If others took since, the take's
+        ``cost * P`` comes off the TAT only when the TAT it started from
+        was still ahead of ``now``: every later take then started from our
+        TAT, not from its own clock, so it would have landed exactly
+        ``cost * P`` earlier without ours (other undos shift it the same
+        way), and the result must still be ahead of ``now``. Otherwise (a
+        bucket that was full, a reclaim) it is left taken: a check may then
+        be denied that could have been admitted, never the reverse. (A
+        reset of the key in between is not told apart: the bucket it
+        refilled may get our tokens back too.)"""
+        cdef int64_t t, back = cost * self.P
+        cdef Py_ssize_t s
+        if g_cas(&self.slots_[d.slot].tat, d.after, d.before):
+            return True
+        if d.before < now:
+            return False
+        while True:
+            s = self._locate(h, &t)
+            if s != d.slot or t - back < now:
+                return False  # moved, reclaimed, reset, or being written: leave it
+            if g_cas(&self.slots_[s].tat, t, t - back):
+                return True
+
+    cdef int _stuck(self, int64_t holder) except -1:
+        where = f"shared table {self.name!r}" if self.name is not None else "the local table"
+        raise BackendTimeoutError(
+            f"{where}: an insert lock has been held by process {holder} for more than "
+            f"{self.lock_wait_ns / 1e9:g}s (a stopped process, or its pid was reused); this "
+            "check was not decided and changed nothing. Resume or end that process, or "
+            "unlink the table")
 
     cdef void _unlock_stripe(self, uint64_t stripe) noexcept nogil:
         g_store_u(&self.hdr.stripes[stripe], 0)
 
 
 unlink = _region.unlink
+
+
+# --- several limits on one key, all or nothing -----------------------------
+
+cdef enum:
+    MAX_TABLES = 8
+
+
+cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) except -2:
+    """Takes ``cost`` for ``key`` from every table (one limit each), or from
+    none: -1 when every table admitted (all taken), else the index of the
+    table whose denial is the longest wait (nothing taken anywhere; ``out``
+    then holds what each table would answer now)."""
+    cdef Py_ssize_t n = len(tables), i, j, worst
+    cdef double wait, longest = 0
+    cdef Table t
+    cdef uint64_t h[MAX_TABLES]
+    cdef int64_t c[MAX_TABLES]
+    cdef int64_t now[MAX_TABLES]
+    if not 1 <= n <= MAX_TABLES:
+        raise InvalidArgumentError(f"take_all needs 1 to {MAX_TABLES} tables, got {n}")
+    for i in range(n):  # every argument checked before anything is taken
+        t = tables[i]
+        if i and t.k0 == (<Table>tables[i - 1]).k0 and t.k1 == (<Table>tables[i - 1]).k1:
+            h[i] = h[i - 1]  # one seed (MemoryBackend gives its tables one): one hash
+        else:
+            h[i] = t._hash(key)
+        c[i] = t._cost(cost)
+        now[i] = t._now()
+    for i in range(n):
+        t = tables[i]
+        t._decide(h[i], c[i], now[i], &out[i])
+        if out[i].allowed and not out[i].stuck:
+            continue
+        for j in range(i):
+            t = tables[j]
+            t._undo(h[j], c[j], t._now(), &out[j])
+        if out[i].stuck:
+            t._stuck(out[i].stuck)
+        for j in range(n):
+            if j == i:
+                continue
+            t = tables[j]
+            t._peek(h[j], c[j], now[j], &out[j])
+            if out[j].stuck:
+                t._stuck(out[j].stuck)
+        worst = -1  # the first of the longest waits (Lua's take_all picks the same)
+        for j in range(n):
+            wait = <double>out[j].retry_ticks / (<Table>tables[j]).scale
+            if not out[j].allowed and (worst < 0 or wait > longest):
+                worst, longest = j, wait
+        g_count(&(<Table>tables[worst]).denied_)
+        return worst
+    for i in range(n):
+        g_count(&(<Table>tables[i]).allowed_)
+    return -1
+
+
+def take_all(tuple tables, key, cost=1):
+    """Several limits on one key, all or nothing: takes ``cost`` tokens for
+    ``key`` from every table, or from none. Returns ``(denied_by, results)``:
+    ``denied_by`` is -1 when admitted, else the index of the table whose
+    wait is longest (the limit that decides when to retry); ``results[i]``
+    is table i's (allowed, remaining, retry_after_s, reset_after_s): its
+    take when admitted, what a take would answer now when denied."""
+    cdef Decision out[MAX_TABLES]
+    cdef Py_ssize_t i, worst = _take_all(tables, key, cost, out)
+    return worst, [(<Table>tables[i])._result(&out[i]) for i in range(len(tables))]
+
+
+def take_all_result(tuple tables, key, cost=1):
+    """``take_all`` answered as one LimitResult, built in C: remaining is
+    the fewest any limit has left; retry_after the denying limit's wait;
+    reset_after the longest until every bucket is full; limit the capacity
+    of the limit that speaks (the one with the fewest left when admitted,
+    the denying one when denied; the first on a tie)."""
+    cdef Decision out[MAX_TABLES]
+    cdef Py_ssize_t i, n = len(tables), worst = _take_all(tables, key, cost, out)
+    cdef Py_ssize_t speaker = 0
+    cdef int64_t fewest = out[0].remaining
+    cdef double reset, longest = 0
+    cdef Table t
+    for i in range(n):
+        t = tables[i]
+        reset = <double>out[i].reset_ticks / t.scale
+        if reset > longest:
+            longest = reset
+        if out[i].remaining < fewest:
+            fewest = out[i].remaining
+            speaker = i
+    cdef LimitResult r = LimitResult.__new__(LimitResult)
+    r.allowed = worst < 0
+    r.remaining = fewest
+    r.reset_after = longest
+    if worst < 0:
+        r.retry_after = 0.0
+        r.limit = (<Table>tables[speaker]).capacity
+    else:
+        t = tables[worst]
+        r.retry_after = <double>out[worst].retry_ticks / t.scale
+        r.limit = t.capacity
+    return r
+
+
+def try_take_all(tuple tables, key, cost=1):
+    """``take_all`` answered as one bool: True when every table admitted."""
+    cdef Decision out[MAX_TABLES]
+    return _take_all(tables, key, cost, out) < 0
 
 
 def siphash13(uint64_t k0, uint64_t k1, bytes data):

@@ -18,8 +18,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _region
 from ._args import check_cost, check_key
+from ._errors import BackendTimeoutError
+from ._errors import InvalidArgumentError as _InvalidArgument
 
-__all__ = ["Table", "LimitResult", "unlink", "siphash13", "MAX_KEY_BYTES"]
+__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+           "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 
@@ -162,7 +165,29 @@ class Table:
     def _enter(self) -> None:
         self._lock.acquire()
         if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._wait_for_table()
+
+    def _wait_for_table(self) -> None:
+        """Another process holds the table's lock. It only ever holds it for
+        one operation, so one holding it past LOCK_WAIT_S is not running
+        (SIGSTOP, a debugger): give up, the failure policy decides."""
+        deadline = time.monotonic() + _region.LOCK_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                continue
+        self._lock.release()
+        raise BackendTimeoutError(
+            f"shared table {self.name!r}: its lock has been held by another process for more "
+            f"than {_region.LOCK_WAIT_S:g}s (a stopped process); this check was not decided and "
+            "changed nothing. Resume or end that process, or unlink the table"
+        )
 
     def _leave(self) -> None:
         if self._fd >= 0:
@@ -232,21 +257,27 @@ class Table:
         return r
 
     def _decide(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
+        return self._decide_at(fp, home, cost, now)[0]
+
+    def _decide_at(self, fp: int, home: int, cost: int, now: int) -> Tuple[Tuple[bool, int, int, int], int, int]:
+        """The decision, and for an admission the slot and its TAT before
+        (what take_all restores to undo it)."""
         w = self._words
         s = self._find(fp, home)
         if s < 0:
             s, wait = self._claim(fp, home, now)
             if s < 0:
                 self._count(_region.W_FULL)
-                return False, 0, wait, wait
+                return (False, 0, wait, wait), -1, 0
             if w[s] != 0:
                 self._count(_region.W_RECLAIMS)
             w[s] = fp
             w[s + 1] = 0
-        r = self._judge(w[s + 1], cost, now)
+        before = w[s + 1]
+        r = self._judge(before, cost, now)
         if r[0]:
             w[s + 1] = now + r[3]
-        return r
+        return r, s, before
 
     def _judge(self, t: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
         """The GCRA rule for a bucket whose TAT is ``t``."""
@@ -394,3 +425,82 @@ class Table:
 
 
 unlink = _region.unlink
+
+
+# --- several limits on one key, all or nothing (see _core.take_all) ----------
+
+_MAX_TABLES = 8
+
+
+def _take_all(tables: Tuple[Table, ...], key: str, cost: int) -> Tuple[int, List[Tuple[bool, int, int, int]]]:
+    if not isinstance(tables, tuple):
+        raise TypeError(f"tables must be a tuple, got {type(tables).__name__}")
+    if not 1 <= len(tables) <= _MAX_TABLES:
+        raise _InvalidArgument(f"take_all needs 1 to {_MAX_TABLES} tables, got {len(tables)}")
+    for t in tables:
+        if not isinstance(t, Table):
+            raise TypeError(f"take_all needs Table objects, got {type(t).__name__}")
+    data = check_key(key)
+    prepared = [(t, t._hash(data), check_cost(cost, t.capacity), t._now()) for t in tables]
+    out: List[Tuple[bool, int, int, int]] = []
+    undo: List[Tuple[int, int, int]] = []
+    for i, (t, (fp, home), c, now) in enumerate(prepared):
+        t._enter()
+        try:
+            r, s, before = t._decide_at(fp, home, c, now)
+        finally:
+            t._leave()
+        if r[0]:
+            out.append(r)
+            undo.append((s, before, now + r[3]))
+            continue
+        for (u, (fpu, _), cu, _), (slot, was, wrote) in zip(prepared, undo):
+            later = u._now()
+            u._enter()
+            try:
+                w, back = u._words, cu * u._P
+                if w[slot + 1] == wrote:  # nothing wrote it since: exactly as before
+                    w[slot + 1] = was
+                elif was >= later and w[slot] == fpu and w[slot + 1] - back >= later:
+                    w[slot + 1] -= back  # later takes started from our TAT (see _core._undo)
+            finally:
+                u._leave()
+        answers: List[Tuple[bool, int, int, int]] = []
+        for j, (u, (fpj, homej), cj, nowj) in enumerate(prepared):
+            if j == i:
+                answers.append(r)
+                continue
+            u._enter()
+            try:
+                answers.append(u._peek(fpj, homej, cj, nowj))
+            finally:
+                u._leave()
+        waits = [a[2] / t._scale if not a[0] else -1.0 for a, t in zip(answers, tables)]
+        worst = waits.index(max(waits))  # the first of the longest waits decides when to retry
+        tables[worst]._denied += 1
+        return worst, answers
+    for t, *_ in prepared:
+        t._allowed += 1
+    return -1, out
+
+
+def take_all(tables: Tuple[Table, ...], key: str, cost: int = 1) -> Tuple[int, List[Result]]:
+    """Several limits on one key, all or nothing; see guardian._core.take_all."""
+    worst, decided = _take_all(tables, key, cost)
+    return worst, [t._result(r) for t, r in zip(tables, decided)]
+
+
+def take_all_result(tables: Tuple[Table, ...], key: str, cost: int = 1) -> LimitResult:
+    """``take_all`` answered as one LimitResult; see guardian._core.take_all_result."""
+    worst, answers = take_all(tables, key, cost)
+    fewest = min(a[1] for a in answers)
+    speaker = [a[1] for a in answers].index(fewest)
+    longest = max(0.0, *(a[3] for a in answers))
+    if worst < 0:
+        return LimitResult(True, fewest, 0.0, longest, tables[speaker].capacity)
+    return LimitResult(False, fewest, answers[worst][2], longest, tables[worst].capacity)
+
+
+def try_take_all(tables: Tuple[Table, ...], key: str, cost: int = 1) -> bool:
+    """``take_all`` answered as one bool: True when every table admitted."""
+    return _take_all(tables, key, cost)[0] < 0

@@ -19,10 +19,12 @@ import fcntl
 import mmap
 import os
 import re
+import stat
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from fractions import Fraction
+from typing import Any, List, Optional, Union
 
 from ._errors import SharedTableError
 
@@ -54,6 +56,12 @@ W_CAPACITY, W_EMISSION, W_TICKS_PER_NS, W_FULL, W_RECLAIMS = range(6, 11)
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _ATTACH_WAIT_S = 2.0
+#: Longest wait for a shared table's insert lock held by a live process
+#: (one stopped with SIGSTOP, or a reused pid): the check then raises
+#: BackendTimeoutError and the limiter's failure policy decides. An insert
+#: holds the lock for microseconds; only a process that is not running
+#: holds it longer.
+LOCK_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -148,18 +156,149 @@ def _validate(buf: mmap.mmap, name: str, geo: Geometry, adopt_slots: bool) -> in
             "(check GUARDIAN_NO_EXTENSIONS)"
         )
     nslots = read_word(buf, W_NSLOTS)
+    if not MIN_SLOTS <= nslots <= MAX_SLOTS or nslots & (nslots - 1):
+        raise SharedTableError(
+            f"shared table {name!r} is corrupt: its header says {nslots} slots, not a power of "
+            f"two between {MIN_SLOTS} and {MAX_SLOTS}; if no process uses it, remove it with "
+            f"MemoryBackend.unlink({name!r})"
+        )
     if not adopt_slots and nslots != geo.nslots:
         raise SharedTableError(f"shared table {name!r} has {nslots} slots, {geo.nslots} were asked for")
     have = (read_word(buf, W_CAPACITY), read_word(buf, W_EMISSION), read_word(buf, W_TICKS_PER_NS))
     want = (geo.capacity, geo.emission_ticks, geo.ticks_per_ns)
     if have != want:
         raise SharedTableError(
-            f"shared table {name!r} holds a different limit (capacity, emission ticks, "
-            f"ticks per ns) = {have}, this process asked for {want}"
+            f"shared table {name!r} holds a different limit: {describe_limit(*have)}; this "
+            f"process asked for {describe_limit(*want)}. Every process sharing a table must use "
+            f"one limit. To change it, use a new name (shared={name + '-2'!r}), or remove the "
+            f"old table once no process uses it: guardian tables --unlink {name} (or "
+            f"MemoryBackend.unlink({name!r}))"
         )
     if len(buf) != SLOTS_OFFSET + nslots * SLOT_BYTES:
-        raise SharedTableError(f"shared table {name!r} has size {len(buf)}, its header says {nslots} slots")
+        raise SharedTableError(
+            f"shared table {name!r} is {len(buf)} bytes, its header says {nslots} slots "
+            f"({SLOTS_OFFSET + nslots * SLOT_BYTES} bytes): truncated or corrupt; if no process "
+            f"uses it, remove it with MemoryBackend.unlink({name!r})"
+        )
     return nslots
+
+
+_UNITS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
+
+
+def describe_limit(capacity: int, emission_ticks: int, ticks_per_ns: int) -> str:
+    """A table's limit in the units a user configured it in: "capacity 100,
+    refilling 10 per second" (the first unit in which at least one token
+    refills; the emission interval T is emission_ticks/ticks_per_ns ns)."""
+    if capacity < 1 or emission_ticks < 1 or ticks_per_ns < 1:
+        return f"an invalid limit (capacity {capacity}, T = {emission_ticks}/{ticks_per_ns} ns)"
+    t_ns = Fraction(emission_ticks, ticks_per_ns)
+    for unit, seconds in _UNITS:
+        rate = Fraction(seconds * 10**9) / t_ns
+        if rate >= 1 or unit == "day":
+            break
+    shown = f"{float(rate):.6g}" if rate.denominator != 1 else f"{rate.numerator}"
+    return f"capacity {capacity}, refilling {shown} per {unit}"
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What ``guardian tables`` shows of one segment, read without trusting it."""
+
+    name: str
+    uid: int
+    mode: int
+    size: int
+    #: None when the segment could not be read or is not a guardian table.
+    nslots: Optional[int] = None
+    limit: Optional[str] = None
+    core: Optional[str] = None
+    live_keys: Optional[int] = None
+    problem: Optional[str] = None
+
+
+#: Where Linux keeps POSIX shared memory (macOS has no listing of it).
+SHM_DIR = "/dev/shm"
+_COUNT_LIVE_UP_TO = 1 << 22
+
+
+def table_names() -> List[str]:
+    """Names of the guardian tables on this host (Linux)."""
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    names = [e[len("guardian."):] for e in entries if e.startswith("guardian.")]
+    return sorted(n for n in names if _NAME.fullmatch(n))
+
+
+def table_info(name: str) -> TableInfo:
+    """Reads a table's header (read-only, never validated against a limit).
+    A table whose slots are few enough also reports its live keys."""
+    path = os.path.join(SHM_DIR, segment_name(name)[1:])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return TableInfo(name, -1, 0, 0, problem=f"cannot open: {exc.strerror}")
+        return TableInfo(name, st.st_uid, stat.S_IMODE(st.st_mode), st.st_size,
+                         problem=f"cannot open: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        seen = (name, st.st_uid, stat.S_IMODE(st.st_mode), st.st_size)
+        if st.st_size < SLOTS_OFFSET:
+            return TableInfo(*seen, problem="empty or truncated")
+        with mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) as buf:
+            return _read_table(buf, seen)
+    finally:
+        os.close(fd)
+
+
+def _read_table(buf: mmap.mmap, seen: "tuple[str, int, int, int]") -> TableInfo:
+    if read_word(buf, W_MAGIC) != MAGIC:
+        return TableInfo(*seen, problem="not a guardian table")
+    nslots = read_word(buf, W_NSLOTS)
+    impl = read_word(buf, W_VERSION_IMPL) >> 32
+    core = {IMPL_C: "c", IMPL_PY: "python"}.get(impl, f"unknown ({impl})")
+    q = read_word(buf, W_TICKS_PER_NS)
+    limit = describe_limit(read_word(buf, W_CAPACITY), read_word(buf, W_EMISSION), q)
+    if nslots < MIN_SLOTS or nslots & (nslots - 1) or len(buf) != SLOTS_OFFSET + nslots * SLOT_BYTES:
+        return TableInfo(*seen, nslots=nslots, limit=limit, core=core,
+                         problem="corrupt or truncated (its size does not match its slot count)")
+    live = None
+    if nslots <= _COUNT_LIVE_UP_TO:
+        # A slot is live while its TAT is ahead of now, in ticks since the
+        # table's epoch on the host-wide monotonic clock.
+        now = (time.monotonic_ns() - struct.unpack_from("=q", buf, W_EPOCH * 8)[0]) * q
+        with memoryview(buf) as view, view.cast("q") as words, words[SLOTS_OFFSET // 8 + 1::2] as tats:
+            live = sum(1 for t in tats if t > now)
+    return TableInfo(*seen, nslots=nslots, limit=limit, core=core, live_keys=live)
+
+
+def check_owner(fd: int, name: str) -> os.stat_result:
+    """A segment is trusted only when this effective user owns it and no
+    other user may read or write it: anyone who can write a table can
+    refill every bucket in it, hang its users with a planted lock, or
+    truncate it under them. (/dev/shm is sticky: another user cannot
+    remove or replace a segment we own.)"""
+    st = os.fstat(fd)
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise SharedTableError(
+            f"shared table {name!r} (/dev/shm{segment_name(name)}) belongs to uid {st.st_uid}, "
+            f"not to this process' uid {me}: guardian only uses a table its own user created. "
+            "Choose another name, or have its owner (or root) remove it"
+        )
+    if st.st_mode & 0o077:
+        raise SharedTableError(
+            f"shared table {name!r} (/dev/shm{segment_name(name)}) has mode "
+            f"{stat.S_IMODE(st.st_mode):#o}: other users may read or write it, so its limits "
+            f"cannot be trusted; guardian creates tables with mode 0o600. Remove it with "
+            f"MemoryBackend.unlink({name!r}) if no process uses it, or choose another name"
+        )
+    return st
 
 
 def shared_region(name: str, geo: Geometry, epoch_ns: int, adopt_slots: bool,
@@ -174,12 +313,19 @@ def shared_region(name: str, geo: Geometry, epoch_ns: int, adopt_slots: bool,
         raise SharedTableError("shared tables need POSIX shared memory (Linux, macOS)")
     path = segment_name(name)
     try:
-        fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
-        created = True
-    except FileExistsError:
-        fd = _posixshmem.shm_open(path, os.O_RDWR, mode=0o600)
-        created = False
+        try:
+            fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
+            created = True
+        except FileExistsError:
+            fd = _posixshmem.shm_open(path, os.O_RDWR, mode=0o600)
+            created = False
+    except PermissionError as exc:
+        raise SharedTableError(
+            f"shared table {name!r} (/dev/shm{path}) exists and belongs to another user: "
+            "guardian only uses a table its own user created. Choose another name"
+        ) from exc
     try:
+        check_owner(fd, name)
         if created:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -229,6 +375,12 @@ def lock_fd(name: str) -> int:
     """A fresh descriptor of the named segment, for flock-based locking."""
     assert _posixshmem is not None
     try:
-        return int(_posixshmem.shm_open(segment_name(name), os.O_RDWR, mode=0o600))
+        fd = int(_posixshmem.shm_open(segment_name(name), os.O_RDWR, mode=0o600))
     except FileNotFoundError as exc:
         raise SharedTableError(f"shared table {name!r} was removed while opening it") from exc
+    try:
+        check_owner(fd, name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -79,6 +79,11 @@ static int g_pid_setup(void) {
     return pthread_atfork(NULL, NULL, g_refresh_pid);
 }
 
+static inline void g_sleep_ns(int64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    nanosleep(&ts, NULL);
+}
+
 static inline void g_pause(unsigned spins) {
     if (spins < 64) {
 #if defined(__x86_64__) || defined(__i386__)

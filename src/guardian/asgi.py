@@ -25,9 +25,11 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Tuple
 
-from .http import CostFunc, KeyFunc, Plan, Request, RoutesArg
+from .http import CostFunc, KeyFunc, Plan, Request, Resolver, RoutesArg
 
-__all__ = ["RateLimitMiddleware"]
+__all__ = ["RateLimitMiddleware", "find_router", "starlette_template"]
+
+_UNSET: Any = object()
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,16 +50,75 @@ def _header_lookup(scope: Scope) -> Callable[[str], Optional[str]]:
     return lookup
 
 
-def _request(scope: Scope) -> Request:
+def _walk(routes: Any, scope: Scope, prefix: str) -> Optional[str]:
+    """The template of the route a Starlette router runs for ``scope``:
+    the first full match, else the first partial one (a method mismatch,
+    answered 405), descending into mounts. Each route's own ``matches``
+    decides, so the answer is the router's, character for character."""
+    partial: Optional[str] = None
+    for r in routes:
+        match, child = r.matches(scope)
+        kind = getattr(match, "name", "NONE")
+        if kind == "NONE":
+            continue
+        path = getattr(r, "path", None)
+        if path is None:  # a Host route: no path template to name
+            return None
+        inner = getattr(r, "routes", None)
+        if inner and not hasattr(r, "endpoint"):  # a Mount of routes
+            # The router hands the request to the first full match: a route
+            # the mount does not have is its 404, not a later route's.
+            return _walk(inner, dict(scope, **child), prefix + path)
+        if kind == "FULL":
+            return f"{prefix}{path}"
+        if partial is None:
+            partial = f"{prefix}{path}"
+    return partial
+
+
+def find_router(app: Any) -> Any:
+    """The Starlette router that ``app`` ends in: ``app.router``, or a Router
+    reached through the ``.app`` of each wrapping middleware; None if none."""
+    for _ in range(32):
+        if app is None:
+            return None
+        router = getattr(app, "router", None)
+        if router is not None and hasattr(router, "routes"):
+            return router
+        if hasattr(app, "routes") and hasattr(app, "redirect_slashes"):  # a Router itself
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+def starlette_template(scope: Scope, app: Any = None) -> Optional[str]:
+    """The route template Starlette/FastAPI will pick for ``scope``
+    (``/items/{id}``), None when no router is found or no route matches.
+    The router is ``app``'s (see find_router), else ``scope["app"]``'s."""
+    router = find_router(app) or find_router(scope.get("app"))
+    if router is None:
+        return None
+    return _walk(router.routes, scope, "")
+
+
+def _framework_resolver(app: Any) -> Optional[Resolver]:
+    """The resolver for a framework recognised by ``app``'s type, else None."""
+    if type(app).__module__.startswith("django.core.handlers"):
+        from ._routers import django_resolve_route
+        return django_resolve_route
+    return None
+
+
+def _request(scope: Scope, resolver: Optional[Resolver]) -> Request:
     client = scope.get("client")
-    route = scope.get("route")
     return Request(
         scope.get("method", "GET"),
         scope.get("path", "/"),
         client[0] if client else None,
         _header_lookup(scope),
         scope,
-        getattr(route, "path", None),
+        None,
+        resolver,
     )
 
 
@@ -72,17 +133,34 @@ class RateLimitMiddleware:
     rest use ``limiter``, which may be None); ``policy`` the name in the
     RateLimit fields; ``headers`` "draft" (default), "legacy", "both" or
     "none".
+
+    ``resolver(request) -> template | None`` asks the framework which route
+    it will run, so that ``routes`` and ``route()`` keys follow the
+    framework's own routing. By default: Django's URL resolver when ``app``
+    is Django's ASGI handler, else the Starlette/FastAPI router that the
+    wrapped app ends in (or ``scope["app"]``'s). None found: patterns match
+    the path (see guardian.http.Route) and ``route()`` keys by path.
     """
 
     def __init__(self, app: ASGIApp, limiter: Any = None, key_func: Optional[KeyFunc] = None,
                  cost_func: Optional[CostFunc] = None, *, routes: RoutesArg = None,
                  policy: str = "default", headers: str = "draft", headers_on_allowed: bool = True,
-                 websocket: bool = False, offload: Optional[bool] = None) -> None:
+                 websocket: bool = False, offload: Optional[bool] = None,
+                 resolver: Optional[Resolver] = None) -> None:
         self.app = app
         self.plan = Plan(limiter, key_func, cost_func, routes, policy, headers, headers_on_allowed)
+        self.resolver: Resolver = resolver or _framework_resolver(app) or self._starlette
+        self._router: Any = _UNSET
         self.websocket = websocket
         self.offload = offload
         self._callers: Dict[int, Callable[[str, int], Awaitable[Any]]] = {}
+
+    def _starlette(self, request: Request) -> Optional[str]:
+        scope = request.raw
+        if self._router is _UNSET:  # the wrapped stack is fixed once built: look once
+            self._router = find_router(self.app)
+        router = self._router or find_router(scope.get("app"))
+        return None if router is None else _walk(router.routes, scope, "")
 
     def _caller(self, limiter: Any) -> Callable[[str, int], Awaitable[Any]]:
         """How to call ``limiter.check_limit`` from the event loop, decided once per limiter."""
@@ -95,7 +173,7 @@ class RateLimitMiddleware:
         else:
             offload = self.offload
             if offload is None:
-                offload = bool(getattr(limiter.backend, "can_fail", True))
+                offload = limiter.can_fail
 
             async def in_thread(key: str, cost: int) -> Any:
                 return await asyncio.get_running_loop().run_in_executor(None, check, key, cost)
@@ -113,7 +191,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         plan = self.plan
-        request = _request(scope)
+        request = _request(scope, self.resolver)
         if kind == "websocket":
             request.method = "WEBSOCKET"
         decision = plan.resolve(request)
@@ -126,7 +204,7 @@ class RateLimitMiddleware:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"})
                 return
-            await self._deny(send, plan.fields(limiter, result, policy))
+            await self._deny(send, plan.fields(limiter, result, policy), scope.get("method") == "HEAD")
             return
         if not plan.headers_on_allowed:
             await self.app(scope, receive, send)
@@ -142,9 +220,9 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_fields)
 
     @staticmethod
-    async def _deny(send: Send, fields: List[Tuple[str, str]]) -> None:
+    async def _deny(send: Send, fields: List[Tuple[str, str]], head: bool = False) -> None:
         headers = [(b"content-type", b"text/plain; charset=utf-8"),
                    (b"content-length", str(len(_BODY)).encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fields]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": _BODY})
+        await send({"type": "http.response.body", "body": b"" if head else _BODY})

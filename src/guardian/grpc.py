@@ -14,23 +14,29 @@ model clients read.
 
 ``key_func(call) -> str | None`` names the bucket (None: not limited); the
 :class:`Call` it gets has the full method name, the invocation metadata
-and the peer. The default key is the peer's address (``ipv4:1.2.3.4``
-without the port). ``cost_func(call) -> int`` (default 1). ``methods``
-limits only the listed full method names.
+and the peer. The default key is the peer's address without the port
+(``ipv4:1.2.3.4``), an IPv6 peer by its /64 (``ipv6:2001:db8::/64``, see
+``peer_key_func``), an IPv4-mapped IPv6 peer as IPv4, a Unix-socket peer
+by its socket (all callers on it share one bucket). A key longer than
+256 bytes (a client's metadata) is replaced by a fixed-size digest, never
+an error. ``cost_func(call) -> int`` (default 1). ``methods`` limits only
+the listed full method names.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from urllib.parse import unquote
 from typing import Any, Callable, Collection, List, Optional, Tuple
 
 import grpc
 from grpc import aio
 
-from .http import retry_after_seconds
+from .http import _parse_ip, address_key, bounded_key, retry_after_seconds
 
-__all__ = ["Call", "RateLimitInterceptor", "AsyncRateLimitInterceptor", "peer_key", "metadata_key"]
+__all__ = ["Call", "RateLimitInterceptor", "AsyncRateLimitInterceptor", "peer_key", "peer_key_func",
+           "metadata_key"]
 
 try:
     from google.protobuf import any_pb2, duration_pb2
@@ -62,11 +68,30 @@ class Call:
         return None
 
 
-def peer_key(call: Call) -> Optional[str]:
-    """The peer's address without its port: ``ipv4:1.2.3.4``, ``ipv6:[::1]``."""
-    peer = call.peer
-    head, sep, tail = peer.rpartition(":")
-    return head if sep and tail.isdigit() and head not in ("ipv4", "ipv6") else peer
+def peer_key_func(ipv6_prefix: int = 64) -> Callable[[Call], Optional[str]]:
+    """Key by peer: ``ipv4:1.2.3.4`` (no port), ``ipv6:2001:db8::/64`` (the
+    ``/ipv6_prefix`` network: one subscriber holds a whole /64),
+    ``::ffff:1.2.3.4`` as ``ipv4:1.2.3.4``; any other peer (``unix:...``)
+    as gRPC names it."""
+    if not 0 <= ipv6_prefix <= 128:
+        raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
+
+    def key(call: Call) -> Optional[str]:
+        peer = call.peer
+        scheme, sep, rest = peer.partition(":")
+        if not sep or scheme not in ("ipv4", "ipv6"):
+            return peer
+        # "1.2.3.4:5", "[2001:db8::1]:5" (newer gRPC writes "%5B2001:db8::1%5D:5")
+        addr = _parse_ip(unquote(rest))  # unmaps ::ffff:a.b.c.d
+        if addr is None:
+            return peer
+        return f"ipv{addr.version}:{address_key(addr, ipv6_prefix)}"
+
+    return key
+
+
+#: The default key: peer_key_func() with an IPv6 /64.
+peer_key = peer_key_func()
 
 
 def metadata_key(name: str) -> Callable[[Call], Optional[str]]:
@@ -112,7 +137,7 @@ class _Base:
         key = self.key_func(call)
         if key is None:
             return None
-        return key, 1 if self.cost_func is None else self.cost_func(call)
+        return bounded_key(key if type(key) is str else str(key)), 1 if self.cost_func is None else self.cost_func(call)
 
     @staticmethod
     def _rewrap(handler: Any, wrap: Callable[[Any], Any]) -> Any:

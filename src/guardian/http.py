@@ -36,7 +36,9 @@ option for clients that expect them.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import logging
 import math
 import re
 from typing import (
@@ -44,34 +46,79 @@ from typing import (
 )
 
 __all__ = [
-    "Request", "KeyFunc", "CostFunc", "Route", "RouteTable",
+    "Request", "KeyFunc", "CostFunc", "Resolver", "Route", "RouteTable",
     "client_ip", "header", "route", "response_headers", "retry_after_seconds",
-    "HEADER_STYLES",
+    "bounded_key", "normalize_path", "HEADER_STYLES", "UNIX_PEER", "MAX_CLIENT_KEY_BYTES",
 ]
 
+log = logging.getLogger("guardian")
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+_UNSET: Any = object()
+_FAILED_RESOLVERS: "set[Any]" = set()
 
 
 class Request:
     """The parts of an HTTP request a key function may read.
 
     ``method`` and ``path`` are str; ``peer`` is the address of the TCP
-    peer (None when unknown, e.g. a Unix socket); ``route`` is the matched
-    route pattern (the middleware's own ``routes=`` pattern, or the
-    framework's path template when it set one) or None; ``raw`` is the ASGI
-    scope or the WSGI environ.
+    peer (None when there is none, e.g. a Unix socket); ``route`` is the
+    route template the framework picks for this request (``/items/{id}``,
+    asked of the framework's own router by a resolver, see
+    guardian.asgi.starlette_template, guardian.flask.route_resolver,
+    guardian.django.resolve_route), else the middleware's matching
+    ``routes=`` pattern, else None; ``raw`` is the ASGI scope or the WSGI
+    environ.
     """
 
-    __slots__ = ("method", "path", "peer", "route", "raw", "_headers")
+    __slots__ = ("method", "path", "peer", "raw", "_headers", "_route", "_template", "_resolver", "_normal")
 
     def __init__(self, method: str, path: str, peer: Optional[str],
-                 headers: Callable[[str], Optional[str]], raw: Any, route: Optional[str] = None) -> None:
+                 headers: Callable[[str], Optional[str]], raw: Any, route: Optional[str] = None,
+                 resolver: Optional["Resolver"] = None) -> None:
         self.method = method
         self.path = path
         self.peer = peer
-        self.route = route
         self.raw = raw
         self._headers = headers
+        self._route = route
+        # Asking the framework's router costs a walk over its routes: only
+        # done when a route pattern or a route() key needs it.
+        self._template: Any = _UNSET if resolver is not None else None
+        self._resolver = resolver
+        self._normal: Optional[str] = None
+
+    @property
+    def template(self) -> Optional[str]:
+        """The framework's route template (None: no resolver, or no route matches)."""
+        if self._template is _UNSET:
+            try:
+                self._template = self._resolver(self)  # type: ignore[misc]
+            except Exception:  # a framework's router must not turn a check into a 500
+                if self._resolver not in _FAILED_RESOLVERS:  # nor into a log line per request
+                    _FAILED_RESOLVERS.add(self._resolver)
+                    log.exception("guardian: the route resolver %r failed; limiting by path "
+                                  "(logged once)", self._resolver)
+                self._template = None
+        return self._template  # type: ignore[no-any-return]
+
+    @property
+    def route(self) -> Optional[str]:
+        return self._route if self._route is not None else self.template
+
+    @route.setter
+    def route(self, value: Optional[str]) -> None:
+        self._route = value
+
+    @property
+    def normal_path(self) -> str:
+        """``path`` as normalize_path() spells it (computed once)."""
+        if self._normal is None:
+            self._normal = normalize_path(self.path)
+        return self._normal
 
     def header(self, name: str) -> Optional[str]:
         """The header's value (repeated fields joined with ", "), or None."""
@@ -80,20 +127,100 @@ class Request:
 
 KeyFunc = Callable[[Request], Optional[str]]
 CostFunc = Callable[[Request], int]
+#: Asks the framework which route template it will run for a request (None: no route).
+Resolver = Callable[[Request], Optional[str]]
+
+#: Client-derived keys longer than this (UTF-8 bytes) are replaced by a digest.
+MAX_CLIENT_KEY_BYTES = 256
+#: The one bucket of every request that has no peer address and no trusted forwarded hop.
+UNIX_PEER = "unix:"
+_DIGEST_MARK = "~h:"
 
 
-def _networks(items: Iterable[Union[str, Network]]) -> Tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(i, strict=False) if isinstance(i, str) else i for i in items)
+def bounded_key(key: str) -> str:
+    """``key`` itself when it is valid and short; otherwise a fixed-size
+    digest of it (BLAKE2b, 128 bits: a client cannot choose two keys that
+    share a bucket). A key a client controls is never an error and never
+    larger than MAX_CLIENT_KEY_BYTES; keys that look like a digest are
+    digested too, so no plain key can pose as one."""
+    if 0 < len(key) <= MAX_CLIENT_KEY_BYTES and key.isascii() and not key.startswith(_DIGEST_MARK):
+        return key  # the common case: short ASCII, one byte per character
+    data = key.encode("utf-8", "surrogatepass")
+    if 0 < len(data) <= MAX_CLIENT_KEY_BYTES and not key.startswith(_DIGEST_MARK):
+        try:
+            key.encode("utf-8")
+            return key
+        except UnicodeEncodeError:
+            pass
+    return _DIGEST_MARK + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _parse_ip(text: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+_SEPARATORS = re.compile(r"[\x00-\x20\x7f]+")
+# Already normal: non-empty segments of printable ASCII without upper case
+# or ";", none "." or "..", no trailing slash. Most paths; no rewriting.
+_NORMAL = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[\x21-\x2e\x30-\x3a\x3c-\x40\x5b-\x7e]+)+\Z")
+
+
+def normalize_path(path: str) -> str:
+    """One spelling for every variant of a path a framework might route to
+    the same handler: control characters and spaces removed, lower case,
+    ``;params`` dropped from each segment, empty and ``.`` segments dropped,
+    ``..`` applied, no trailing slash. Used to match limited routes broadly
+    (a variant the framework does not route is merely limited too)."""
+    if _NORMAL.match(path) is not None:
+        return path
+    return _rewrite(path)
+
+
+def _rewrite(path: str) -> str:
+    path = _SEPARATORS.sub("", path).lower()
+    out: List[str] = []
+    for seg in path.split("/"):
+        seg = seg.split(";", 1)[0]
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    return "/" + "/".join(out)
+
+
+def _networks(items: Iterable[Union[str, Network]]) -> Tuple[Tuple[Network, ...], bool]:
+    """The trusted networks (IPv4-mapped IPv6 networks as IPv4), and
+    whether the Unix-socket peer (``"unix"``) is trusted."""
+    nets: List[Network] = []
+    unix = False
+    for item in items:
+        if isinstance(item, str) and item.strip().lower() in ("unix", "unix:"):
+            unix = True
+            continue
+        net = ipaddress.ip_network(item, strict=False) if isinstance(item, str) else item
+        if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 \
+                and net.network_address.ipv4_mapped is not None:
+            net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+        nets.append(net)
+    return tuple(nets), unix
+
+
+def _unmap(addr: Address) -> Address:
+    """``::ffff:10.0.0.1`` is the IPv4 client 10.0.0.1 (a dual-stack socket's view)."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return mapped
+    return addr
+
+
+def _parse_ip(text: str) -> Optional[Address]:
     text = text.strip().strip('"')
     if text.startswith("["):  # Forwarded: for="[2001:db8::1]:4711"
         text = text[1:text.find("]")] if "]" in text else text[1:]
     elif text.count(":") == 1:  # an IPv4 address with a port
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        return _unmap(ipaddress.ip_address(text.split("%", 1)[0]))  # no zone id: one host, one key
     except ValueError:
         return None
 
@@ -109,9 +236,20 @@ def _forwarded_for(value: str) -> List[str]:
     return hops
 
 
+def address_key(addr: Address, ipv6_prefix: int = 64) -> str:
+    """The bucket name of a client address: an IPv4 address as it is, an
+    IPv6 address by its ``/ipv6_prefix`` network (one subscriber holds a
+    whole /64, so keying by address would hand them 2^64 buckets)."""
+    if addr.version == 4 or ipv6_prefix >= 128:
+        return str(addr)
+    shift = 128 - ipv6_prefix
+    net = ipaddress.IPv6Address((int(addr) >> shift) << shift)
+    return f"{net}/{ipv6_prefix}"
+
+
 def client_ip(trusted_proxies: Iterable[Union[str, Network]] = (),
-              forwarded_header: str = "x-forwarded-for") -> KeyFunc:
-    """Key by client address.
+              forwarded_header: str = "x-forwarded-for", ipv6_prefix: int = 64) -> KeyFunc:
+    """Key by client address; every request gets a key.
 
     Without ``trusted_proxies`` the TCP peer is the client and forwarding
     headers are ignored (a client can write any header). With it (CIDR
@@ -121,25 +259,34 @@ def client_ip(trusted_proxies: Iterable[Union[str, Network]] = (),
     proxy, read from the right; hops left of it were written by parties we
     do not trust and are never used. An unparsable hop stops the walk at
     the last trusted one.
+
+    A request with no peer address (the server listens on a Unix socket:
+    uvicorn ``--uds``, gunicorn ``bind = unix:...``) is keyed by the
+    forwarded header when ``"unix"`` is among ``trusted_proxies`` (the
+    socket is the proxy's); otherwise, or when the header is missing, all
+    such requests share one bucket (UNIX_PEER) and a warning is logged
+    once: they are limited together, never unlimited.
+
+    IPv6 clients are keyed by their ``/ipv6_prefix`` network (default
+    64); an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is the IPv4
+    address, for keys and for matching ``trusted_proxies``.
     """
-    networks = _networks(trusted_proxies)
+    networks, trust_unix = _networks(trusted_proxies)
     name = forwarded_header.lower()
     if name not in ("x-forwarded-for", "forwarded"):
         raise ValueError(f"forwarded_header must be 'x-forwarded-for' or 'forwarded', got {forwarded_header!r}")
+    if not 0 <= ipv6_prefix <= 128:
+        raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
+    warned = [False]
 
-    def trusted(addr: Any) -> bool:
+    def trusted(addr: Address) -> bool:
         return any(addr in net for net in networks)
 
-    def key(request: Request) -> Optional[str]:
-        peer = request.peer
-        if not networks or peer is None:
-            return peer
-        addr = _parse_ip(peer)
-        if addr is None or not trusted(addr):
-            return peer
+    def forwarded(request: Request, addr: Optional[Address]) -> Optional[Address]:
+        """The client the trusted proxy at ``addr`` forwarded for (``addr`` if none)."""
         value = request.header(name)
         if not value:
-            return str(addr)
+            return addr
         hops = _forwarded_for(value) if name == "forwarded" else value.split(",")
         for hop in reversed(hops):
             hop_addr = _parse_ip(hop)
@@ -148,7 +295,34 @@ def client_ip(trusted_proxies: Iterable[Union[str, Network]] = (),
             addr = hop_addr
             if not trusted(hop_addr):
                 break
-        return str(addr)
+        return addr
+
+    def no_peer(request: Request) -> str:
+        if trust_unix:
+            addr = forwarded(request, None)
+            if addr is not None:
+                return address_key(addr, ipv6_prefix)
+        if not warned[0]:
+            warned[0] = True
+            why = ("the trusted Unix-socket proxy sent no %s header" % name if trust_unix else
+                   'behind a proxy on that socket, add "unix" to client_ip(trusted_proxies=...) '
+                   "to key by its forwarded header")
+            log.warning("guardian: a request has no peer address (a Unix-socket listener?): it and all "
+                        "such requests share one bucket %r (%s); logged once", UNIX_PEER, why)
+        return UNIX_PEER
+
+    def key(request: Request) -> Optional[str]:
+        peer = request.peer
+        if not peer:
+            return no_peer(request)
+        if not networks and ":" not in peer:
+            return peer  # an IPv4 peer and nothing to walk: the hot path, no parsing
+        addr = _parse_ip(peer)
+        if addr is None:
+            return peer  # not an address (a test client's name): a key all the same
+        if networks and trusted(addr):
+            addr = forwarded(request, addr) or addr
+        return address_key(addr, ipv6_prefix)
 
     return key
 
@@ -165,13 +339,24 @@ def header(name: str, default: Optional[str] = None) -> KeyFunc:
     return key
 
 
+def _method(method: str) -> str:
+    """HEAD runs the GET handler in every framework we serve: one bucket for both."""
+    method = method.upper()
+    return "GET" if method == "HEAD" else method
+
+
 def route(inner: Optional[KeyFunc] = None) -> KeyFunc:
-    """Key by route pattern (or by path when no pattern matched), optionally
-    combined with another key: ``route(client_ip())`` is one bucket per
-    client per route."""
+    """Key by route, optionally combined with another key:
+    ``route(client_ip())`` is one bucket per client per route.
+
+    The route is the template the framework picks (``/items/{id}``: every
+    item shares one bucket) when a resolver can ask the framework's router
+    (found by itself for Starlette, FastAPI, Flask and Django), else the
+    matching ``routes=`` pattern, else the normalized path.
+    HEAD shares GET's bucket."""
 
     def key(request: Request) -> Optional[str]:
-        where = f"{request.method} {request.route or request.path}"
+        where = f"{_method(request.method)} {request.route or request.normal_path}"
         if inner is None:
             return where
         sub = inner(request)
@@ -183,38 +368,62 @@ def route(inner: Optional[KeyFunc] = None) -> KeyFunc:
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
 
-def _compile(pattern: str) -> Pattern[str]:
+def _compile(pattern: str, flags: int = 0) -> Pattern[str]:
     out, pos = [], 0
     for m in _PARAM.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
         out.append(".+" if m.group(2) else "[^/]+")
         pos = m.end()
     out.append(re.escape(pattern[pos:]))
-    return re.compile("".join(out) + r"\Z")
+    return re.compile("".join(out) + r"\Z", flags)
 
 
 class Route:
     """One entry of a per-route table: requests whose path matches
     ``pattern`` (``{name}`` matches one segment, ``{name:path}`` the rest)
-    and whose method is in ``methods`` (None: any) use ``limiter`` (None:
-    not limited). ``key_func``/``cost_func``/``policy`` default to the
-    middleware's."""
+    and whose method is in ``methods`` (None: any; GET includes HEAD) use
+    ``limiter`` (None: not limited). ``key_func``/``cost_func``/``policy``
+    default to the middleware's.
 
-    __slots__ = ("pattern", "methods", "limiter", "key_func", "cost_func", "policy", "_regex")
+    A limited route matches the framework's route template when a resolver
+    gives one, and also every spelling of its path that a framework might
+    route to it (see normalize_path: ``/login%0A``, ``//login``,
+    ``/LOGIN/``, ``/login;x`` all use the login limiter). An exemption
+    (``limiter=None``) is narrow: the template or the exact path only."""
+
+    __slots__ = ("pattern", "methods", "limiter", "key_func", "cost_func", "policy", "_exact", "_broad")
 
     def __init__(self, pattern: str, limiter: Any, methods: Optional[Sequence[str]] = None,
                  key_func: Optional[KeyFunc] = None, cost_func: Optional[CostFunc] = None,
                  policy: Optional[str] = None) -> None:
         self.pattern = pattern
-        self.methods = None if methods is None else frozenset(m.upper() for m in methods)
+        if methods is None:
+            self.methods: Optional[frozenset[str]] = None
+        else:
+            wanted = {m.upper() for m in methods}
+            self.methods = frozenset(wanted | {"HEAD"} if "GET" in wanted else wanted)
         self.limiter = limiter
         self.key_func = key_func
         self.cost_func = cost_func
         self.policy = policy
-        self._regex = _compile(pattern)
+        self._exact = _compile(pattern)
+        self._broad = _compile(normalize_path(pattern)) if limiter is not None else None
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.methods is None or method in self.methods) and self._regex.match(path) is not None
+        """Whether a request for ``path`` (no resolver) uses this route."""
+        return self.applies(Request(method, path, None, lambda _: None, None))
+
+    def applies(self, request: Request) -> bool:
+        if self.methods is not None and request.method.upper() not in self.methods:
+            return False
+        # The path first: when it matches, the router need not be asked.
+        if self._broad is None:
+            if self._exact.match(request.path) is not None:
+                return True
+        elif self._broad.match(request.normal_path) is not None:
+            return True
+        template = request.template
+        return template is not None and self._exact.match(template) is not None
 
 
 RoutesArg = Union[None, Sequence[Route], Mapping[str, Any]]
@@ -236,8 +445,11 @@ class RouteTable:
             self.routes = list(routes)
 
     def match(self, method: str, path: str) -> Optional[Route]:
+        return self.find(Request(method, path, None, lambda _: None, None))
+
+    def find(self, request: Request) -> Optional[Route]:
         for r in self.routes:
-            if r.matches(method, path):
+            if r.applies(request):
                 return r
         return None
 
@@ -253,7 +465,7 @@ def retry_after_seconds(result: Any) -> int:
 
 def window_seconds(limiter: Any) -> int:
     """The time an empty bucket of ``limiter`` takes to fill, in whole seconds."""
-    config = limiter.backend.config
+    config = limiter.config
     return max(1, math.ceil(float(config.capacity * config.emission_interval)))
 
 
@@ -312,7 +524,7 @@ class Plan:
         """(limiter, key, cost, policy name), or None when not limited."""
         limiter, key_func, cost_func, policy = self.limiter, self.key_func, self.cost_func, self.policy
         if self.table.routes:
-            r = self.table.match(request.method, request.path)
+            r = self.table.find(request)
             if r is not None:
                 request.route = request.route or r.pattern
                 limiter = r.limiter
@@ -324,6 +536,7 @@ class Plan:
         key = key_func(request)
         if key is None:
             return None
+        key = bounded_key(key if type(key) is str else str(key))
         return limiter, key, 1 if cost_func is None else cost_func(request), policy
 
     def fields(self, limiter: Any, result: Any, policy: str) -> List[Tuple[str, str]]:
@@ -333,3 +546,44 @@ class Plan:
         if static is None:
             static = self._static[(id(limiter), policy)] = (window_seconds(limiter), _sf_string(policy))
         return response_headers(result, policy, static[0], self.headers, static[1])
+
+
+DENIED_BODY = b"Too Many Requests\n"
+
+
+class AppLimit:
+    """A limit checked from inside the application, where the user is known
+    (a view decorator, a FastAPI dependency): the same 429, Retry-After and
+    RateLimit fields as the middleware. Shared by guardian.starlette,
+    guardian.flask and guardian.django; no framework here."""
+
+    def __init__(self, limiter: Any, cost: int = 1, policy: str = "default",
+                 headers: str = "draft") -> None:
+        if headers not in HEADER_STYLES:
+            raise ValueError(f"headers must be one of {HEADER_STYLES}, got {headers!r}")
+        self.limiter = limiter
+        self.cost = cost
+        self.policy = policy
+        self.headers = headers
+        self._name = _sf_string(policy)
+        self._window: Optional[int] = None
+
+    def fields(self, result: Any) -> List[Tuple[str, str]]:
+        """The response fields for ``result`` (Retry-After alone when headers="none")."""
+        if self.headers == "none":
+            return [] if result.allowed else [("Retry-After", str(retry_after_seconds(result)))]
+        if self._window is None:
+            self._window = window_seconds(self.limiter)
+        return response_headers(result, self.policy, self._window, self.headers, self._name)
+
+
+def exceeded_fields(exc: Any) -> List[Tuple[str, str]]:
+    """The fields of a 429 for a RateLimitExceeded raised by a bare
+    ``limiter.limit`` decorator, which knows its result but not its
+    limiter's window: Retry-After and the RateLimit field (no policy)."""
+    fields = getattr(exc, "fields", None)
+    if fields is not None:
+        return list(fields)
+    result = exc.result
+    retry = retry_after_seconds(result)
+    return [("RateLimit", f'"default";r={result.remaining};t={retry}'), ("Retry-After", str(retry))]

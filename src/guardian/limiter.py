@@ -3,7 +3,10 @@
 They add the failure policy to a backend: when storage fails, a check is
 allowed (``fail_open=True``, the default), denied (``fail_open=False``) or
 decided by an in-process MemoryBackend with the same config
-(``fail_open="local"``) until the backend is back. A circuit breaker stops
+(``fail_open="local"``) until the backend is back; ``local_share`` (0 < f
+<= 1) scales that in-process limit to a fraction of the limit (capacity and
+refill rate), so N processes falling back together admit about f x N
+times the limit, not N times (docs/reliability.md). A circuit breaker stops
 calling a backend that failed ``breaker_threshold`` times in a row and
 probes it again every ``breaker_cooldown`` seconds, so a dead Redis costs
 no network time per check and recovery needs no restart. Failures are
@@ -19,14 +22,17 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, TypeVar, Union
+from fractions import Fraction
+from typing import Any, Awaitable, Callable, Generic, List, Optional, Sequence, TypeVar, Union
 
 from ._breaker import CircuitBreaker
-from ._config import TokenBucketConfig
-from ._errors import ArgumentTypeError, BackendConfigError, BackendError, InvalidArgumentError, MisuseError, RateLimitExceeded
+from ._errors import (ArgumentTypeError, BackendConfigError, BackendError, ConfigurationError, InvalidArgumentError,
+                      MisuseError, RateLimitExceeded)
 from ._args import check_cost, check_key
+from ._config import Limits, TokenBucketConfig
 from ._result import LimitResult
 from .backends.base import AsyncBackend, Backend
 from .backends.memory import MemoryBackend
@@ -64,7 +70,7 @@ def check_backend(backend: Any, limiter: str) -> None:
             f"{limiter} takes a backend, not a TokenBucketConfig: did you mean "
             f"{limiter}(MemoryBackend(config))? (or a Redis backend built with the config)")
     missing = [name for name in _OPERATIONS if not callable(getattr(backend, name, None))]
-    if missing or not isinstance(getattr(backend, "config", None), TokenBucketConfig):
+    if missing or not isinstance(getattr(backend, "config", None), (TokenBucketConfig, Limits)):
         raise MisuseError(
             f"{limiter} takes a backend (MemoryBackend, RedisBackend, ...), got {type(backend).__name__!r}"
             + (f" (no {', '.join(missing)})" if missing else " (no TokenBucketConfig in .config)"))
@@ -88,22 +94,34 @@ def check_keys(keys: Any) -> Sequence[str]:
     return keys  # type: ignore[no-any-return]
 
 
-class _Policy:
+#: The backends a limiter takes: a type checker refuses any other.
+B = TypeVar("B", Backend, Union[AsyncBackend, MemoryBackend])
+
+
+class _Policy(Generic[B]):
     """What both limiters share: the decision and its bookkeeping."""
 
     def __init__(
         self,
-        backend: Any,
+        backend: B,
         fail_open: FailOpen = True,
         log_interval: float = 10.0,
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
+        local_share: float = 1.0,
     ) -> None:
+        self._check(backend)
         if not isinstance(fail_open, bool) and fail_open != "local":
             raise MisuseError(
                 f'fail_open must be True (allow), False (deny) or "local" (an in-process limit), '
                 f"got {fail_open!r}")
-        self.backend = backend
+        if isinstance(local_share, bool) or not isinstance(local_share, (int, float)) \
+                or not 0 < local_share <= 1:
+            raise ConfigurationError(
+                f"local_share must be a fraction of the limit in (0, 1], got {local_share!r} "
+                "(for N processes sharing one limit, 1/N keeps their fallbacks within it)")
+        self.local_share = float(local_share)
+        self.backend: Any = backend
         self.fail_open = fail_open
         self.log_interval = log_interval
         #: Checks decided by policy because the backend failed or the breaker is open.
@@ -118,13 +136,28 @@ class _Policy:
             CircuitBreaker(breaker_threshold, breaker_cooldown) if breaker_threshold is not None else None
         )
         self._last_log = dict.fromkeys(("error", "config", "breaker", "recovered"), float("-inf"))
-        self._limit = backend.config.capacity
+        self._limit: int = backend.config.capacity
         self._local: Optional[MemoryBackend] = None
         self._local_lock = threading.Lock()
         self._bind(backend)
 
+    def _check(self, backend: Any) -> None:
+        """Subclasses refuse, with the fix, a backend they cannot use."""
+
     def _bind(self, backend: Any) -> None:
         """Subclasses look at the backend once here."""
+
+    @property
+    def config(self) -> TokenBucketConfig:
+        """The limit every key of this limiter is checked against."""
+        config: TokenBucketConfig = self.backend.config
+        return config
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether a check may wait on I/O (a network backend) rather than
+        only compute (the in-process memory core)."""
+        return bool(getattr(self.backend, "can_fail", True))
 
     def _log(self, channel: str, level: int, msg: str, *args: Any) -> None:
         """Logs at most once per ``log_interval`` per channel."""
@@ -176,14 +209,20 @@ class _Policy:
         if self._local is None:
             with self._local_lock:
                 if self._local is None:
-                    self._local = MemoryBackend(self.backend.config)
+                    self._local = MemoryBackend(local_config(self.backend.config, self.local_share))
         return self._local
 
     def _decide(self, key: str, cost: int) -> LimitResult:
         """The policy's answer while the backend cannot give one."""
         self.failures += 1
         if self.fail_open == "local":
-            return self._fallback().take(key, cost)
+            local = self._fallback()
+            if cost <= local.config.capacity or self.local_share == 1.0:
+                return local.take(key, cost)
+            # A cost the limit allows but the scaled local bucket never can.
+            check_key(key)
+            check_cost(cost, self._limit)
+            return LimitResult(False, 0, 0.0, 0.0, local.config.capacity)
         check_key(key)
         check_cost(cost, self._limit)
         retry = 0.0 if self.fail_open or self.breaker is None else self.breaker.retry_after()
@@ -205,7 +244,7 @@ class _Policy:
         return wait
 
     def _decide_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
-        if self.fail_open == "local":
+        if self.fail_open == "local" and cost <= self._fallback().config.capacity:
             self.failures += len(keys)
             return self._fallback().take_many(keys, cost)
         for key in keys:
@@ -213,7 +252,20 @@ class _Policy:
         return [self._decide(key, cost) for key in keys] if keys else []
 
 
-class RateLimiter(_Policy):
+def local_config(config: TokenBucketConfig, share: float) -> TokenBucketConfig:
+    """The in-process fallback's limit: ``share`` of ``config``'s capacity
+    (at least 1 token) and of its refill rate."""
+    if share == 1.0:
+        return config
+    # 1/3 as a float is 0.333...; the nearest simple fraction is what was meant.
+    fraction = Fraction(share).limit_denominator(1_000_000)
+    rate = config.refill_rate
+    exact = Fraction(str(rate)) if isinstance(rate, float) else Fraction(rate)
+    return TokenBucketConfig(max(1, math.floor(config.capacity * fraction)), exact * fraction,  # type: ignore[arg-type]
+                             config.refill_interval)
+
+
+class RateLimiter(_Policy[Backend]):
     """Checks keys against one limit held by ``backend``.
 
     >>> limiter = RateLimiter(MemoryBackend(TokenBucketConfig(100, 10)))
@@ -223,20 +275,12 @@ class RateLimiter(_Policy):
 
     backend: Backend
 
-    def __init__(
-        self,
-        backend: Backend,
-        fail_open: FailOpen = True,
-        log_interval: float = 10.0,
-        breaker_threshold: Optional[int] = 3,
-        breaker_cooldown: float = 1.0,
-    ) -> None:
+    def _check(self, backend: Any) -> None:
         check_backend(backend, "RateLimiter")
         if _is_async(backend):
             raise MisuseError(
                 f"{type(backend).__name__} is an asyncio backend: use AsyncRateLimiter, or its "
                 f"synchronous twin ({type(backend).__name__.replace('Async', '', 1)}) with RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
 
     def _bind(self, backend: Backend) -> None:
         if not backend.can_fail:
@@ -340,28 +384,20 @@ class RateLimiter(_Policy):
         self.close()
 
 
-class AsyncRateLimiter(_Policy):
+class AsyncRateLimiter(_Policy[Union[AsyncBackend, MemoryBackend]]):
     """RateLimiter for asyncio code: the same four operations as coroutines.
     Works with asyncio backends, and with in-process backends (whose calls
     never block) directly."""
 
     backend: Any
 
-    def __init__(
-        self,
-        backend: Union[AsyncBackend, MemoryBackend],
-        fail_open: FailOpen = True,
-        log_interval: float = 10.0,
-        breaker_threshold: Optional[int] = 3,
-        breaker_cooldown: float = 1.0,
-    ) -> None:
+    def _check(self, backend: Any) -> None:
         check_backend(backend, "AsyncRateLimiter")
-        if not _is_async(backend) and backend.can_fail:
+        if not _is_async(backend) and getattr(backend, "does_io", backend.can_fail):
             raise MisuseError(
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "
                 f"RateLimiter")
-        super().__init__(backend, fail_open, log_interval, breaker_threshold, breaker_cooldown)
 
     def _bind(self, backend: Any) -> None:
         #: False for an in-process backend, whose calls return at once.

@@ -120,3 +120,39 @@ CASES = {
         ],
     ),
 }
+
+
+#: Several limits on one key, all or nothing. Each case: the limits (as in
+#: CASES), then steps of (at_seconds, key, cost, (denied_by, answers)):
+#: ``denied_by`` None when admitted, else the index of the limit with the
+#: longest wait; ``answers[i]`` is limit i's (allowed, remaining,
+#: retry_after_s, reset_after_s): its take when admitted, what a take would
+#: answer now when denied (nothing is taken from any limit then).
+MULTI_CASES = {
+    "three_per_second_and_five_per_minute": (
+        [(3, 3, 1.0), (5, 5, 60.0)],  # T = 1/3 s and 12 s
+        [
+            (0.0, "k", 1, (None, [(True, 2, 0.0, 1 / 3), (True, 4, 0.0, 12.0)])),
+            (0.0, "k", 2, (None, [(True, 0, 0.0, 1.0), (True, 2, 0.0, 36.0)])),
+            # The first limit denies: the second is not taken from.
+            (0.0, "k", 1, (0, [(False, 0, 1 / 3, 1.0), (True, 1, 0.0, 48.0)])),
+            (1.0, "k", 2, (None, [(True, 1, 0.0, 2 / 3), (True, 0, 0.0, 59.0)])),
+            # The second denies: the first limit's take is undone...
+            (1.0, "k", 1, (1, [(True, 0, 0.0, 1.0), (False, 0, 11.0, 59.0)])),
+            # ...exactly: asking again gets the same answer.
+            (1.0, "k", 1, (1, [(True, 0, 0.0, 1.0), (False, 0, 11.0, 59.0)])),
+            (12.0, "k", 1, (None, [(True, 2, 0.0, 1 / 3), (True, 0, 0.0, 60.0)])),
+            # Both deny: the longer wait (the minute's) decides.
+            (12.0, "k", 3, (1, [(False, 2, 1 / 3, 1 / 3), (False, 0, 36.0, 60.0)])),
+            (12.0, "other", 1, (None, [(True, 2, 0.0, 1 / 3), (True, 4, 0.0, 12.0)])),
+        ],
+    ),
+    "three_limits_the_middle_one_binds": (
+        [(10, 10, 1.0), (2, 1, 1.0), (100, 100, 3600.0)],
+        [
+            (0.0, "k", 2, (None, [(True, 8, 0.0, 0.2), (True, 0, 0.0, 2.0), (True, 98, 0.0, 72.0)])),
+            (0.5, "k", 1, (1, [(True, 9, 0.0, 0.1), (False, 0, 0.5, 1.5), (True, 97, 0.0, 107.5)])),
+            (1.0, "k", 1, (None, [(True, 9, 0.0, 0.1), (True, 0, 0.0, 2.0), (True, 97, 0.0, 107.0)])),
+        ],
+    ),
+}

@@ -53,6 +53,7 @@ class Server:
     """One redis-server process on 127.0.0.1:``port``; restartable."""
 
     def __init__(self, workdir: Path, port: Optional[int] = None, args: Sequence[str] = ()) -> None:
+        self.chosen = port is None  # a free port of ours: another may take it first (see start)
         self.port = port or free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -64,15 +65,25 @@ class Server:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "Server":
-        cmd = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--logfile", str(self.dir / "redis.log"), *self.args,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: ping(self.port) or self.proc.poll() is not None, 10, f"redis on {self.port}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server on {self.port} exited: {self.log_tail()}")
+        for attempt in range(5):
+            cmd = [
+                REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--logfile", str(self.dir / "redis.log"), *self.args,
+            ]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: ping(self.port) or self.proc.poll() is not None, 10, f"redis on {self.port}")
+            if self.proc.poll() is None:
+                return self
+            # free_port() races with every other process on the machine: a
+            # first start may find its port (or cluster bus port) taken.
+            if not (self.chosen and "Address already in use" in self.log_tail() and attempt < 4):
+                raise RuntimeError(f"redis-server on {self.port} exited: {self.log_tail()}")
+            (self.dir / "redis.log").unlink()
+            self.port = free_port()
+            if "--cluster-port" in self.args:
+                i = self.args.index("--cluster-port")
+                self.args[i + 1] = str(free_port())
         return self
 
     def kill(self) -> None:

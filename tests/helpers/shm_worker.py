@@ -2,6 +2,7 @@
 does one job, printing a JSON line with what it saw.
 
     python shm_worker.py JOB NAME CAPACITY RATE INTERVAL SLOTS [ARGS...]
+    python shm_worker.py JOB NAME limits "10/second and 1000/day" - SLOTS [ARGS...]
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def insert_loop(backend: MemoryBackend, nkeys: int) -> None:
 def main() -> None:
     job, name, capacity, rate, interval, slots = sys.argv[1:7]
     extra = sys.argv[7:]
-    config = TokenBucketConfig(int(capacity), float(rate), float(interval))
+    # CAPACITY "limits": RATE is a notation ("10/second and 1000/day").
+    config = rate if capacity == "limits" else TokenBucketConfig(int(capacity), float(rate), float(interval))
     backend = MemoryBackend(config, shared=name, slots=int(slots))
     if job == "hammer":
         # Attached: wait for the parent's "go" so that all workers start together.

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 import pytest
 import redis
+from conftest import ManualClock
 from redis_servers import Server, wait_until
 
 from guardian import RateLimiter, TokenBucketConfig
@@ -24,6 +25,21 @@ from guardian.backends.redis import RedisBackend
 pytestmark = pytest.mark.redis
 
 NODE = str(Path(__file__).parents[1] / "helpers" / "batched_node.py")
+
+
+def settled(backend: Any) -> None:
+    """Waits for the background refills in flight to land (a condition on
+    the backend, not a guess at how long they take)."""
+    wait_until(lambda: not any(lease.busy for lease in list(backend.book.leases.values())), 5.0,
+               "the refills in flight to land", step=0.005)
+
+
+async def asettled(backend: Any) -> None:
+    for _ in range(1000):
+        if not any(lease.busy for lease in list(backend.book.leases.values())):
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("the refills in flight did not land")
 
 
 def script_calls(client: redis.Redis) -> int:
@@ -82,7 +98,7 @@ def test_close_returns_unused_tokens(redis_server: Server, raw: redis.Redis, pre
     config = TokenBucketConfig(100, 1, 10)  # one token per 10 s: nothing refills meanwhile
     first = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
     assert all(first.try_take("k") for _ in range(30))
-    time.sleep(0.1)  # a prefetch may still be landing
+    settled(first)
     held = first.book.table.held("k")
     assert held > 0
     first.close()
@@ -122,20 +138,23 @@ def test_hot_key_makes_few_redis_calls(redis_server: Server, raw: redis.Redis, p
 
 def test_redis_down_leases_serve_until_expiry(own_server: Server, prefix: str) -> None:
     config = TokenBucketConfig(1000, 1, 10)
+    clock = ManualClock()  # lease time moves when told, not by sleeping
     backend = BatchedRedisBackend(config, url=own_server.url, prefix=prefix, max_share=0.5,
-                                  lease_lifetime=1.0)
+                                  lease_lifetime=1.0, clock=clock)
     limiter = RateLimiter(backend, fail_open=False, breaker_cooldown=0.1, log_interval=60)
     assert all(limiter.try_acquire("k") for _ in range(100))
-    time.sleep(0.1)
+    settled(backend)
     held = backend.book.table.held("k")
     assert held >= 10
     own_server.kill()
-    killed = time.monotonic()
-    # The lease keeps serving with Redis gone...
+    # The lease keeps serving with Redis gone, for as long as it lives...
+    clock.advance(0.9)
     assert all(limiter.try_acquire("k") for _ in range(held // 2))
-    assert time.monotonic() - killed < 0.9
+    assert backend.stats()["expired_leases"] == 0
     # ...until it expires; then the failure policy (closed) decides.
-    wait_until(lambda: backend.stats()["expired_leases"] >= 1, 3.0, "the lease to expire")
+    clock.advance(0.1)
+    backend._expire()  # the background refiller's scan, run now
+    assert backend.stats()["expired_leases"] >= 1 and backend.book.table.held("k") == 0
     assert not any(limiter.try_acquire("k") for _ in range(20))
     assert limiter.errors >= 1
     # Redis returns: recovery needs nothing but time.
@@ -150,7 +169,7 @@ async def test_async_twin_serves_locally_and_returns_on_aclose(redis_server: Ser
     backend = AsyncBatchedRedisBackend(config, url=redis_server.url, prefix=prefix, max_share=0.5)
     before = script_calls(raw)
     assert all([await backend.try_take("k") for _ in range(40)])
-    await asyncio.sleep(0.1)
+    await asettled(backend)
     assert script_calls(raw) - before <= 10
     held = backend.book.table.held("k")
     await backend.aclose()
@@ -195,10 +214,64 @@ def test_shared_leases_serve_every_process_of_a_host(redis_server: Server, raw: 
     a = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, shared=shm_name, max_share=0.5)
     b = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix, shared=shm_name, max_share=0.5)
     assert all(a.try_take("k") for _ in range(50))
-    time.sleep(0.1)
+    settled(a)
     held = b.book.table.held("k")
     before = script_calls(raw)
     assert all(b.try_take("k") for _ in range(held // 2))
     assert script_calls(raw) - before <= 1  # at most b's own prefetch
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("rate, interval", [(1, 3600), (50, 1)], ids=["no-refill", "50-per-s"])
+def test_results_report_the_bucket_like_the_plain_backend(redis_server: Server, prefix: str,
+                                                          rate: float, interval: float) -> None:
+    """The same checks (costs 1 and 2, through denials) on a plain and a
+    batched backend, each on its own bucket: remaining and reset_after
+    match within a token's rounding (the batched ones come from the bucket,
+    not the lease)."""
+    config = TokenBucketConfig(100, rate, interval)
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix + "p")
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix + "b", max_share=0.5)
+    worst_remaining, worst_reset = 0, 0.0
+    for i in range(400):
+        cost = 1 + (i % 3 == 0)
+        start = time.monotonic()
+        a, b = plain.take("k", cost), batched.take("k", cost)
+        apart = time.monotonic() - start  # the two reads are at most this far apart
+        if rate == 1:  # nothing refills: the same decision every time
+            assert a.allowed == b.allowed, i
+        worst_remaining = max(worst_remaining, abs(a.remaining - b.remaining))
+        worst_reset = max(worst_reset, abs(a.reset_after - b.reset_after) - apart)
+    print(f"\nrate {rate}/{interval}s: largest difference in remaining {worst_remaining}, "
+          f"in reset_after {max(worst_reset, 0) * 1000:.1f} ms beyond the time between the two reads "
+          f"(T = {config.emission_interval * 1000:g} ms)")
+    if rate == 1:
+        # reset_after is counted from when the last reservation was sent: it
+        # errs by at most that round trip (a loaded machine makes it long).
+        assert worst_remaining == 0 and worst_reset < 0.05
+    else:  # the two are read a moment apart, while tokens refill every T
+        assert worst_remaining <= 2 and worst_reset < 0.05
+    batched.close()
+    plain.close()
+
+
+def test_a_denial_says_exactly_when_the_cost_fits(redis_server: Server, prefix: str) -> None:
+    """Redis answers for the tokens a check needs (reserve.lua's needed):
+    no extrapolation here. The denial cache answers only checks that need
+    as many; any other cost asks Redis."""
+    config = TokenBucketConfig(10, 1, 10)  # one token per 10 s
+    plain = RedisBackend(config, url=redis_server.url, prefix=prefix)
+    batched = BatchedRedisBackend(config, url=redis_server.url, prefix=prefix)
+    assert all(plain.try_take("k") for _ in range(10))
+    denied = batched.take("k", 3)
+    assert not denied.allowed
+    assert denied.retry_after == pytest.approx(plain.peek("k", 3).retry_after, abs=0.05)
+    assert 29 < denied.retry_after <= 30
+    again = batched.take("k", 3)  # the same need: from the cache
+    assert batched.stats()["denial_cache_hits"] == 1 and 29 < again.retry_after <= denied.retry_after
+    two = batched.take("k", 2)  # another need: Redis says when
+    assert batched.stats()["redis_denials"] == 2 and 19 < two.retry_after <= 20
+    assert batched.peek("k", 1).retry_after == pytest.approx(plain.peek("k", 1).retry_after, abs=0.05)
+    batched.close()
+    plain.close()

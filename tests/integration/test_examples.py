@@ -1,7 +1,7 @@
 """Every script in examples/ runs, with a short duration; the Redis ones
 against the suite's redis-server, the sidecar one against `guardian serve`.
 (fastapi_app.py and flask_app.py run under uvicorn and gunicorn in
-test_middleware_servers.py.)"""
+test_middleware_servers.py; fastapi_per_user.py under uvicorn here.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from redis_servers import free_port
 from sidecar import Sidecar
+from web_servers import WebServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -78,3 +79,23 @@ def test_sidecar_client(tmp_path: Path) -> None:
         assert "allowed=True" in out and "usage: 3" in out
     finally:
         sidecar.stop()
+
+
+@pytest.mark.slow
+def test_fastapi_per_user(tmp_path: Path) -> None:
+    """2 users x 10 requests against 3 per user per hour: 3 + 3 allowed; the
+    429s carry Retry-After and the per-user fields; no token: 401."""
+    web = WebServer("fastapi", "uvicorn", tmp_path, app="fastapi_per_user:app", cwd=EXAMPLES).start()
+    try:
+        for user in ("alice", "bob"):
+            replies = [web.request("/me", headers={"Authorization": f"Bearer {user}-token"}) for _ in range(10)]
+            assert [r.status for r in replies] == [200] * 3 + [429] * 7, (user, replies)
+            assert replies[0].body == f'{{"user":"{user}"}}'.encode()
+            assert replies[0].item("ratelimit", "per-user") == '"per-user";r=2;t=1200'
+            denied = replies[3]
+            assert 1100 < int(denied.headers["retry-after"]) <= 1200  # one token back every 20 minutes
+            assert denied.item("ratelimit-policy", "per-user") == '"per-user";q=3;w=3600'
+        assert web.request("/me").status == 401  # authentication runs first; no user, no limit to take
+        assert "Traceback" not in web.log_text()
+    finally:
+        web.stop()

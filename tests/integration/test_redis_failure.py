@@ -145,3 +145,28 @@ async def test_async_redis_killed_then_back(own_server: Server, prefix: str, fai
         await asyncio.sleep(0.01)
     assert (await limiter.check_limit("k")).remaining == 4
     await limiter.aclose()
+
+
+@pytest.mark.parametrize("case", ["no password", "wrong password", "ACL without EVALSHA"])
+def test_credentials_refused_are_a_configuration_error(tmp_path: Any, prefix: str, case: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Redis is up but refuses guardian: logged at error level as a
+    configuration error and counted apart from outages; checks are still
+    decided by the policy."""
+    server = Server(tmp_path).start()
+    try:
+        server.cli("ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-evalsha", "-eval")
+        server.cli("CONFIG", "SET", "requirepass", "secret")
+        url = {"no password": server.url,
+               "wrong password": f"redis://:nope@127.0.0.1:{server.port}/0",
+               "ACL without EVALSHA": f"redis://limited:pw@127.0.0.1:{server.port}/0"}[case]
+        limiter = RateLimiter(RedisBackend(CONFIG, url=url, prefix=prefix), fail_open=False, log_interval=60)
+        with caplog.at_level(logging.WARNING, logger="guardian"):
+            assert limiter.try_acquire("k") is False
+        assert limiter.config_errors == 1 and limiter.errors == 1
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors and "misconfigured" in errors[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # not an outage
+        limiter.close()
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ from typing import Any, Tuple
 
 import pytest
 import redis
-from gcra_cases import CASES
+from gcra_cases import CASES, MULTI_CASES
 
 from guardian import ConfigurationError, TokenBucketConfig
 from guardian.backends._redis_scripts import MAX_TAU_TICKS, Layout, read_source
@@ -281,3 +281,106 @@ def test_a_key_of_another_type_is_never_overwritten(raw: redis.Redis, prefix: st
     with pytest.raises(redis.ResponseError, match="guardian did not write"):
         driver.take("h", 1)
     assert raw.hgetall(f"{prefix}:{{h}}") == {b"a": b"1"}
+
+
+# --- several limits on one key: take_all.lua ----------------------------------
+
+
+class MultiDriver:
+    """Runs the test copy of take_all.lua for several limits at chosen times."""
+
+    def __init__(self, client: redis.Redis, prefix: str, configs: list, unit: int) -> None:
+        self.prefix = prefix
+        self.layouts = [Layout(c, clock_unit_ns=unit) for c in configs]
+        self.script = client.register_script(clocked("take_all", unit))
+        self.now = 0
+
+    def keys(self, key: str) -> list:
+        return [f"{self.prefix}:{{{key}}}:{i}" for i in range(len(self.layouts))]  # one hash slot
+
+    def take(self, key: str, cost: int) -> Tuple[Any, list]:
+        first, *rest = self.layouts
+        args = [*first.argv, cost, *[a for layout in rest for a in layout.argv], self.now]
+        reply = self.script(keys=self.keys(key), args=args)
+        denied_by, answers = reply[0], []
+        for i, layout in enumerate(self.layouts):
+            remaining, retry, reset = reply[1 + 3 * i: 4 + 3 * i]
+            tps = layout.ticks_per_second
+            answers.append((retry == 0, remaining, retry / tps, reset / tps))  # allowed: no wait
+        return (None if denied_by == 0 else denied_by - 1), answers
+
+
+def replay_multi(driver: MultiDriver, steps: list, start: int, unit_ns: int) -> None:
+    for at, key, cost, (denied_by, expected) in steps:
+        driver.now = start + int(Fraction(str(at)) * 10**9 / unit_ns)
+        got_by, got = driver.take(key, cost)
+        assert got_by == denied_by, (at, key, cost, got)
+        assert [g[:2] for g in got] == [e[:2] for e in expected], (at, key, cost, got)
+        assert [g[2:] for g in got] == [pytest.approx(e[2:], abs=1e-9) for e in expected], (at, key, cost, got)
+
+
+@pytest.mark.parametrize("case", sorted(MULTI_CASES))
+@pytest.mark.parametrize("unit, start", [(1, 10**9), (1000, TODAY_US), (1000, YEAR_2250_US)],
+                         ids=["ns", "us-today", "us-year2250"])
+def test_shared_multi_limit_cases(raw: redis.Redis, prefix: str, case: str, unit: int, start: int) -> None:
+    configs, steps = MULTI_CASES[case]
+    driver = MultiDriver(raw, prefix, [TokenBucketConfig(*c) for c in configs], unit)
+    replay_multi(driver, steps, start, unit)
+
+
+def test_take_all_takes_from_every_bucket_or_none(raw: redis.Redis, prefix: str) -> None:
+    driver = MultiDriver(raw, prefix, [TokenBucketConfig(2, 1, 1), TokenBucketConfig(3, 1, 60)], 1000)
+    driver.now = TODAY_US
+    keys = driver.keys("k")
+    assert driver.take("k", 2)[0] is None
+    ttl = [raw.pttl(k) for k in keys]
+    assert 0 < ttl[0] <= 2000 and 0 < ttl[1] <= 120_000  # each bucket lives until it is full again
+    values = raw.mget(keys)
+    assert driver.take("k", 1)[0] == 0  # the first limit is empty...
+    assert raw.mget(keys) == values  # ...so the second was not taken from
+    driver.now += 2 * 10**6
+    assert driver.take("k", 2)[0] == 1  # the second has one left: nothing is taken
+    assert raw.mget(keys) == values
+    assert driver.take("k", 1)[0] is None
+    raw.hset(f"{prefix}:{{h}}:1", "a", 1)  # a foreign value in one bucket fails the call, changing nothing
+    with pytest.raises(redis.ResponseError, match="guardian did not write"):
+        driver.take("h", 1)
+    assert raw.exists(f"{prefix}:{{h}}:0") == 0
+
+
+@pytest.mark.parametrize("limits", ["200/hour and 300/hour", "300/hour and 200/hour"])
+def test_take_all_from_two_clients_admits_exactly_the_binding_limit(redis_server: Any, prefix: str,
+                                                                    limits: str) -> None:
+    """The shipped script (server clock), hammered by two clients at once:
+    exactly the tighter limit's tokens are admitted, and each bucket holds
+    exactly the admitted takes (a denial takes from none)."""
+    import threading
+
+    from guardian import Limits
+
+    layouts = [Layout(c) for c in Limits.parse(limits)]
+    source = read_source("take_all")
+    keys = [f"{prefix}:{{hot}}:{i}" for i in range(2)]
+    args = [*layouts[0].argv, 1, *layouts[1].argv]
+    admitted = [0, 0]
+    checks = [0, 0]
+
+    def hammer(i: int) -> None:
+        client = redis.Redis(port=redis_server.port)
+        script = client.register_script(source)
+        for _ in range(600):
+            admitted[i] += script(keys=keys, args=args)[0] == 0
+            checks[i] += 1
+        client.close()
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert checks == [600, 600] and sum(admitted) == 200
+    raw = redis.Redis(port=redis_server.port)
+    usage = read_source("usage")
+    for key, layout in zip(keys, layouts):
+        assert raw.eval(usage, 1, key, *layout.argv) == 200
+    raw.close()

@@ -18,3 +18,26 @@ def test_recovers_after_many_restarts_with_four_connections(own_server: Server, 
     samples = redis_restarts.run(own_server, prefix, kind, restarts=25, max_connections=4)
     assert samples[-1]["restart"] == 25
     assert samples[-1]["created"] <= 4 and samples[-1]["in_use"] <= 4
+
+
+@pytest.mark.cluster
+def test_cluster_connections_dropped_by_the_servers_go_back_to_the_pools(redis_cluster, prefix: str) -> None:
+    """Every master drops every client connection (CLIENT KILL), 20 times:
+    checks keep succeeding and each node's pool (max_connections=4) counts
+    no more connections than are open."""
+    from guardian import TokenBucketConfig
+    from guardian.backends.redis import RedisBackend
+
+    backend = RedisBackend(TokenBucketConfig(10**6, 10**6), url=redis_cluster.url, prefix=prefix,
+                           max_connections=4, timeout=2.0)
+    keys = [f"k{i}" for i in range(30)]  # on every master
+    for round_ in range(20):
+        assert all(r.allowed for r in backend.take_many(keys)), round_
+        assert all(backend.try_take(k) for k in keys[:6]), round_
+        for master in redis_cluster.masters():
+            master.cli("CLIENT", "KILL", "TYPE", "normal")
+    assert all(r.allowed for r in backend.take_many(keys))
+    for node in backend.client.get_nodes():
+        pool = node.redis_connection.connection_pool
+        assert pool._created_connections <= 4, (node.name, pool._created_connections)
+    backend.close()

@@ -136,4 +136,5 @@ def test_flags_and_environment(tmp_path: Path) -> None:
             assert client.check_limit("k").limit == 2
     finally:
         assert s.stop()[0] == 0
-    assert "0 domain(s), 0 descriptor rule(s), 1 named limit(s) from " + str(tmp_path / "p.yaml") in s.log()
+    assert ("1 named limit(s) [default: burst 2, 1 per 1s], 0 Envoy domain(s) with 0 descriptor rule(s), from "
+            + str(tmp_path / "p.yaml")) in s.log()

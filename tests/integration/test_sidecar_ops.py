@@ -186,3 +186,33 @@ def test_redis_stopped_under_a_running_server(tmp_path: Path, own_server: Server
     log = s.log()
     assert "is unreachable; checks are " + ("allowed" if fail_open else "denied") in log
     assert "is reachable again" in log
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("refusal", ["password", "acl"])
+def test_redis_refusing_credentials_is_a_configuration_error(tmp_path: Path, own_server: Server,
+                                                             refusal: str) -> None:
+    if refusal == "password":
+        own_server.cli("CONFIG", "SET", "requirepass", "s3cret")
+        url = own_server.url  # no password given
+        reason = "Authentication"
+    else:  # a user who may run anything, on other keys only
+        own_server.cli("ACL", "SETUSER", "narrow", "on", ">pw", "~other:*", "+@all")
+        url = own_server.url.replace("redis://", "redis://narrow:pw@")
+        reason = "NoPermissionError"
+    s = Sidecar(tmp_path, "--config", policy(tmp_path, 3), "--redis-url", url, "--fail-open").start()
+    try:
+        wait_until(lambda: counter(s.metrics(), "guardian_backend_config_error") == 1, 10, "config error gauge")
+        status, body = s.http("/ready")
+        assert status == 503 and "configuration error: the backend refuses our credentials or ACL" in body
+        assert reason in body
+        assert counter(s.metrics(), "guardian_backend_up") == 0
+        with Client(s.target) as client:
+            assert client.check_limit("k").allowed  # fail-open still decides each check
+        assert s.stop()[0] == 0
+    finally:
+        s.kill()
+    log = s.log()
+    assert "ERROR guardian server: configuration error: backend" in log
+    assert "is unreachable; checks are" not in log  # not reported as an outage
+    assert "pw@" not in log and "s3cret" not in log

@@ -9,10 +9,11 @@ from types import ModuleType
 
 import pytest
 from conftest import ManualClock
-from gcra_cases import CASES
+from gcra_cases import CASES, MULTI_CASES
 
 from guardian import (
     ArgumentTypeError,
+    Limits,
     InvalidArgumentError,
     MAX_KEY_BYTES,
     MemoryBackend,
@@ -43,6 +44,29 @@ def test_shared_gcra_cases(core: ModuleType, clock: ManualClock, case: str) -> N
         assert got[2] == pytest.approx(expected[2], abs=1e-12), (at, key, cost, got)
         assert got[3] == pytest.approx(expected[3], abs=1e-12), (at, key, cost, got)
         assert r.limit == capacity
+
+
+@pytest.mark.parametrize("case", sorted(MULTI_CASES))
+def test_shared_multi_limit_cases(core: ModuleType, clock: ManualClock, case: str) -> None:
+    configs, steps = MULTI_CASES[case]
+    limits = Limits(*(TokenBucketConfig(*c) for c in configs))
+    backend = MemoryBackend(limits, slots=1024, clock=clock)
+    plain = MemoryBackend(limits, slots=1024, clock=clock)  # the same checks through take()
+    start = clock.ns
+    for at, key, cost, (denied_by, answers) in steps:
+        clock.ns = start + round(at * 1e9)
+        d = backend.take_detail(key, cost)
+        assert plain.take(key, cost) == d.result
+        got = [(r.allowed, r.remaining, r.retry_after, r.reset_after) for r in d.results]
+        assert d.denied_by == denied_by, (at, key, cost, got)
+        assert [g[:2] for g in got] == [a[:2] for a in answers], (at, key, cost, got)
+        assert [g[2:] for g in got] == [pytest.approx(a[2:], abs=1e-9) for a in answers], (at, key, cost, got)
+        one = d.result  # the answer take() gives, as one LimitResult
+        assert one.allowed is (denied_by is None)
+        assert one.remaining == min(a[1] for a in answers)
+        if denied_by is not None:
+            assert one.retry_after == pytest.approx(answers[denied_by][2], abs=1e-9)
+            assert d.limit == limits[denied_by] and one.limit == limits[denied_by].capacity
 
 
 def hammer(backend: MemoryBackend, clock: ManualClock, seconds: float, step_ms: int = 1) -> int:

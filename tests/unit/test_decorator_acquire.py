@@ -34,7 +34,7 @@ def async_limiter(clock: ManualClock, capacity: int = 2, rate: float = 1) -> Asy
     return limiter
 
 
-def test_decorator_sync_with_fixed_and_callable_key(core: Any, clock: ManualClock) -> None:
+def test_decorator_sync_with_fixed_and_callable_key(clock: ManualClock) -> None:
     limiter = sync_limiter(clock)
 
     @limiter.limit(key="api")
@@ -58,7 +58,7 @@ def test_decorator_sync_with_fixed_and_callable_key(core: Any, clock: ManualCloc
     assert per_user("b") == "b"
 
 
-async def test_decorator_sync_limiter_on_async_function(core: Any, clock: ManualClock) -> None:
+async def test_decorator_sync_limiter_on_async_function(clock: ManualClock) -> None:
     limiter = sync_limiter(clock, capacity=1)
 
     @limiter.limit(key="k")
@@ -70,7 +70,7 @@ async def test_decorator_sync_limiter_on_async_function(core: Any, clock: Manual
         await fetch()
 
 
-async def test_decorator_async_limiter(core: Any, clock: ManualClock) -> None:
+async def test_decorator_async_limiter(clock: ManualClock) -> None:
     limiter = async_limiter(clock, capacity=1)
 
     @limiter.limit(key=lambda n: f"n{n}")
@@ -85,7 +85,7 @@ async def test_decorator_async_limiter(core: Any, clock: ManualClock) -> None:
         limiter.limit(key="k")(lambda: None)
 
 
-def test_acquire_waits_retry_after(core: Any, clock: ManualClock) -> None:
+def test_acquire_waits_retry_after(clock: ManualClock) -> None:
     limiter = sync_limiter(clock, capacity=2, rate=4)  # T = 0.25 s
     start = clock.ns
     for _ in range(6):
@@ -95,7 +95,7 @@ def test_acquire_waits_retry_after(core: Any, clock: ManualClock) -> None:
     assert limiter.sleeps == pytest.approx([0.25] * 4)  # type: ignore[attr-defined]
 
 
-def test_acquire_timeout_raises_without_sleeping_past_it(core: Any, clock: ManualClock) -> None:
+def test_acquire_timeout_raises_without_sleeping_past_it(clock: ManualClock) -> None:
     limiter = sync_limiter(clock, capacity=1, rate=1)
     limiter.acquire("k")
     with pytest.raises(RateLimitExceeded) as info:
@@ -107,7 +107,7 @@ def test_acquire_timeout_raises_without_sleeping_past_it(core: Any, clock: Manua
         limiter.acquire("k", timeout=-1)
 
 
-async def test_async_acquire(core: Any, clock: ManualClock) -> None:
+async def test_async_acquire(clock: ManualClock) -> None:
     limiter = async_limiter(clock, capacity=1, rate=2)
     start = clock.ns
     for _ in range(3):
@@ -117,13 +117,13 @@ async def test_async_acquire(core: Any, clock: ManualClock) -> None:
         await limiter.acquire("k", timeout=0.1)
 
 
-def test_memory_fast_path_survives(core: Any, clock: ManualClock) -> None:
+def test_memory_fast_path_survives(clock: ManualClock) -> None:
     limiter = RateLimiter(MemoryBackend(TokenBucketConfig(1, 1), clock=clock))
     assert limiter.try_acquire == limiter.backend.try_take
     assert limiter.check_limit == limiter.backend.take
 
 
-async def test_acquire_real_sleep_is_short(core: Any) -> None:
+async def test_acquire_real_sleep_is_short() -> None:
     # No manual clock: the real sleep path, one emission interval of 20 ms.
     limiter = AsyncRateLimiter(MemoryBackend(TokenBucketConfig(1, 50)))
     await limiter.acquire("k")

@@ -115,6 +115,9 @@ def test_docker_compose() -> None:
     assert opts.redis_url == "redis://redis:6379/0" and "redis" in services
     container_ports = {int(p.split(":")[-1]) for p in guardian["ports"]}
     assert container_ports == {opts.grpc_port, opts.http_port}
+    if not opts.admin_token and not opts.admin_token_file:
+        # ResetLimit is open without a token: never published beyond the host's loopback
+        assert all(p.startswith("127.0.0.1:") for p in guardian["ports"]), guardian["ports"]
     for volume in guardian.get("volumes", ()):
         assert (ROOT / volume.split(":")[0]).exists(), volume
     assert guardian["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -9,6 +9,7 @@ from conftest import ManualClock
 
 from guardian import ConfigurationError, InvalidArgumentError, TokenBucketConfig
 from guardian.backends._lease import _SPAN, LeaseBook, LeaseTable, lease_size
+from guardian.backends._redis_scripts import Layout
 
 
 def table(core: ModuleType, clock: ManualClock, capacity: int = 100, slots: int = 64) -> LeaseTable:
@@ -93,7 +94,7 @@ def test_lease_size_covers_the_cost() -> None:
                                 {"refresh_interval": -1}])
 def test_book_arguments(kw: dict) -> None:
     args = dict(shared=None, slots=64, lease_lifetime=5.0, refresh_interval=0.1, max_share=0.2,
-                lock=object, ticks_per_second=10**6)
+                lock=object, layout=Layout(TokenBucketConfig(100, 10)))
     with pytest.raises(ConfigurationError):
         LeaseBook(TokenBucketConfig(100, 10), **{**args, **kw})
 
@@ -101,4 +102,5 @@ def test_book_arguments(kw: dict) -> None:
 def test_capacity_too_large_for_the_lease_lifetime() -> None:
     with pytest.raises(ConfigurationError, match="too large"):
         LeaseBook(TokenBucketConfig(10**9, 10**9), shared=None, slots=64, lease_lifetime=5.0,
-                  refresh_interval=0.1, max_share=0.2, lock=object, ticks_per_second=10**6)
+                  refresh_interval=0.1, max_share=0.2, lock=object,
+                  layout=Layout(TokenBucketConfig(10**9, 10**9)))

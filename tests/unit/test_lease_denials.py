@@ -12,22 +12,22 @@ import pytest
 
 from guardian import TokenBucketConfig
 from guardian.backends._lease import Lease, LeaseBook
-from guardian.backends._redis_scripts import Reserved
+from guardian.backends._redis_scripts import Layout, Reserved
 
-TPS = 1_000_000  # reply ticks per second (microseconds, for the test)
 NOW = 10**12  # the book's clock, in ns; it does not move
 
 
-def book(capacity: int = 100, rate: float = 200.0) -> LeaseBook:
-    return LeaseBook(TokenBucketConfig(capacity, rate), shared=None, slots=64, lease_lifetime=5.0,
-                     refresh_interval=0.1, max_share=0.2, lock=threading.Lock, ticks_per_second=TPS,
-                     clock=lambda: NOW)
+def book(capacity: int = 100, rate: float = 200.0, lifetime: float = 5.0) -> LeaseBook:
+    config = TokenBucketConfig(capacity, rate)
+    return LeaseBook(config, shared=None, slots=64, lease_lifetime=lifetime, refresh_interval=0.1,
+                     max_share=0.2, lock=threading.Lock, layout=Layout(config), clock=lambda: NOW)
 
 
 def deny(b: LeaseBook, lease: Lease, retry_s: float) -> float:
-    """A reserve reply with nothing granted; the seconds it is cached for."""
-    assert b.granted("k", lease, 1, Reserved(0, 0, round(retry_s * TPS), 0, 0)) == 0
-    return (b.denied["k"] - NOW) / 1e9
+    """A reserve reply with nothing granted; the seconds it is served from
+    the cache for."""
+    assert b.granted("k", lease, 1, 1, Reserved(0, 0, round(retry_s * b.tps), 0, 0), NOW) == 0
+    return (b.denied["k"][0] - NOW) / 1e9
 
 
 def test_consecutive_denials_back_off_up_to_a_bound() -> None:
@@ -45,7 +45,7 @@ def test_consecutive_denials_back_off_up_to_a_bound() -> None:
     for _ in range(100):
         b.cached_denial("k", 1)
     assert b.size(lease, 0, 1) == 20  # 0.1 s / 5 ms, capped at max_share * C
-    b.granted("k", lease, 20, Reserved(3, 0, 0, 15_000, 0))  # a partial grant resets the streak
+    b.granted("k", lease, 20, 1, Reserved(3, 0, 0, 15_000, 0), NOW)  # a partial grant resets the streak
     assert deny(b, lease, 0.0025) == 0.005
     assert b.size(lease, 0, 1) == 1
 
@@ -57,7 +57,9 @@ def test_window_bound_keeps_the_bucket_from_overflowing() -> None:
 
 
 def test_window_never_undercuts_redis() -> None:
-    b = book(capacity=5, rate=1 / 720)  # one token per 12 minutes
-    assert deny(b, b.lease("k"), 3600.0) == 3600.0
+    b = book(capacity=5, rate=1 / 720, lifetime=1.0)  # one token per 12 minutes
+    lease = b.lease("k")
+    assert deny(b, lease, 0.5) == 0.5  # the cap (C*T/2 = 30 min, refresh 0.1 s) is below retry_after
     result = b.cached_denial("k", 1)
-    assert result is not None and not result.allowed and result.retry_after == pytest.approx(3600.0)
+    assert result is not None and not result.allowed and result.retry_after == pytest.approx(0.5, abs=1e-3)
+    assert deny(b, lease, 3600.0) == 1.0  # a cached entry still ends within a lease lifetime

@@ -177,7 +177,7 @@ def test_the_twins_match_each_other() -> None:
 
 def test_the_selector_takes_every_name_from_one_twin() -> None:
     twin = _pycore if not _impl.USING_C else _core
-    for name in ("Table", "LimitResult", "unlink"):
+    for name in ("Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all"):
         assert getattr(_impl, name) is getattr(twin, name), name
 
 

@@ -40,6 +40,11 @@ class TwinMachine(RuleBasedStateMachine):
         args = (cfg.capacity, cfg.emission_ticks, cfg.ticks_per_ns)
         self.c = _core.Table(*args, slots=slots, clock=self.clock, seed=SEED)
         self.py = _pycore.Table(*args, slots=slots, clock=self.clock, seed=SEED)
+        # A second limit on the same keys, for take_all: slower, a larger burst.
+        other = guardian.TokenBucketConfig(capacity + 5, rate, interval * 10)
+        args2 = (other.capacity, other.emission_ticks, other.ticks_per_ns)
+        self.c2 = _core.Table(*args2, slots=slots, clock=self.clock, seed=SEED)
+        self.py2 = _pycore.Table(*args2, slots=slots, clock=self.clock, seed=SEED)
         self.takes = self.allowed = 0  # the model's count of takes, and of admissions seen
 
     @rule(key=KEYS, cost=st.integers(1, 20))
@@ -73,6 +78,19 @@ class TwinMachine(RuleBasedStateMachine):
     def _took(self, allowed: bool) -> None:
         self.takes += 1
         self.allowed += allowed
+
+    @rule(key=KEYS, cost=st.integers(1, 20), order=st.booleans())
+    def take_all(self, key: str, cost: int, order: bool) -> None:
+        cost = min(cost, self.capacity)
+        c, py = (self.c, self.c2), (self.py, self.py2)
+        if order:
+            c, py = c[::-1], py[::-1]
+        got = _core.take_all(c, key, cost)
+        assert got == _pycore.take_all(py, key, cost)
+        assert self.c2.stats() == self.py2.stats()
+        first = 0 if not order else 1  # self.c's place in the tuple
+        if got[0] < 0 or got[0] == first:
+            self._took(got[0] < 0)  # self.c counted this check
 
     @rule(key=KEYS, cost=st.integers(0, 20))
     def peek(self, key: str, cost: int) -> None:

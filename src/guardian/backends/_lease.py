@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import _impl
 from .._config import TokenBucketConfig
-from .._errors import ConfigurationError
+from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError, MisuseError
 from .._result import LimitResult
-from ._redis_scripts import Reserved
+from ._redis_scripts import Layout, Reserved
 
 __all__ = ["LeaseBook", "LeaseTable", "Lease", "lease_size"]
 
@@ -37,6 +37,19 @@ Returns = List[Tuple[str, int, Reservation]]
 #: Time in integer nanoseconds of a monotonic clock: the core's convention,
 #: used for every lease deadline too, so one injected clock moves them all.
 Clock = Callable[[], int]
+
+
+def check_clock(clock: Any) -> Clock:
+    """A clock must be a callable returning integer nanoseconds (the
+    core's convention); seconds as a float are refused by name."""
+    if not callable(clock):
+        raise MisuseError(f"clock must be a callable returning integer nanoseconds, got {clock!r}")
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, int):
+        raise MisuseError(
+            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: a clock returns integer "
+            f"nanoseconds of a monotonic clock (time.monotonic_ns), not seconds")
+    return clock  # type: ignore[no-any-return]
 
 
 class LeaseTable:
@@ -91,14 +104,18 @@ def lease_size(consumed: int, elapsed: float, refresh: float, prev: int, max_lea
 class Lease:
     """This process' bookkeeping for one key's lease."""
 
-    __slots__ = ("size", "low", "held_at", "at", "expires", "reservations", "busy", "lock", "streak", "window",
-                 "missed")
+    __slots__ = ("size", "low", "held_at", "at", "ahead", "ahead_at", "expires", "reservations", "busy", "lock",
+                 "failed", "error", "streak", "window", "missed")
 
     def __init__(self, lock: Any, expires: int) -> None:
         self.size = 0  # tokens last asked for; 0: cold
         self.low = 0  # refill in the background at or below this many held
         self.held_at = 0  # tokens held right after the last credit...
         self.at = 0  # ...at this clock time (ns)
+        #: Ticks the bucket's TAT lay ahead of the server's clock right
+        #: after the last reservation (the leased tokens included); -1: none.
+        self.ahead = -1
+        self.ahead_at = 0  # ...at this clock time (ns)
         #: Forgotten at this clock time (ns) unless a reservation renews it:
         #: a key whose reservations are denied or fail holds no entry for long.
         self.expires = expires
@@ -106,10 +123,25 @@ class Lease:
         #: given back]. Each can only give back its own tokens (release.lua).
         self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
-        self.streak = 0  # Redis denials in a row
-        self.window = 0  # ns the last one is cached for
-        self.missed = 0  # tokens denied from the cache since
         self.lock = lock  # one Redis reservation per key at a time
+        self.streak = 0  # Redis denials in a row
+        self.window = 0  # ns the last one is served from here
+        self.missed = 0  # tokens denied from the cache since
+        #: Reservations of this key that failed, and the last failure: a check
+        #: that waited on ``lock`` while one failed shares that outcome instead
+        #: of trying Redis again (N queued checks cost one timeout, not N).
+        self.failed = 0
+        self.error: Optional[BackendError] = None
+
+    def shared_failure(self) -> BackendError:
+        """The failure of the reservation a queued check waited for, as a
+        new exception of the same kind (the original is another caller's)."""
+        error = self.error
+        assert error is not None
+        try:
+            return type(error)(f"{error} (the reservation of this key that this check waited for)")
+        except Exception:  # pragma: no cover - a subclass with another signature
+            return BackendError(str(error))
 
 
 class LeaseBook:
@@ -128,7 +160,7 @@ class LeaseBook:
         refresh_interval: float,
         max_share: float,
         lock: Callable[[], Any],
-        ticks_per_second: int,
+        layout: Layout,
         clock: Optional[Clock] = None,
     ) -> None:
         for name, value in (("lease_lifetime", lease_lifetime), ("refresh_interval", refresh_interval)):
@@ -145,14 +177,15 @@ class LeaseBook:
             )
         self.config = config
         self.capacity = capacity
-        self.emission = config.emission_interval
-        self.tps = ticks_per_second  # of the scripts' replies
+        #: The scripts' units: replies are decoded with it.
+        self.layout = layout
+        self.tps = layout.ticks_per_second
         self.lifetime = float(lease_lifetime)
         self._lifetime_ns = int(lease_lifetime * _NS)
         self.refresh = float(refresh_interval)
         self.max_lease = max(1, int(capacity * max_share))
         self.shared = shared
-        self.now: Clock = clock or time.monotonic_ns
+        self.now: Clock = check_clock(clock) if clock is not None else time.monotonic_ns
         self._args = (capacity, shared, slots, clock)
         self.table = LeaseTable(*self._args)
         self._lock = lock
@@ -160,32 +193,56 @@ class LeaseBook:
         #: The highest low water of the live leases: a hit that leaves more
         #: held tokens than this needs no look at its lease.
         self.low_cap = 0
-        #: key: clock time (ns) until which Redis' last denial holds.
-        self.denied: Dict[str, int] = {}
+        #: key: (clock time (ns) until which Redis' last denial is served
+        #: from here, the time (ns) the tokens it needed are there, how many).
+        self.denied: Dict[str, Tuple[int, int, int]] = {}
         self.counts = dict.fromkeys(
             ("reservations", "reserved_tokens", "redis_denials", "denial_cache_hits",
              "returned_tokens", "dropped_tokens", "expired_leases", "refill_errors"), 0)
 
     # --- decisions without Redis ------------------------------------------
 
-    def hit(self, left: int) -> LimitResult:
-        return LimitResult(True, left, 0.0, 0.0, self.capacity)
+    def hit(self, key: str, left: int) -> LimitResult:
+        """A check served from the lease, ``left`` tokens held after it."""
+        return self.bucket(key, True, left, 0.0)
+
+    def bucket(self, key: str, allowed: bool, held: int, retry_after: float) -> LimitResult:
+        """A result that reports the bucket, not the lease: as the server
+        saw it at this process' last reservation, moved on by the time
+        since, with the tokens still held here given back. For one process
+        that is the plain Redis backend's answer (within a token's rounding);
+        with several, the tokens the others took since that reservation are
+        not seen (docs/batched.md). Without a reservation of this process
+        (a shared lease of another one), the lease's own numbers."""
+        lease = self.leases.get(key)
+        if lease is None or lease.ahead < 0:
+            return LimitResult(allowed, held, retry_after, 0.0, self.capacity)
+        elapsed = (self.now() - lease.ahead_at) * self.tps // _NS  # in the scripts' ticks
+        return self.layout.since(allowed, lease.ahead, elapsed, max(held, 0), retry_after)
 
     def cached_denial(self, key: str, cost: int) -> Optional[LimitResult]:
-        """Redis' last denial of ``key`` while it holds: no call needed."""
-        until = self.denied.get(key)
-        if until is None:
+        """Redis' last denial of ``key`` while it holds, for a check that
+        needs as many tokens as the denied one did: no call needed. (Any
+        other need asks Redis, whose reply says exactly when it fits.)"""
+        entry = self.denied.get(key)
+        if entry is None:
             return None
-        wait = until - self.now()
-        if wait <= 0:
+        now = self.now()
+        if entry[0] <= now:
             self.denied.pop(key, None)
+            return None
+        held = max(self.table.held(key), 0)
+        if cost - held != entry[2]:
             return None
         self.counts["denial_cache_hits"] += 1
         lease = self.leases.get(key)
         if lease is not None:
             lease.missed += cost
-        wait_s = wait / _NS
-        return LimitResult(False, 0, wait_s + (cost - 1) * self.emission, wait_s, self.capacity)
+        return self.bucket(key, False, held, (entry[1] - now) / _NS)
+
+    def needed(self, key: str, cost: int) -> int:
+        """Tokens a check of ``cost`` needs from Redis beyond those held."""
+        return max(cost - max(self.table.held(key), 0), 1)
 
     def lease(self, key: str) -> Lease:
         lease = self.leases.get(key)
@@ -213,33 +270,38 @@ class LeaseBook:
             # Back from a denial window: ask for what accrued meanwhile (or
             # a lone node admits one token per window), but no more than
             # this node was denied in it (or idle nodes sit on tokens).
-            accrued = math.ceil(lease.window / _NS / self.emission - 1e-9)
+            accrued = math.ceil(lease.window / _NS / self.config.emission_interval - 1e-9)
             return max(min(accrued, lease.missed + cost, self.max_lease), cost)
         elapsed = (self.now() - lease.at) / _NS
         return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
-    def granted(self, key: str, lease: Lease, asked: int, reply: Reserved) -> int:
-        """Credits a reserve reply to the table; the tokens that did not fit
-        (to give back at once)."""
+    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved, sent: int) -> int:
+        """Credits a reserve reply (to a request sent at clock time ``sent``)
+        to the table; the tokens that did not fit (to give back at once)."""
         got = reply.granted
         counts = self.counts
         lease.missed = 0
         counts["reservations"] += 1
         now = self.now()
         lease.expires = now + self._lifetime_ns
+        # The server read its clock after ``sent``: counting time from then
+        # errs by at most the round trip, towards a shorter reset_after.
+        lease.ahead, lease.ahead_at = reply.ahead_ticks, sent
         if got == 0:
             counts["redis_denials"] += 1
-            # The next token goes to one of the nodes asking: each denial
-            # in a row doubles how long this one waits (else N nodes ask
-            # N times per token), never past half the bucket's fill time
-            # (it cannot overflow while all wait) or ``refresh``, never
-            # below Redis' retry_after (docs/scaling.md).
-            lease.streak = min(lease.streak + 1, 16)
+            # Cached until Redis' retry_after, but at most a lease lifetime:
+            # a flood of denied keys leaves no entry for long. The next
+            # token goes to one of the nodes asking: each denial in a row
+            # doubles how long this one waits (else N nodes ask N times per
+            # token), never past half the bucket's fill time (it cannot
+            # overflow while all wait) or ``refresh``, never below Redis'
+            # retry_after (docs/scaling.md).
             wait = reply.retry_ticks * _NS // self.tps
-            cap = int(min(self.refresh, self.capacity * self.emission / 2) * _NS)
+            lease.streak = min(lease.streak + 1, 16)
+            cap = int(min(self.refresh, self.capacity * self.config.emission_interval / 2) * _NS)
             lease.window = max(wait, min(wait << lease.streak, cap))
-            self.denied[key] = now + lease.window
+            self.denied[key] = (min(now + lease.window, now + self._lifetime_ns), now + wait, needed)
             return 0
         lease.streak = 0
         self.denied.pop(key, None)
@@ -264,12 +326,12 @@ class LeaseBook:
         """The answer after a reservation: a hit when the tokens are now
         held, else Redis' denial."""
         if left >= 0:
-            return self.hit(left)
-        tps = self.tps
-        retry = reply.retry_ticks / tps if reply.granted == 0 else 0.0
-        held = max(self.table.held(key), 0)
-        return LimitResult(False, 0, retry + max(cost - held - 1, 0) * self.emission,
-                           reply.ahead_ticks / tps, self.capacity)
+            return self.hit(key, left)
+        # Redis' retry is exact for the tokens this check needed beyond the
+        # held ones (reserve.lua's "needed"); granted but not spendable (a
+        # full shared table, another process was faster): try again now.
+        retry = reply.retry_ticks / self.tps if reply.granted == 0 else 0.0
+        return self.bucket(key, False, max(self.table.held(key), 0), retry)
 
     # --- giving tokens back -----------------------------------------------
 
@@ -291,23 +353,25 @@ class LeaseBook:
         a refill in flight), and cached denials past their end."""
         now = self.now()
         out: Returns = []
+        # Checks add entries meanwhile (other threads): copy before iterating,
+        # and pop, never del.
         for key, lease in list(self.leases.items()):
             if lease.expires <= now and not lease.busy and not lease.lock.locked():
-                self.counts["expired_leases"] += 1
-                del self.leases[key]
-                self.take_back(key, lease, out)
-        for key, until in list(self.denied.items()):
+                if self.leases.pop(key, None) is lease:
+                    self.counts["expired_leases"] += 1
+                    self.take_back(key, lease, out)
+        for key, (until, _, _) in list(self.denied.items()):
             if until <= now:
                 self.denied.pop(key, None)
-        self.low_cap = max((lease.low for lease in self.leases.values()), default=0)
+        self.low_cap = max((lease.low for lease in list(self.leases.values())), default=0)
         return out
 
     def everything(self) -> Returns:
         """Every lease, drained and forgotten (close, exit)."""
         out: Returns = []
         for key, lease in list(self.leases.items()):
-            del self.leases[key]
-            self.take_back(key, lease, out)
+            if self.leases.pop(key, None) is lease:
+                self.take_back(key, lease, out)
         return out
 
     def forget(self, key: str) -> None:
@@ -358,18 +422,26 @@ class BatchedCommon:
         timeout: float = 0.25,
         limit_in_key: bool = True,
         clock: Optional[Clock] = None,
+        close_timeout: float = 2.0,
         **client_options: Any,
     ) -> None:
         if not isinstance(config, TokenBucketConfig):
             raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) \
+                or not 0 <= close_timeout < math.inf:
+            raise ConfigurationError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")
+        #: Seconds close() and the at-exit return may spend giving leased
+        #: tokens back (plus at most one ``timeout`` for a call in flight);
+        #: what is left then is abandoned: it only under-admits until the
+        #: buckets refill.
+        self.close_timeout = float(close_timeout)
         self.redis = self.redis_class(config, url, client=client, prefix=prefix,
                                       connect_timeout=connect_timeout, timeout=timeout,
                                       limit_in_key=limit_in_key, **client_options)
         self.config = config
         self.book = LeaseBook(config, shared=shared, slots=slots, lease_lifetime=lease_lifetime,
                               refresh_interval=refresh_interval, max_share=max_share,
-                              lock=self.lock_class, ticks_per_second=self.redis.layout.ticks_per_second,
-                              clock=clock)
+                              lock=self.lock_class, layout=self.redis.layout, clock=clock)
         self._low_cap = 0  # the book's low_cap, copied for the hot path
         self._capacity = config.capacity  # likewise, for results of local hits
         self._spend = self.book.table.spend
@@ -384,6 +456,22 @@ class BatchedCommon:
 
     def returned(self, tokens: int) -> None:
         self.book.counts["returned_tokens"] += tokens
+
+    def close_deadline(self) -> float:
+        """When close() stops giving tokens back (time.monotonic()); at
+        interpreter exit, one deadline shared by every backend."""
+        return min(time.monotonic() + self.close_timeout, _exit_deadline[0])
+
+    def abandon(self, returns: Returns) -> None:
+        """Tokens close() will not give back (past its deadline, or Redis
+        stopped answering): counted as dropped."""
+        self.book.counts["dropped_tokens"] += sum(n for _, n, _ in returns)
+
+    @staticmethod
+    def hopeless(exc: BaseException) -> bool:
+        """A failed return after which the others would fail the same way,
+        each after a timeout: Redis does not answer."""
+        return isinstance(exc, (BackendTimeoutError, BackendUnavailableError))
 
     def stats(self) -> Dict[str, int]:
         """Counters: local_hits, reservations (Redis calls that reserved),
@@ -411,9 +499,15 @@ class BatchedCommon:
 live: "weakref.WeakSet[BatchedCommon]" = weakref.WeakSet()
 
 
+#: At interpreter exit: when every backend stops giving tokens back.
+_exit_deadline = [math.inf]
+
+
 @atexit.register
 def _close_all_at_exit() -> None:
-    for backend in list(live):
+    backends = list(live)
+    _exit_deadline[0] = time.monotonic() + max((b.close_timeout for b in backends), default=0.0)
+    for backend in backends:
         try:
             backend._refiller.close_at_exit(backend)
         except Exception:  # pragma: no cover - exit must not fail on one backend

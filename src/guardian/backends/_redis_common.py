@@ -8,6 +8,7 @@ cluster client must take over) and the plans of multi-key calls.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from types import ModuleType, TracebackType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
@@ -58,6 +59,34 @@ def is_cluster(client: Any) -> bool:
 _REFUSED = ("NOAUTH", "WRONGPASS", "NOPERM", "-NOAUTH", "-WRONGPASS", "-NOPERM")
 
 
+def _without_reprs(text: str) -> str:
+    """``text`` with every ``<redis.… >`` repr (of a client, pool or
+    connection, nested) replaced by its class name."""
+    out, i = [], 0
+    while True:
+        j = text.find("<redis.", i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        depth, k = 0, j
+        while k < len(text):
+            depth += {"<": 1, ">": -1}.get(text[k], 0)
+            k += 1
+            if depth == 0:
+                break
+        name = text[j + 1:k].split("(", 1)[0].rsplit(".", 1)[-1]
+        out.append(name)
+        i = k
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """One short line for a log: redis-py's Sentinel and Cluster errors can
+    carry the repr of every connection pool they tried."""
+    text = " ".join(_without_reprs(str(exc)).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def translate(exc: BaseException) -> BackendError:
     """guardian's exception for a redis-py (or socket) exception."""
     if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)) or str(
@@ -65,9 +94,9 @@ def translate(exc: BaseException) -> BackendError:
     ).startswith(_REFUSED):
         return BackendConfigError(f"Redis refused guardian's credentials or permissions: {exc}")
     if isinstance(exc, (rex.TimeoutError, TimeoutError, BlockingIOError)):  # SO_RCVTIMEO: EAGAIN
-        return BackendTimeoutError(f"Redis did not answer in time: {exc}")
-    if isinstance(exc, (rex.ConnectionError, rex.ClusterError, OSError)):
-        return BackendUnavailableError(f"Redis is unreachable: {exc}")
+        return BackendTimeoutError(f"Redis did not answer in time: {_short(exc)}")
+    if isinstance(exc, (rex.ConnectionError, rex.ClusterError, rex.RedisClusterException, OSError)):
+        return BackendUnavailableError(f"Redis is unreachable: {_short(exc)}")
     text = str(exc)
     if text.startswith(("WRONGTYPE", "GUARDIAN")):
         return BackendError(
@@ -76,6 +105,10 @@ def translate(exc: BaseException) -> BackendError:
         )
     return BackendError(f"Redis failed: {type(exc).__name__}: {text}")
 
+
+#: Replies of a cluster node that cannot serve now: the check fails at once
+#: (the limiter's policy decides) instead of redis-py's sleep and retries.
+_UNSERVED = (rex.ClusterDownError, rex.BusyLoadingError, rex.TryAgainError)
 
 _CAUGHT = (rex.RedisError, rex.RedisClusterException, OSError)
 #: What reading a reply of the wrong shape raises (a foreign server or
@@ -155,7 +188,8 @@ class RedisCommon:
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
-            client = client_for_url(self.lib, url, connect_timeout, timeout, **client_options)  # type: ignore[arg-type]
+            with boundary:  # redis-py's sync cluster client connects here: its errors become ours
+                client = client_for_url(self.lib, url, connect_timeout, timeout, **client_options)  # type: ignore[arg-type]
             _check_options(client, client_options)
         elif client_options:
             raise ConfigurationError(
@@ -195,8 +229,12 @@ class RedisCommon:
         keys = [self.packer.key(key)]
         return [(name, keys, extra)], self.packer.command(name, keys, *extra)
 
-    def plan_reserve(self, key: str, tokens: int) -> Tuple[List[Call], bytes]:
-        return self.plan_call("reserve", key, self.packer.wanted(tokens))
+    def plan_reserve(self, key: str, tokens: int, needed: int = 1) -> Tuple[List[Call], bytes]:
+        """reserve.lua: up to ``tokens``, nothing unless ``needed`` fit."""
+        return self.plan_call("reserve", key, self.packer.wanted(tokens), self.packer.cost(needed))
+
+    def plan_peek(self, key: str, cost: int) -> Tuple[List[Call], bytes]:
+        return self.plan_call("peek", key, self.packer.peek_cost(cost))
 
     def plan_release(self, key: str, tokens: int, now_us: int, ahead_ticks: int) -> Tuple[List[Call], bytes]:
         return self.plan_call("release", key, b"%d" % tokens, b"%d" % now_us, b"%d" % ahead_ticks)
@@ -273,11 +311,15 @@ class RedisCommon:
     def routed_reply(reply: Any) -> bool:
         """A reply on our path to a cluster node: True when it is the
         answer, False when redis-py's cluster client must take the call
-        over (MOVED, ASK, NOSCRIPT...). An error about our data is raised."""
+        over (MOVED, ASK, NOSCRIPT). An error about our data, or a node
+        that cannot serve now (CLUSTERDOWN, LOADING, TRYAGAIN), is raised:
+        redis-py would sleep and retry, past the check's deadline."""
         if not redirected(reply):
             if isinstance(reply, Exception):
                 raise reply
             return True
+        if isinstance(reply, _UNSERVED):
+            raise reply
         return False
 
     @staticmethod
@@ -299,11 +341,31 @@ class RedisCommon:
         (no answer on our path) and those redirected. An error about our
         data is raised."""
         for i, reply in enumerate(replies):
+            if isinstance(reply, _UNSERVED):
+                raise reply
             if redirected(reply):
                 again.append(i)
             elif isinstance(reply, Exception):
                 raise reply
         return sorted(again)
+
+    # --- Redis Cluster: the slot map after a failed primary ---------------
+
+    #: Seconds between two background refreshes of the slot map.
+    remap_interval = 0.5
+    _remapping = False
+    _remap_after = 0.0
+
+    def remap_due(self) -> bool:
+        """A primary failed on our path: refresh the slot map (a failover
+        may have moved its slots) unless a refresh runs or ran just now.
+        The check that failed is not retried: it has had its timeout."""
+        now = time.monotonic()
+        if self._remapping or now < self._remap_after:
+            return False
+        self._remapping = True
+        self._remap_after = now + self.remap_interval
+        return True
 
     # --- decoding -------------------------------------------------------------
 

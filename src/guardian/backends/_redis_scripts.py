@@ -30,7 +30,7 @@ __all__ = ["Script", "Layout", "Packer", "Reserved", "scripts", "malformed", "MA
 #: where Lua's doubles stop holding every integer.
 MAX_TAU_TICKS = 2**52
 
-SCRIPT_NAMES = ("take", "usage", "reset", "reserve", "release")
+SCRIPT_NAMES = ("take", "peek", "usage", "reset", "reserve", "release")
 
 
 class Reserved(NamedTuple):
@@ -121,6 +121,22 @@ class Layout:
         if not all(type(v) is int for r in replies for v in r):
             raise malformed(replies)
         return out
+
+    def peeked(self, reply: Any) -> LimitResult:
+        """Decodes peek.lua's reply."""
+        if type(reply) is not list or len(reply) != 4 or any(type(v) is not int for v in reply):
+            raise malformed(reply)
+        tps = self.ticks_per_second
+        return LimitResult(reply[0] == 1, reply[1], reply[2] / tps, reply[3] / tps, self.capacity)
+
+    def since(self, allowed: bool, ahead: int, elapsed: int, held: int, retry_after: float) -> LimitResult:
+        """A result for a bucket whose TAT lay ``ahead`` ticks ahead of the
+        server's clock ``elapsed`` ticks ago, with ``held`` of its taken
+        tokens given back: decoding, like ``result``, of a reserve reply
+        seen later (the batched backends report the bucket, not the lease)."""
+        a = max(ahead - held * self.P - elapsed, 0)
+        return LimitResult(allowed, min((self.tau - a) // self.P, self.capacity), retry_after,
+                           a / self.ticks_per_second, self.capacity)
 
     @staticmethod
     def count(v: Any) -> int:
@@ -259,6 +275,10 @@ class Packer:
 
     def cost(self, cost: Any) -> bytes:
         return b"%d" % check_cost(cost, self.layout.capacity)
+
+    def peek_cost(self, cost: Any) -> bytes:
+        """A peek's cost: 0 (the bucket as it is) up to the capacity."""
+        return b"%d" % check_cost(cost, self.layout.capacity, 0)
 
     def wanted(self, tokens: Any) -> bytes:
         """Tokens asked of reserve: any whole number >= 1 (capped by the script)."""

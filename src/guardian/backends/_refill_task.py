@@ -5,7 +5,10 @@ at low water and gives expired leases back."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Optional
+
+from .._errors import BackendError
 
 __all__ = ["Refiller"]
 
@@ -42,14 +45,23 @@ class Refiller:
             else:
                 if key is None:
                     return
-                await backend._refill(key)
-            await backend._expire()
+            try:
+                if key is not None:
+                    await backend._refill(key)
+                await backend._expire()
+            except Exception:  # pragma: no cover - the worker must outlive any one error
+                backend.book.counts["refill_errors"] += 1
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float) -> None:
+        """Stops the worker, cancelling it at ``deadline`` (time.monotonic())."""
         if self.worker is not None and not self.worker.done():
             assert self.queue is not None
             self.queue.put_nowait(None)
-            await self.worker
+            try:
+                await asyncio.wait_for(asyncio.shield(self.worker), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                self.worker.cancel()
+                await asyncio.gather(self.worker, return_exceptions=True)
 
     def after_fork(self) -> None:
         self.queue = None
@@ -65,9 +77,20 @@ class Refiller:
         backend._closed = True
         from .redis import RedisBackend
 
+        deadline = backend.close_deadline()
         sync = RedisBackend(backend.config, backend._url, prefix=backend.redis.prefix, **backend._timeouts)
+        returns = backend.book.everything()
         try:
-            for key, n, (us, ahead) in backend.book.everything():
-                backend.returned(sync.release_tokens(key, n, us, ahead))
+            for i, (key, n, (us, ahead)) in enumerate(returns):
+                if time.monotonic() >= deadline:
+                    backend.abandon(returns[i:])
+                    break
+                try:
+                    backend.returned(sync.release_tokens(key, n, us, ahead))
+                except BackendError as exc:
+                    if backend.hopeless(exc):
+                        backend.abandon(returns[i:])
+                        break
+                    backend.book.counts["dropped_tokens"] += n
         finally:
             sync.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any, Optional
 
 __all__ = ["Refiller"]
@@ -45,16 +46,22 @@ class Refiller:
                 key = None
             if key is _STOP:
                 return
-            if key is not None:
-                backend._refill(key)
-            backend._expire()
+            try:
+                if key is not None:
+                    backend._refill(key)
+                backend._expire()
+            except Exception:  # pragma: no cover - the worker must outlive any one error
+                backend.book.counts["refill_errors"] += 1
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
+        """Stops the worker, waiting for it until ``deadline``
+        (time.monotonic()); a daemon thread left in a Redis call ends
+        with that call."""
         self.closed = True
         worker = self.worker
         if worker is not None and worker.is_alive():
             self.queue.put(_STOP)
-            worker.join(timeout=5)
+            worker.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     def after_fork(self) -> None:
         self.worker = None

@@ -10,6 +10,7 @@ this file; edit batched_async.py and run ``python tests/helpers/unasync.py``.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, List, Sequence
 
 from .._errors import BackendError
@@ -57,7 +58,7 @@ class BatchedRedisBackend(BatchedCommon):
         if left >= 0:
             if left <= self._low_cap:
                 self._low(key, left)
-            return LimitResult(True, left, 0.0, 0.0, self._capacity)  # book.hit, inlined
+            return self.book.hit(key, left)
         return self._miss(key, cost)
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
@@ -66,6 +67,11 @@ class BatchedRedisBackend(BatchedCommon):
     def usage(self, key: str) -> int:
         """Tokens in use in Redis (leased ones count as in use)."""
         return self.redis.usage(key)
+
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What a take of ``cost`` would answer from Redis now, without
+        taking (tokens leased here count as taken)."""
+        return self.redis.peek(key, cost)
 
     def reset(self, key: str) -> None:
         self.redis.reset(key)
@@ -85,18 +91,28 @@ class BatchedRedisBackend(BatchedCommon):
         if denial is not None:
             return denial
         lease = book.lease(key)
+        failed = lease.failed
         with lease.lock:
             left = self._spend(key, cost)  # a refill may have landed meanwhile
             if left >= 0:
-                return book.hit(left)
+                return book.hit(key, left)
+            if lease.failed != failed:  # the reservation we waited for failed: so do we, at once
+                raise lease.shared_failure()
             reply = self._reserve(key, lease, cost)
             return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
 
     def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
         """One reservation, with the key's lease lock held."""
+        needed = self.book.needed(key, cost)
         n = self.book.size(lease, self.book.table.held(key), cost)
-        reply = self.redis.reserve_tokens(key, n)
-        spill = self.book.granted(key, lease, n, reply)
+        sent = self.book.now()
+        try:
+            reply = self.redis.reserve_tokens(key, n, needed)
+        except BackendError as exc:
+            lease.failed += 1
+            lease.error = exc
+            raise
+        spill = self.book.granted(key, lease, n, needed, reply, sent)
         self._low_cap = self.book.low_cap
         if spill:
             self._release(key, spill, (reply.now_us, reply.ahead_ticks))
@@ -127,12 +143,24 @@ class BatchedRedisBackend(BatchedCommon):
     # --- shutdown -----------------------------------------------------------
 
     def close(self) -> None:
-        """Gives every unused leased token back to Redis and closes."""
+        """Gives every unused leased token back to Redis, for at most
+        ``close_timeout`` seconds (plus one ``timeout``), and closes."""
         if self._closed:
             return
         self._closed = True
-        self._refiller.stop()
-        for key, n, reservation in self.book.everything():
-            self._release(key, n, reservation)
+        deadline = self.close_deadline()
+        self._refiller.stop(deadline)
+        returns = self.book.everything()
+        for i, (key, n, (us, ahead)) in enumerate(returns):
+            if time.monotonic() >= deadline:
+                self.abandon(returns[i:])
+                break
+            try:
+                self.returned(self.redis.release_tokens(key, n, us, ahead))
+            except BackendError as exc:
+                if self.hopeless(exc):
+                    self.abandon(returns[i:])
+                    break
+                self.book.counts["dropped_tokens"] += n
         self.redis.close()
         self.book.table.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis
@@ -17,6 +18,18 @@ from ._redis_common import Call, RedisCommon, Reserved, boundary
 from ._redis_scripts import malformed
 
 __all__ = ["RedisBackend"]
+
+class ClosedByServer(rex.ConnectionError):
+    """The server closed a connection we held (a restart, CLIENT KILL, an
+    idle timeout): nothing about the server's health, so a check that met
+    it on a reused connection tries once more on a fresh one."""
+
+
+def _stale(exc: BaseException) -> bool:
+    """A reused connection that the server had closed, as opposed to a
+    timeout (a hung server: one deadline per check, no second try)."""
+    return isinstance(exc, (ClosedByServer, ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+
 
 class _Wire:
     """One connection of ours, taken from a redis-py pool with
@@ -56,7 +69,7 @@ class _Wire:
         while reply is False:
             data = self.sock.recv(65536)
             if not data:
-                raise rex.ConnectionError("Redis closed the connection")
+                raise ClosedByServer("Redis closed the connection")
             reader.feed(data)
             reply = reader.gets()
         return reply
@@ -105,11 +118,14 @@ class RedisBackend(RedisCommon):
 
     def _one(self, packed: bytes) -> Any:
         """The hot path: one pre-packed command on an idle wire, one reply."""
+        reused = bool(self._idle)
         wire = self._wire()
         try:
             reply = wire.exchange(packed)
         except BaseException as exc:
-            self._discard(wire, exc)
+            self._discard(wire, exc)  # closes the idle ones too: the retry opens a fresh wire
+            if reused and _stale(exc):
+                return self._one(packed)
             raise
         self._idle.append(wire)
         if isinstance(reply, Exception):
@@ -117,11 +133,14 @@ class RedisBackend(RedisCommon):
         return reply
 
     def _send(self, packed: bytes, count: int) -> List[Any]:
+        reused = bool(self._idle)
         wire = self._wire()
         try:
             replies = [wire.exchange(packed)] + [wire.exchange(b"") for _ in range(count - 1)]
         except BaseException as exc:
             self._discard(wire, exc)
+            if reused and _stale(exc):
+                return self._send(packed, count)
             raise
         self._idle.append(wire)
         return replies
@@ -177,16 +196,37 @@ class RedisBackend(RedisCommon):
         node = self.primary(slot)
         if node is not None:
             wire = None
+            reused = bool(self._nodes.get(node.name))
             try:
                 wire = self._node_wire(node)
                 reply = wire.exchange(packed)
-            except (OSError, rex.ConnectionError, rex.TimeoutError):
+            except (OSError, rex.ConnectionError, rex.TimeoutError) as exc:
+                # One deadline per check: no second try (it would find the
+                # same dead or hung primary until a failover is mapped),
+                # except on a fresh wire when the node had closed a reused one.
                 self._drop_node(node.name, wire)
-            else:
-                self._nodes.setdefault(node.name, []).append(wire)
-                if self.routed_reply(reply):
-                    return reply
+                if reused and _stale(exc):
+                    return self._route_one(packed, slot, key, cost)
+                self._remap()
+                raise
+            self._nodes.setdefault(node.name, []).append(wire)
+            if self.routed_reply(reply):
+                return reply
         return self._via_client([self.take_call(key, cost)])[0]
+
+    def _remap(self) -> None:
+        """Refreshes the cluster client's slot map in a thread, so the next
+        check (the breaker's probe) finds a promoted replica."""
+        if self.remap_due():
+            threading.Thread(target=self._remap_now, name="guardian-cluster-map", daemon=True).start()
+
+    def _remap_now(self) -> None:
+        try:
+            self.client.nodes_manager.initialize()
+        except Exception:  # no node answers: the next failed check tries again
+            pass
+        finally:
+            self._remapping = False
 
     def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
         """Many calls: every node's calls are written before any reply is
@@ -194,34 +234,58 @@ class RedisBackend(RedisCommon):
         go through redis-py's cluster client (which follows MOVED/ASK and
         failovers and refreshes the slot map both paths read)."""
         by_node, again = self.route(slots)
-        packer = self.packer
         replies: List[Any] = [None] * len(calls)
-        sent = []
-        for name, (node, positions) in by_node.items():
-            wire = None
-            try:
-                wire = self._node_wire(node)
-                wire.sock.sendall(b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions))
-            except (OSError, rex.ConnectionError, rex.TimeoutError):
-                self._drop_node(name, wire)
-                again.extend(positions)
+        failed: Optional[BaseException] = None
+        stale = []
+        for name, node, positions, exc, reused in self._routed_round(calls, by_node, replies):
+            if reused and _stale(exc):
+                stale.append((name, (node, positions)))
             else:
-                sent.append((name, wire, positions))
-        for name, wire, positions in sent:
-            n = 0
-            try:
-                for n, i in enumerate(positions):
-                    replies[i] = wire.exchange(b"")
-            except (OSError, rex.ConnectionError, rex.TimeoutError):
-                self._drop_node(name, wire)
-                again.extend(positions[n:])
-            else:
-                self._nodes.setdefault(name, []).append(wire)
+                failed = exc
+        # Once more, on fresh wires, for nodes that had closed a reused one.
+        # A call whose reply was lost may run twice: that takes tokens twice
+        # (under-admits), never admits more than the bucket.
+        if stale and failed is None:
+            for name, node, positions, exc, _ in self._routed_round(calls, dict(stale), replies):
+                failed = exc
+        if failed is not None:  # one deadline: the calls are not retried (see _route_one)
+            self._remap()
+            raise failed
         again = self.retries(replies, again)
         if again:
             for i, reply in zip(again, self._via_client([calls[i] for i in again])):
                 replies[i] = reply
         return replies
+
+    def _routed_round(self, calls: Sequence[Call], by_node: Dict[str, Any],
+                      replies: List[Any]) -> List[Tuple[str, Any, List[int], BaseException, bool]]:
+        """Writes every node's calls, then reads their replies into
+        ``replies``; returns the nodes that failed, with the error and
+        whether their wire was a reused one."""
+        packer = self.packer
+        sent = []
+        failures: List[Tuple[str, Any, List[int], BaseException, bool]] = []
+        for name, (node, positions) in by_node.items():
+            wire = None
+            reused = bool(self._nodes.get(name))
+            try:
+                wire = self._node_wire(node)
+                wire.sock.sendall(b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions))
+            except (OSError, rex.ConnectionError, rex.TimeoutError) as exc:
+                self._drop_node(name, wire)
+                failures.append((name, node, positions, exc, reused))
+            else:
+                sent.append((name, node, wire, positions, reused))
+        for name, node, wire, positions, reused in sent:
+            try:
+                for i in positions:
+                    replies[i] = wire.exchange(b"")
+            except (OSError, rex.ConnectionError, rex.TimeoutError) as exc:
+                self._drop_node(name, wire)
+                failures.append((name, node, positions, exc, reused))
+            else:
+                self._nodes.setdefault(name, []).append(wire)
+        return failures
 
     def _run(self, calls: List[Call], packed: bytes, slots: Optional[Sequence[int]] = None) -> List[Any]:
         with boundary:
@@ -269,10 +333,18 @@ class RedisBackend(RedisCommon):
     def reset(self, key: str) -> None:
         self._run(*self.plan_call("reset", key))
 
-    def reserve_tokens(self, key: str, tokens: int) -> Reserved:
-        """Takes up to ``tokens`` from the bucket, as many as it holds, for
-        a lease (reserve.lua's reply: see Reserved)."""
-        reply = self._run(*self.plan_reserve(key, tokens))[0]
+    def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """What ``take(key, cost)`` would answer now, without taking;
+        ``cost=0`` reads the bucket as it is."""
+        reply = self._run(*self.plan_peek(key, cost))[0]
+        with boundary:
+            return self.layout.peeked(reply)
+
+    def reserve_tokens(self, key: str, tokens: int, needed: int = 1) -> Reserved:
+        """Takes up to ``tokens`` from the bucket, as many as it holds but
+        none unless ``needed`` fit, for a lease (reserve.lua's reply: see
+        Reserved; a refusal's retry is for ``needed``)."""
+        reply = self._run(*self.plan_reserve(key, tokens, needed))[0]
         with boundary:
             return self.layout.reserved(reply)
 

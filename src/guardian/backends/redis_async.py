@@ -247,11 +247,27 @@ class AsyncRedisBackend(RedisCommon):
             try:
                 reply = await self._pool_of(node).request(packed)
             except _NETWORK:
-                pass
-            else:
-                if self.routed_reply(reply):
-                    return reply
+                self._remap()
+                raise
+            if self.routed_reply(reply):
+                return reply
         return (await self._via_client([self.take_call(key, cost)]))[0]
+
+    def _remap(self) -> None:
+        """Like RedisBackend._remap, in a task."""
+        if self.remap_due():
+            task = asyncio.get_running_loop().create_task(self._remap_now())
+            self._remap_task = task  # a reference, so the task is not collected mid-way
+
+    _remap_task: "Optional[asyncio.Task[None]]" = None
+
+    async def _remap_now(self) -> None:
+        try:
+            await self.client.nodes_manager.initialize()
+        except Exception:  # no node answers: the next failed check tries again
+            pass
+        finally:
+            self._remapping = False
 
     async def _routed(self, calls: Sequence[Call], slots: Sequence[int]) -> List[Any]:
         """Like RedisBackend._routed: the nodes' requests run concurrently."""
@@ -264,14 +280,18 @@ class AsyncRedisBackend(RedisCommon):
                 b"".join(packer.command(calls[i][0], calls[i][1], *calls[i][2]) for i in positions),
                 len(positions))
             for node, positions in groups), return_exceptions=True)
+        failed: Optional[BaseException] = None
         for (node, positions), answer in zip(groups, answers):
             if isinstance(answer, _NETWORK):
-                again.extend(positions)
+                failed = answer
             elif isinstance(answer, BaseException):
                 raise answer
             else:
                 for i, reply in zip(positions, answer):
                     replies[i] = reply
+        if failed is not None:  # one deadline: the calls are not retried
+            self._remap()
+            raise failed
         again = self.retries(replies, again)
         if again:
             for i, reply in zip(again, await self._via_client([calls[i] for i in again])):
@@ -359,9 +379,15 @@ class AsyncRedisBackend(RedisCommon):
     async def reset(self, key: str) -> None:
         await self._run(*self.plan_call("reset", key))
 
-    async def reserve_tokens(self, key: str, tokens: int) -> Reserved:
+    async def peek(self, key: str, cost: int = 1) -> LimitResult:
+        """Like RedisBackend.peek."""
+        reply = (await self._run(*self.plan_peek(key, cost)))[0]
+        with boundary:
+            return self.layout.peeked(reply)
+
+    async def reserve_tokens(self, key: str, tokens: int, needed: int = 1) -> Reserved:
         """Like RedisBackend.reserve_tokens."""
-        reply = (await self._run(*self.plan_reserve(key, tokens)))[0]
+        reply = (await self._run(*self.plan_reserve(key, tokens, needed)))[0]
         with boundary:
             return self.layout.reserved(reply)
 

@@ -41,19 +41,22 @@ def client_for_url(
 ) -> Any:
     """A client of ``lib`` (the ``redis`` or the ``redis.asyncio`` module)
     for ``url`` with short timeouts; ``options`` go to the client. Nothing
-    is connected yet. Standalone and Sentinel clients get no retries: a
-    failed call is reported at once and the limiter's breaker decides.
-    Cluster keeps redis-py's retries, which follow MOVED/ASK and failovers."""
+    is connected yet (except by redis-py's sync cluster client, which
+    reads the slot map at once). No client retries: a failed call is
+    reported at once and the limiter's breaker decides; the same timeouts
+    and no retries hold for the connections to Sentinels, and for the
+    cluster client (which still follows MOVED and ASK redirections: they
+    are answers, not failures)."""
     options = {**check_timeouts(connect_timeout, timeout), **options}
     if not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, got {url!r}")
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigurationError(f"not a Redis URL: {url!r}")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return lib.RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
     retry = import_module(lib.__name__ + ".retry").Retry  # redis.asyncio has its own
     options.setdefault("retry", retry(NoBackoff(), 0))
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return lib.RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
     if scheme == "redis+sentinel":
         parts = urlsplit(url)
         path = [p for p in parts.path.split("/") if p]
@@ -65,8 +68,8 @@ def client_for_url(
             options.setdefault("db", int(path[1]))
         sentinel = lib.Sentinel(
             _hosts(parts.netloc, 26379),
-            sentinel_kwargs=check_timeouts(connect_timeout, timeout),
-            **check_timeouts(connect_timeout, timeout),
+            sentinel_kwargs={**check_timeouts(connect_timeout, timeout), "retry": retry(NoBackoff(), 0)},
+            **check_timeouts(connect_timeout, timeout), retry=retry(NoBackoff(), 0),
         )
         return sentinel.master_for(path[0], **options)
     if scheme not in ("redis", "rediss", "unix"):

@@ -15,14 +15,11 @@ import os
 import signal
 import sys
 
-from .config import ServeOptions, add_arguments, options_from_args
+from typing import List, Tuple
+
+from .config import DIR_ENV, RUN_ENV, WORKER_ENV, OptionsError, ServeOptions, add_arguments, options_from_args
 
 __all__ = ["serve", "add_arguments", "ServeOptions", "options_from_args"]
-
-#: Set by the supervisor in the environment of each worker it starts.
-WORKER_ENV = "GUARDIAN_WORKER_INDEX"
-RUN_ENV = "GUARDIAN_RUN_ID"
-DIR_ENV = "GUARDIAN_RUN_DIR"
 
 
 def _logging(level: str) -> None:
@@ -32,13 +29,33 @@ def _logging(level: str) -> None:
     )
 
 
-def serve(args: argparse.Namespace) -> int:
-    """``guardian serve``: one server, or a supervisor of ``--workers`` servers."""
-    if WORKER_ENV in os.environ:
-        # SIGHUP's default action kills: a reload forwarded while this worker
-        # still starts must not (it reads the file when it starts anyway).
+def _early_signals(worker: bool) -> None:
+    """Signals that arrive before the event loop takes them over: SIGTERM
+    (and SIGINT in the single server) mark the server to drain as soon as it
+    serves, so a signal at startup still exits 0; a worker ignores SIGINT
+    (Ctrl-C reaches the whole group; the supervisor turns it into SIGTERM)
+    and SIGHUP (it reads the policy when it starts anyway)."""
+    from . import signals  # noqa: PLW0406 - guardian.server.signals
+
+    signal.signal(signal.SIGTERM, signals.note_stop)
+    if worker:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    opts = options_from_args(args)
+    else:
+        signal.signal(signal.SIGINT, signals.note_stop)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``guardian serve``: one server, or a supervisor of ``--workers`` servers.
+    Exit codes: 0 after a drain, 2 for a configuration error (options, policy,
+    ports), 1 when workers failed."""
+    worker = WORKER_ENV in os.environ
+    _early_signals(worker)  # before the slow imports: a stop during them still drains
+    try:
+        opts = options_from_args(args)
+    except OptionsError as exc:
+        print(f"guardian serve: {exc}", file=sys.stderr)
+        return 2
     _logging(opts.log_level)
     try:
         from .app import run_worker
@@ -46,11 +63,28 @@ def serve(args: argparse.Namespace) -> int:
         print(f"guardian serve needs the server extra (pip install 'guardian-ratelimit[server]'): {exc}",
               file=sys.stderr)
         return 2
-    if WORKER_ENV in os.environ:
+    if worker:
         return run_worker(opts, os.environ[RUN_ENV], int(os.environ[WORKER_ENV]), os.environ.get(DIR_ENV))
-    if opts.workers == 1:
-        return run_worker(opts)
-    from .workers import supervise
+    from .ports import PortBusy, claim_ports, release
 
-    argv = getattr(args, "argv", None)
-    return supervise(opts, sys.argv[1:] if argv is None else list(argv))
+    try:
+        locks = claim_ports(opts.bind, _ports(opts))
+    except PortBusy as exc:
+        logging.getLogger("guardian.server").error("guardian serve: %s", exc)
+        return 2
+    try:
+        if opts.workers == 1:
+            return run_worker(opts)
+        from .workers import supervise
+
+        argv = getattr(args, "argv", None)
+        return supervise(opts, sys.argv[1:] if argv is None else list(argv))
+    finally:
+        release(locks)
+
+
+def _ports(opts: ServeOptions) -> List[Tuple[int, str, str]]:
+    ports = [(opts.grpc_port, "gRPC", "--grpc-port")]
+    if opts.http_port:
+        ports.append((opts.http_port, "HTTP", "--http-port"))
+    return ports

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
+from .._region import DEFAULT_SLOTS, SLOT_BYTES
 from .._result import LimitResult
 from .config import ServeOptions
 from .metrics import LEASE_METRICS
@@ -27,6 +28,11 @@ from .metrics import LEASE_METRICS
 __all__ = ["Bucket", "Buckets", "shared_table_prefix", "redis_prefix"]
 
 log = logging.getLogger("guardian.server")
+
+Ident = Tuple[str, int, int, int]
+
+#: Slots of a small table (256 KiB; 8,192 keys at the core's load of 1/2).
+SMALL_SLOTS = 1 << 14
 
 
 def shared_table_prefix(run_id: str) -> str:
@@ -53,7 +59,9 @@ class Bucket:
         self.config: TokenBucketConfig = backend.config
         self.capacity = self.config.capacity
         self.backend = backend
-        self.local = not backend.can_fail
+        # in-process tables answer without awaiting (a shared table may be
+        # can_fail for a stuck lock, still no I/O to await)
+        self.local = isinstance(backend, MemoryBackend)
         self.fast = backend.take if self.local else None
         self.limiter: Optional[AsyncRateLimiter] = (
             None if self.local else AsyncRateLimiter(backend, fail_open=fail_open)
@@ -66,11 +74,15 @@ class Bucket:
         assert self.limiter is not None
         return await self.limiter.check_limit(key, cost)
 
-    async def take_many(self, keys: Sequence[str], cost: int) -> List[LimitResult]:
+    async def peek(self, key: str) -> Tuple[int, float]:
+        """(remaining, seconds until full) without taking. In memory the
+        cores answer it (the reset moves with time); over Redis, until the
+        backends expose peek.lua, it is derived from the usage in whole tokens."""
         if self.limiter is None:
-            results: List[LimitResult] = self.backend.take_many(keys, cost)
-            return results
-        return await self.limiter.check_many(keys, cost)
+            r = self.backend.peek(key, 0)
+            return r.remaining, r.reset_after
+        used = await self.limiter.get_usage(key)
+        return self.capacity - used, used * self.config.emission_interval
 
     async def usage(self, key: str) -> int:
         if self.limiter is None:
@@ -98,14 +110,43 @@ class Buckets:
 
             self.redis_client = client_for_url(redis.asyncio, opts.redis_url)
 
-    def get(self, namespace: str, config: TokenBucketConfig) -> Bucket:
-        ident = (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
+    @staticmethod
+    def ident(namespace: str, config: TokenBucketConfig) -> Ident:
+        return (namespace, config.capacity, config.emission_ticks, config.ticks_per_ns)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.redis_client is None
+
+    def table_bytes(self) -> int:
+        """The memory of one (not small) table."""
+        return (self.opts.slots or DEFAULT_SLOTS) * SLOT_BYTES
+
+    def build(self, namespace: str, config: TokenBucketConfig) -> Bucket:
+        """The bucket ``get`` would return, built without registering it
+        (safe off the event loop; ``adopt`` it on the loop)."""
+        ident = self.ident(namespace, config)
+        return self._by_config.get(ident) or Bucket(self._backend(ident, config, self.opts.slots),
+                                                    self.opts.fail_open)
+
+    def adopt(self, buckets: Dict[Ident, Bucket]) -> None:
+        """Registers built buckets (a table built twice keeps the first)."""
+        for ident, bucket in buckets.items():
+            kept = self._by_config.setdefault(ident, bucket)
+            if kept is not bucket:
+                bucket.backend.close()
+
+    def get(self, namespace: str, config: TokenBucketConfig, small: bool = False) -> Bucket:
+        """The bucket of ``config`` in ``namespace``; ``small``: a table of
+        SMALL_SLOTS slots in memory (a full one denies new keys; never grows)."""
+        ident = self.ident(namespace, config)
         bucket = self._by_config.get(ident)
         if bucket is None:
-            bucket = self._by_config[ident] = Bucket(self._backend(ident, config), self.opts.fail_open)
+            backend = self._backend(ident, config, SMALL_SLOTS if small else self.opts.slots)
+            bucket = self._by_config[ident] = Bucket(backend, self.opts.fail_open)
         return bucket
 
-    def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig) -> Any:
+    def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig, slots: Optional[int]) -> Any:
         if self.redis_client is not None:
             prefix = redis_prefix(ident[0], config)
             if self.opts.batched:
@@ -117,12 +158,19 @@ class Buckets:
             return AsyncRedisBackend(config, client=self.redis_client, prefix=prefix)
         tag = _tag(ident[0], config)
         if self.run_id is not None:
-            return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=self.opts.slots)
-        return MemoryBackend(config, slots=self.opts.slots)
+            return MemoryBackend(config, shared=shared_table_prefix(self.run_id) + tag, slots=slots)
+        return MemoryBackend(config, slots=slots)
 
-    @property
-    def all(self) -> List[Bucket]:
-        return list(self._by_config.values())
+    def prune(self, keep: Set[Ident]) -> List[Tuple[Ident, Bucket]]:
+        """Forgets the policy's memory tables (guardian.v1 limits, Envoy rules;
+        not overrides) a new policy no longer uses, so reloads cannot grow
+        memory; returns them to be closed. Redis buckets stay: they hold no
+        memory, and a call may be awaiting one."""
+        gone = [(i, b) for i, b in self._by_config.items()
+                if b.local and i not in keep and (i[0] == "rls" or i[0].startswith("v1:"))]
+        for ident, bucket in gone:
+            del self._by_config[ident]
+        return gone
 
     def core_counts(self) -> Iterator[Tuple[str, int, int]]:
         """(limit name, allowed, denied) of each guardian.v1 limit's memory

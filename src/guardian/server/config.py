@@ -9,7 +9,20 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 
-__all__ = ["ServeOptions", "add_arguments", "options_from_args"]
+__all__ = ["ServeOptions", "OptionsError", "add_arguments", "options_from_args", "WORKER_ENV", "RUN_ENV",
+           "DIR_ENV", "REDIS_SCHEMES", "redact"]
+
+#: The URL schemes --redis-url understands.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
+class OptionsError(ValueError):
+    """Options that cannot work together or are out of range (exit 2, one line)."""
+
+#: Set by the supervisor in the environment of each worker it starts.
+WORKER_ENV = "GUARDIAN_WORKER_INDEX"
+RUN_ENV = "GUARDIAN_RUN_ID"
+DIR_ENV = "GUARDIAN_RUN_DIR"
 
 FailPolicy = Union[bool, str]
 
@@ -24,11 +37,14 @@ ENV = {
     "workers": "GUARDIAN_WORKERS",
     "uds": "GUARDIAN_UDS",
     "admin_token": "GUARDIAN_ADMIN_TOKEN",
+    "admin_token_file": "GUARDIAN_ADMIN_TOKEN_FILE",
     "log_level": "GUARDIAN_LOG_LEVEL",
     "slots": "GUARDIAN_SLOTS",
     "response_headers": "GUARDIAN_RESPONSE_HEADERS",
     "grace": "GUARDIAN_GRACE",
     "batched": "GUARDIAN_BATCHED",
+    "response_dynamic_metadata": "GUARDIAN_RESPONSE_DYNAMIC_METADATA",
+    "max_table_memory": "GUARDIAN_MAX_TABLE_MEMORY",
 }
 
 
@@ -45,6 +61,8 @@ class ServeOptions:
     workers: int = 1
     uds: Optional[str] = None
     admin_token: Optional[str] = None
+    #: A file holding the admin token (read at start; not visible in ps like --admin-token).
+    admin_token_file: Optional[str] = None
     log_level: str = "INFO"
     #: Slots per in-memory table (None: the core's default).
     slots: Optional[int] = None
@@ -54,6 +72,10 @@ class ServeOptions:
     grace: float = 3.0
     #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
     batched: bool = False
+    #: MiB the policy's in-memory tables may take together (one table per distinct limit).
+    max_table_memory: int = 256
+    #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
+    response_dynamic_metadata: bool = False
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -74,11 +96,12 @@ def _flag(text: str) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--bind", help="address to listen on (default 127.0.0.1; env GUARDIAN_BIND)")
-    a("--grpc-port", type=int, help="gRPC port (default 50051; env GUARDIAN_GRPC_PORT)")
-    a("--http-port", type=int, help="HTTP port for /metrics, /health, /ready; 0: none "
+    a("--grpc-port", type=_port, help="gRPC port, 1-65535 (default 50051; env GUARDIAN_GRPC_PORT)")
+    a("--http-port", type=_port, help="HTTP port for /metrics, /health, /ready; 0: none "
                                     "(default 9090; env GUARDIAN_HTTP_PORT)")
     a("--config", help="policy file or directory of *.yaml (envoyproxy/ratelimit format plus "
-                       "guardian's named limits; env GUARDIAN_CONFIG)")
+                       "guardian's named limits; env GUARDIAN_CONFIG); without it guardian.v1 serves one "
+                       "limit, 'default': a burst of 100, then 10 per second per key")
     a("--redis-url", help="keep buckets in Redis (redis://, rediss://, redis+sentinel://, "
                           "redis+cluster://; env REDIS_URL); default: the embedded memory backend")
     g = p.add_mutually_exclusive_group()
@@ -91,9 +114,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--workers", type=int, help="processes serving the same ports (SO_REUSEPORT), sharing one "
                                   "shared-memory table or one Redis (default 1; env GUARDIAN_WORKERS)")
     a("--uds", help="also listen on this Unix socket (the first worker; env GUARDIAN_UDS)")
-    a("--admin-token", help="ResetLimit needs 'authorization: Bearer TOKEN' (env GUARDIAN_ADMIN_TOKEN)")
+    a("--admin-token-file", help="file holding the token ResetLimit needs as 'authorization: Bearer TOKEN' "
+                                 "(env GUARDIAN_ADMIN_TOKEN_FILE); without a token ResetLimit is open")
+    a("--admin-token", help="the token itself (env GUARDIAN_ADMIN_TOKEN); prefer --admin-token-file: "
+                            "a command line is visible to every user in ps")
     a("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO; env GUARDIAN_LOG_LEVEL)")
-    a("--slots", type=int, help="slots per in-memory table (env GUARDIAN_SLOTS)")
+    a("--slots", type=int, help="slots per in-memory table, 16 bytes each (default 131072: 2 MiB; "
+                                "env GUARDIAN_SLOTS)")
+    a("--max-table-memory", type=int, help="MiB all in-memory tables of the policy may take; each distinct "
+                                           "limit is one table; a policy that needs more is refused "
+                                           "(default 256; env GUARDIAN_MAX_TABLE_MEMORY)")
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--response-headers", dest="response_headers", action="store_const", const=True,
                     help="send RateLimit-Limit/-Remaining/-Reset to Envoy (env GUARDIAN_RESPONSE_HEADERS)")
@@ -104,16 +134,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="with --redis-url: reserve tokens from Redis in leases and answer checks from "
                          "them locally; unused tokens go back at exit (env GUARDIAN_BATCHED)")
     g3.add_argument("--no-batched", dest="batched", action="store_const", const=False)
+    g4 = p.add_mutually_exclusive_group()
+    g4.add_argument("--response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
+                    const=True, help="send the request and the passed rules' metadata to Envoy as "
+                                     "dynamic_metadata (env GUARDIAN_RESPONSE_DYNAMIC_METADATA)")
+    g4.add_argument("--no-response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
+                    const=False)
+
+
+def _port(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
 
 
 _CONVERT = {
-    "grpc_port": int, "http_port": int, "workers": int, "slots": int, "grace": float,
+    "grpc_port": _port, "http_port": _port, "workers": int, "slots": int, "max_table_memory": int, "grace": float,
     "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
+    "response_dynamic_metadata": _flag,
 }
 
 
 def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> ServeOptions:
-    """Flags, then the environment, then the defaults."""
+    """Flags, then the environment, then the defaults. Raises OptionsError."""
     env = os.environ if environ is None else environ
     opts = ServeOptions()
     for dest, var in ENV.items():
@@ -123,14 +167,51 @@ def options_from_args(args: argparse.Namespace, environ: Optional[Mapping[str, s
             try:
                 value = _CONVERT.get(dest, str)(raw)  # type: ignore[operator]
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"guardian serve: bad {var}={raw!r}: {exc}") from exc
+                raise OptionsError(f"bad {var}={raw!r}: {exc}") from exc
         if value is not None:
             setattr(opts, dest, value)
-    if opts.workers < 1:
-        raise SystemExit("guardian serve: --workers must be at least 1")
-    if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise SystemExit(f"guardian serve: unknown log level {opts.log_level!r}")
-    opts.log_level = opts.log_level.upper()
-    if opts.batched and not opts.redis_url:
-        raise SystemExit("guardian serve: --batched needs --redis-url (leases are reserved from Redis)")
+    _check(opts)
     return opts
+
+
+def _check(opts: ServeOptions) -> None:
+    if not 1 <= opts.grpc_port <= 65535:
+        raise OptionsError(f"--grpc-port must be 1-65535, got {opts.grpc_port}")
+    if not 0 <= opts.http_port <= 65535:
+        raise OptionsError(f"--http-port must be 1-65535 (0: no HTTP port), got {opts.http_port}")
+    if opts.workers < 1:
+        raise OptionsError("--workers must be at least 1")
+    if opts.slots is not None and opts.slots < 1:
+        raise OptionsError("--slots must be at least 1")
+    if opts.max_table_memory < 1:
+        raise OptionsError("--max-table-memory must be at least 1 (MiB)")
+    if opts.grace < 0:
+        raise OptionsError("--grace must be at least 0")
+    if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise OptionsError(f"unknown log level {opts.log_level!r}")
+    opts.log_level = opts.log_level.upper()
+    if opts.redis_url is not None:
+        scheme, sep, _ = opts.redis_url.partition("://")
+        if not sep or scheme.lower() not in REDIS_SCHEMES:
+            raise OptionsError(f"--redis-url must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+                               f", got {redact(opts.redis_url)!r}")
+    if opts.batched and not opts.redis_url:
+        raise OptionsError("--batched needs --redis-url (leases are reserved from Redis)")
+    if opts.admin_token_file:
+        if opts.admin_token:
+            raise OptionsError("use --admin-token-file or --admin-token, not both")
+        try:
+            with open(opts.admin_token_file, encoding="utf-8") as f:
+                opts.admin_token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptionsError(f"cannot read --admin-token-file {opts.admin_token_file}: {exc}") from exc
+        if not opts.admin_token:
+            raise OptionsError(f"--admin-token-file {opts.admin_token_file} is empty")
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest

@@ -29,7 +29,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS"]
+__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS", "MAX_SERIES",
+           "OVERFLOW_LIMIT"]
+
+#: (limit, result) series one worker keeps, at most; the rest count under OVERFLOW_LIMIT.
+MAX_SERIES = 10_000
+OVERFLOW_LIMIT = "_other"
 
 #: Upper bounds (seconds) of guardian_latency_seconds; +Inf is implied.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -54,7 +59,12 @@ class Stats:
 
     def count(self, limit: str, result: str, n: int = 1) -> None:
         key = (limit, result)
-        self.requests[key] = self.requests.get(key, 0) + n
+        requests = self.requests
+        if key not in requests and len(requests) >= MAX_SERIES:
+            # detailed_metric / value_to_metric name a series per request value:
+            # past the cap, new names share one, so a client cannot grow memory.
+            key = (OVERFLOW_LIMIT, result)
+        requests[key] = requests.get(key, 0) + n
 
     def observe(self, operation: str, seconds: float) -> None:
         h = self.latency.get(operation)
@@ -142,7 +152,7 @@ LEASE_METRICS = {
 }
 
 #: How gauges of several workers combine.
-_GAUGE_FOLD = {"backend_up": min, "breaker_open": max}
+_GAUGE_FOLD = {"backend_up": min, "breaker_open": max, "backend_config_error": max}
 
 
 def merge(snaps: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -204,6 +214,9 @@ class GuardianCollector(Collector):
                                   value=g.get("policy_decisions", 0.0))
         yield GaugeMetricFamily("guardian_backend_up", "1 while the backend answers (always 1 in memory).",
                                 value=g.get("backend_up", 1.0))
+        yield GaugeMetricFamily("guardian_backend_config_error",
+                                "1 while the backend refuses our credentials or ACL (a configuration error).",
+                                value=g.get("backend_config_error", 0.0))
         yield GaugeMetricFamily("guardian_breaker_open",
                                 "1 while a circuit breaker keeps checks off the backend.",
                                 value=g.get("breaker_open", 0.0))

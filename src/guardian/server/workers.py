@@ -8,7 +8,10 @@ after the run id) or the same Redis, so a limit is one limit across them.
 The supervisor forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that
 dies (with a pause if it dies at once), and at exit removes the run's
 shared tables and run directory. It exits 0 after a SIGTERM when every
-worker exited 0.
+worker it stopped exited 0 (or of that SIGTERM); a worker that had died
+just before is logged, not counted. A worker that exits 2 (a configuration error: a bad
+policy, a port it cannot bind) is not restarted: the supervisor stops the
+others and exits 2, since a restart would meet the same error.
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .. import MemoryBackend
 from .buckets import shared_table_prefix
-from .config import ServeOptions
+from .config import DIR_ENV, RUN_ENV, WORKER_ENV, ServeOptions
 
-__all__ = ["supervise"]
+__all__ = ["supervise", "Supervisor", "CONFIG_ERROR"]
 
 log = logging.getLogger("guardian.server")
 
@@ -36,6 +39,11 @@ log = logging.getLogger("guardian.server")
 _FAST_DEATH = 2.0
 #: Workers still alive this long after SIGTERM's grace are killed.
 _KILL_MARGIN = 1.0
+#: The exit code of a worker (and of the command) that met a configuration error.
+CONFIG_ERROR = 2
+
+if TYPE_CHECKING:
+    Popen = subprocess.Popen[bytes]
 
 
 def _remove_tables(run_id: str) -> None:
@@ -48,80 +56,125 @@ def _remove_tables(run_id: str) -> None:
         MemoryBackend.unlink(n[len("guardian."):])
 
 
-def supervise(opts: ServeOptions, argv: List[str]) -> int:
-    from . import DIR_ENV, RUN_ENV, WORKER_ENV
+class Supervisor:
+    """Starts, watches, restarts and stops the workers of one run."""
 
-    run_id = uuid.uuid4().hex[:10]
-    run_dir = tempfile.mkdtemp(prefix=f"guardian-{run_id}-")
-    stopping: List[int] = []
-    hup: List[int] = []
+    def __init__(self, opts: ServeOptions, argv: List[str], run_id: Optional[str] = None) -> None:
+        self.opts = opts
+        self.argv = argv
+        self.run_id = run_id or uuid.uuid4().hex[:10]
+        self.run_dir = tempfile.mkdtemp(prefix=f"guardian-{self.run_id}-")
+        self.stopping: List[int] = []
+        self.hup: List[int] = []
+        self.procs: "Dict[int, Popen]" = {}
+        self.started: Dict[int, float] = {}
+        self.restart_at: Dict[int, float] = {}
+        #: Exit codes of workers that will not be restarted.
+        self.codes: Dict[int, Optional[int]] = {}
+        self.config_error = False
 
-    def on_signal(signum: int, _frame: object) -> None:
-        (hup if signum == signal.SIGHUP else stopping).append(signum)
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        (self.hup if signum == signal.SIGHUP else self.stopping).append(signum)
 
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, on_signal)
+    def _start(self, index: int) -> None:
+        env = dict(os.environ, **{WORKER_ENV: str(index), RUN_ENV: self.run_id, DIR_ENV: self.run_dir})
+        self.procs[index] = subprocess.Popen([sys.executable, "-m", "guardian", *self.argv], env=env)
+        self.started[index] = time.monotonic()
 
-    def start(index: int) -> "subprocess.Popen[bytes]":
-        env = dict(os.environ, **{WORKER_ENV: str(index), RUN_ENV: run_id, DIR_ENV: run_dir})
-        return subprocess.Popen([sys.executable, "-m", "guardian", *argv], env=env)
+    def run(self) -> int:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+        log.info("guardian supervisor (pid %d): starting %d workers, run %s",
+                 os.getpid(), self.opts.workers, self.run_id)
+        try:
+            for i in range(self.opts.workers):
+                self._start(i)
+            while not self.stopping:
+                self._forward_reload()
+                self._watch()
+                time.sleep(0.05)
+            self._stop_all()
+        finally:
+            self._cleanup()
+        return self._exit_code()
 
-    procs: Dict[int, "subprocess.Popen[bytes]"] = {}
-    started: Dict[int, float] = {}
-    restart_at: Dict[int, float] = {}
-    log.info("guardian supervisor (pid %d): starting %d workers, run %s", os.getpid(), opts.workers, run_id)
-    codes: Dict[int, Optional[int]] = {}
-    try:
-        for i in range(opts.workers):
-            procs[i], started[i] = start(i), time.monotonic()
-        while not stopping:
-            if hup:
-                hup.clear()
-                log.info("guardian supervisor: SIGHUP, workers reload the policy")
-                for p in procs.values():
-                    p.send_signal(signal.SIGHUP)
-            now = time.monotonic()
-            for i, p in list(procs.items()):
-                code = p.poll()
-                if code is None:
-                    continue
-                if code == 2 and now - started[i] < _FAST_DEATH:
-                    log.error("guardian supervisor: worker %d could not start (see above); stopping", i)
-                    stopping.append(signal.SIGTERM)
-                    codes[i] = code
-                    break
-                if i not in restart_at:
-                    fast = now - started[i] < _FAST_DEATH
-                    restart_at[i] = now + (1.0 if fast else 0.0)
-                    log.warning("guardian supervisor: worker %d (pid %d) exited with %s; restarting%s",
-                                i, p.pid, code, " in 1s" if fast else "")
-                if now >= restart_at[i]:
-                    del restart_at[i]
-                    procs[i], started[i] = start(i), now
-            time.sleep(0.05)
+    def _forward_reload(self) -> None:
+        if self.hup:
+            self.hup.clear()
+            log.info("guardian supervisor: SIGHUP, workers reload the policy")
+            for p in self.procs.values():
+                p.send_signal(signal.SIGHUP)
+
+    def _watch(self) -> None:
+        """Restarts workers that died; stops the run on a configuration error."""
+        now = time.monotonic()
+        for i, p in list(self.procs.items()):
+            code = p.poll()
+            if code is None:
+                continue
+            if self.stopping:  # a signal to the whole group reached this worker first
+                return
+            if code == CONFIG_ERROR:
+                log.error("guardian supervisor: worker %d stopped on a configuration error (see above); "
+                          "not restarting it, stopping", i)
+                self.codes[i] = code
+                self.config_error = True
+                self.stopping.append(signal.SIGTERM)
+                return
+            self._schedule_restart(i, p, code, now)
+
+    def _schedule_restart(self, i: int, p: "Popen", code: int, now: float) -> None:
+        if i not in self.restart_at:
+            fast = now - self.started[i] < _FAST_DEATH
+            self.restart_at[i] = now + (1.0 if fast else 0.0)
+            log.warning("guardian supervisor: worker %d (pid %d) exited with %s; restarting%s",
+                        i, p.pid, code, " in 1s" if fast else "")
+        if now >= self.restart_at[i]:
+            del self.restart_at[i]
+            self._start(i)
+
+    def _stop_all(self) -> None:
         log.info("guardian supervisor: %s, stopping %d workers",
-                 signal.Signals(stopping[0]).name, len(procs))
-        for p in procs.values():
+                 signal.Signals(self.stopping[0]).name, len(self.procs))
+        for i, p in self.procs.items():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + opts.grace + _KILL_MARGIN
-        for i, p in procs.items():
-            if i in codes:
+            elif i not in self.codes:
+                # Died before the stop (its replacement pending): nothing left
+                # to stop, not an error of the run (a pod must not end in
+                # Error for it).
+                log.warning("guardian supervisor: worker %d (pid %d) had exited with %s before the stop",
+                            i, p.pid, p.returncode)
+                self.codes[i] = 0
+        deadline = time.monotonic() + self.opts.grace + _KILL_MARGIN
+        for i, p in self.procs.items():
+            if i in self.codes:
                 continue
             try:
-                codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
+                self.codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
+                if self.codes[i] == -signal.SIGTERM:
+                    self.codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
-                codes[i] = p.wait()
-    finally:
-        for p in procs.values():
+                self.codes[i] = p.wait()
+
+    def _cleanup(self) -> None:
+        for p in self.procs.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        _remove_tables(run_id)
-        shutil.rmtree(run_dir, ignore_errors=True)
-    bad = {i: c for i, c in codes.items() if c != 0}
-    log.info("guardian supervisor (pid %d) stopped%s", os.getpid(),
-             f"; workers with errors: {bad}" if bad else "")
-    return 0 if not bad else 1
+        _remove_tables(self.run_id)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _exit_code(self) -> int:
+        bad = {i: c for i, c in self.codes.items() if c != 0}
+        log.info("guardian supervisor (pid %d) stopped%s", os.getpid(),
+                 f"; workers with errors: {bad}" if bad else "")
+        if self.config_error:
+            return CONFIG_ERROR
+        return 0 if not bad else 1
+
+
+def supervise(opts: ServeOptions, argv: List[str]) -> int:
+    return Supervisor(opts, argv).run()

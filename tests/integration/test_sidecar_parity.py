@@ -1,0 +1,229 @@
+"""envoyproxy/ratelimit parity beyond the README examples: behaviours its
+service tests (test/service/ratelimit_test.go) and server (health, /json)
+pin down, against a real `guardian serve`. The table in docs/sidecar.md
+maps each peer test to the test here."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Iterator, List, Optional, Tuple
+
+import grpc
+import pytest
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as rl
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.wrappers_pb2 import UInt64Value
+from grpc_health.v1 import health_pb2
+from sidecar import Sidecar, counter, write
+
+pytestmark = pytest.mark.grpc
+
+POLICY = """
+domain: quota
+descriptors:
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: plain
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: big
+    rate_limit: {unit: hour, requests_per_unit: 100}
+---
+domain: replace
+descriptors:
+  - key: a
+    rate_limit: {name: strict, unit: hour, requests_per_unit: 1}
+  - key: vip
+    rate_limit:
+      unlimited: true
+      replaces: [{name: strict}]
+---
+domain: shared
+descriptors:
+  - key: path
+    value: /api/*/v1
+    share_threshold: true
+    rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: each
+    value: x*y*z
+    rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: route
+    value_to_metric: true
+    rate_limit: {unit: hour, requests_per_unit: 50}
+---
+domain: meta
+descriptors:
+  - key: svc
+    rate_limit: {unit: hour, requests_per_unit: 1}
+    metadata: {name: service_1, nested: {a: 1}}
+  - key: other
+    rate_limit: {unit: hour, requests_per_unit: 5}
+    metadata: {name: service_2, nested: {b: 2}}
+---
+domain: reset
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 60}
+"""
+
+OK = rls_pb2.RateLimitResponse.OK
+OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
+Entries = List[Tuple[str, str]]
+
+
+def descriptor(entries: Entries, hits: Optional[int] = None, limit: Optional[Tuple[int, int]] = None) -> Any:
+    d = rl.RateLimitDescriptor(entries=[rl.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries])
+    if hits is not None:
+        d.hits_addend.CopyFrom(UInt64Value(value=hits))
+    if limit is not None:
+        d.limit.requests_per_unit, d.limit.unit = limit
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    tmp = tmp_path_factory.mktemp("parity")
+    s = Sidecar(tmp, "--config", write(tmp / "ratelimit.yaml", POLICY), "--response-headers",
+                "--response-dynamic-metadata").start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture
+def ask(server: Sidecar) -> Iterator[Any]:
+    channel = grpc.insecure_channel(server.target)
+    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+
+    def call(domain: str, *descriptors: Any, hits: int = 0) -> Any:
+        ds = [d if isinstance(d, rl.RateLimitDescriptor) else descriptor(d) for d in descriptors]
+        return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain=domain, descriptors=ds, hits_addend=hits),
+                                    timeout=5)
+
+    yield call
+    channel.close()
+
+
+def codes(r: Any) -> List[int]:
+    return [s.code for s in r.statuses]
+
+
+def test_quota_mode_alone_over_is_over_some_over_is_ok(ask: Any) -> None:
+    # TestServiceQuotaModeOnlySomeOverTheLimit / ...AllOverTheLimit / TestServicePerDescriptorQuotaMode
+    assert ask("quota", [("q1", "a")]).overall_code == OK
+    r = ask("quota", [("q1", "a")], [("q2", "a")])          # q1 over, q2 not
+    assert codes(r) == [OVER, OK] and r.overall_code == OK
+    r = ask("quota", [("q1", "a")], [("q2", "a")])          # both over
+    assert codes(r) == [OVER, OVER] and r.overall_code == OVER
+    # TestServiceMixedPerDescriptorModes: a plain rule over the limit decides
+    ask("quota", [("plain", "a")])
+    r = ask("quota", [("q1", "b")], [("plain", "a")])
+    assert codes(r) == [OK, OVER] and r.overall_code == OVER
+    # every quota descriptor over (one here) is OVER_LIMIT even beside a plain rule under its limit
+    r = ask("quota", [("q1", "a")], [("big", "a")])
+    assert codes(r) == [OVER, OK] and r.overall_code == OVER
+
+
+def test_unlimited_rule_replaces_still_drop_the_named_rule(ask: Any) -> None:
+    # constructLimitsToCheck: replaces are collected before an unlimited limit is dropped
+    assert ask("replace", [("a", "1")]).overall_code == OK
+    assert ask("replace", [("a", "1")]).overall_code == OVER
+    r = ask("replace", [("a", "1")], [("vip", "yes")])
+    assert r.overall_code == OK and codes(r) == [OK, OK]
+    assert not r.statuses[0].HasField("current_limit") and r.statuses[1].limit_remaining == 2**32 - 1
+
+
+def test_share_threshold_one_bucket_for_every_match(ask: Any, server: Sidecar) -> None:
+    r = [ask("shared", [("path", p)]) for p in ("/api/a/v1", "/api/b/v1", "/api/c/v1")]
+    assert [x.overall_code for x in r] == [OK, OK, OVER]     # 2/hour across all three values
+    # without share_threshold a wildcard match keeps a bucket per value (x*y*z: several *)
+    r = [ask("shared", [("each", v)]) for v in ("x1y1z", "x2y2z", "x3y3z")]
+    assert [x.overall_code for x in r] == [OK, OK, OK]
+    assert not ask("shared", [("each", "x-z")]).statuses[0].HasField("current_limit")  # no "y": no rule
+    ask("shared", [("route", "checkout")])
+    m = server.metrics()
+    assert counter(m, "guardian_requests_total", limit="shared.path_/api/*/v1", result="allowed") == 2
+    assert counter(m, "guardian_requests_total", limit="shared.each_x*y*z", result="allowed") == 3
+    assert counter(m, "guardian_requests_total", limit="shared.route_checkout", result="allowed") == 1
+
+
+def test_dynamic_metadata_of_passed_descriptors(ask: Any) -> None:
+    # TestMetadataReturnedForPassedDescriptors / ...AllPassed / TestOverlappingMetadataReturnsTheFirstValue
+    r = ask("meta", [("svc", "1")], [("other", "1")])
+    meta = MessageToDict(r.dynamic_metadata)
+    assert meta["domain"] == "meta"
+    assert meta["descriptors"] == [{"entries": ["svc=1"]}, {"entries": ["other=1"]}]
+    assert meta["metadata"] == {"name": "service_1", "nested": {"a": 1, "b": 2}}
+    r = ask("meta", [("svc", "1")], [("other", "1")])        # svc is over now: only other's metadata
+    assert MessageToDict(r.dynamic_metadata)["metadata"] == {"name": "service_2", "nested": {"b": 2}}
+
+
+def test_headers_pick_the_over_limit_descriptor(ask: Any) -> None:
+    # TestServiceWithDefaultRatelimitHeaders: RateLimit-Limit is requests_per_unit alone
+    ask("quota", [("plain", "h")])
+    r = ask("quota", [("big", "h")], [("plain", "h")])
+    headers = {h.key: h.value for h in r.response_headers_to_add}
+    assert headers["RateLimit-Limit"] == "1" and headers["RateLimit-Remaining"] == "0"
+
+
+def test_grpc_health_answers_the_peers_name(server: Sidecar) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert server.health("ratelimit") == serving
+    assert server.health("") == serving
+    assert server.health("envoy.service.ratelimit.v3.RateLimitService") == serving
+
+
+def _post(server: Sidecar, path: str, body: bytes) -> Tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_http_healthcheck_and_json(server: Sidecar) -> None:
+    assert server.http("/healthcheck") == (200, "OK")
+    body = json.dumps({"domain": "replace", "descriptors": [{"entries": [{"key": "a", "value": "json"}]}]})
+    status, text = _post(server, "/json", body.encode())
+    assert status == 200 and json.loads(text)["overallCode"] == "OK"
+    status, text = _post(server, "/json", body.encode())
+    assert status == 429 and json.loads(text)["overallCode"] == "OVER_LIMIT"
+    assert _post(server, "/json", b"{not json")[0] == 400
+    assert _post(server, "/json", b'{"domain": "", "descriptors": []}') == (400, "rate limit domain must not be empty\n")
+    assert _post(server, "/json", b"x" * (65 << 10))[0] == 413
+
+
+def test_override_out_of_range_is_invalid_argument(ask: Any) -> None:
+    second = rls_pb2.RateLimitResponse.RateLimit.SECOND
+    with pytest.raises(grpc.RpcError) as info:
+        ask("reset", descriptor([("k", "o")], limit=(4_000_000_000, second)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "descriptors[0].limit" in info.value.details() and "nanosecond" in info.value.details()
+
+
+def test_huge_hits_addend_is_over_the_limit_not_an_error(ask: Any) -> None:
+    r = ask("reset", descriptor([("k", "huge")], hits=2**64 - 1))
+    assert r.overall_code == OVER and r.statuses[0].limit_remaining == 60
+
+
+def test_zero_hit_check_counts_down_with_time(ask: Any) -> None:
+    # hits_addend 0 reads the bucket (the cores' peek): its duration_until_reset moves with time
+    from sidecar import wait_until
+
+    ask("reset", descriptor([("k", "zero")], hits=3))     # 60/minute: 3 s until full again
+
+    def read() -> Tuple[int, float]:
+        s = ask("reset", descriptor([("k", "zero")], hits=0)).statuses[0]
+        return s.limit_remaining, s.duration_until_reset.ToNanoseconds() / 1e9
+
+    remaining, first = read()
+    assert remaining == 57 and 2.0 < first < 3.0  # not whole tokens x interval: the time since the take counts
+    later: List[float] = []
+    wait_until(lambda: later.append(read()[1]) or later[-1] < first, 5, "the reset to move", step=0.02)
+    assert read()[0] >= 57  # reading took nothing
