@@ -5,7 +5,10 @@
 For each backend (sync, asyncio, batched) and pool size (max_connections=4
 and redis-py's default), kills and restarts a real redis-server N times,
 with 3 failed checks per outage, and requires the first check after each
-restart to succeed. Prints the pool's count of connections over time."""
+restart to succeed. Prints the pool's count of connections over time.
+Then Redis Cluster (3 masters + 3 replicas, max_connections=4): N rounds in
+which every master drops every client connection (CLIENT KILL) between
+checks on keys of all masters; prints each node pool's count."""
 
 from __future__ import annotations
 
@@ -18,7 +21,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 
 import redis_restarts  # noqa: E402
-from redis_servers import Server  # noqa: E402
+from redis_servers import Cluster, Server  # noqa: E402
+
+from guardian import TokenBucketConfig  # noqa: E402
+from guardian.backends.redis import RedisBackend  # noqa: E402
+
+
+def cluster_rounds(rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(Path(tmp)).start()
+        try:
+            backend = RedisBackend(TokenBucketConfig(10**9, 10**9), url=cluster.url, prefix="bench",
+                                   max_connections=4, timeout=2.0)
+            keys = [f"k{i}" for i in range(30)]
+            counts = []
+            for i in range(rounds):
+                assert all(r.allowed for r in backend.take_many(keys)), i
+                assert all(backend.try_take(k) for k in keys[:6]), i
+                for master in cluster.masters():
+                    master.cli("CLIENT", "KILL", "TYPE", "normal")
+                if (i + 1) % max(rounds // 6, 1) == 0:
+                    counts.append((i + 1, max(n.redis_connection.connection_pool._created_connections
+                                              for n in backend.client.get_nodes())))
+            assert all(r.allowed for r in backend.take_many(keys))
+            print(f"cluster  max_connections=4        recovered {rounds}/{rounds} rounds of CLIENT KILL on "
+                  "every master; largest node pool over time " + " ".join(f"{r}:{c}" for r, c in counts),
+                  flush=True)
+            backend.close()
+        finally:
+            cluster.stop()
 
 
 def main() -> int:
@@ -39,6 +70,7 @@ def main() -> int:
                           flush=True)
         finally:
             server.stop()
+    cluster_rounds(args.restarts)
     return 0
 
 

@@ -70,6 +70,7 @@ class Sampler:
         self.out, self.limiter = out, limiter
         self.allowed = self.denied = self.escapes = 0
         self.slowest = 0.0
+        self.slowest_at = 0.0
         self.recovered: List[float] = []  # first check decided by Redis after checks decided by policy
         self.failing = False
         self.next = time.monotonic() + 1.0
@@ -81,8 +82,9 @@ class Sampler:
             self.allowed += 1
         else:
             self.denied += 1
-        self.slowest = max(self.slowest, took)
         now = time.monotonic()
+        if took > self.slowest:
+            self.slowest, self.slowest_at = took, now
         if by_policy:
             self.failing = True
         elif self.failing:
@@ -93,7 +95,7 @@ class Sampler:
 
     def flush(self, now: float) -> None:
         self.out.put(("sample", os.getpid(), now, self.allowed, self.denied, self.limiter.failures,
-                      self.escapes, self.slowest, self.recovered, rss_kib(), open_fds()))
+                      self.escapes, self.slowest, self.recovered, rss_kib(), open_fds(), self.slowest_at))
         self.allowed = self.denied = self.escapes = 0
         self.slowest = 0.0
         self.recovered = []
@@ -285,8 +287,10 @@ def _report(args: Any, t0: float, elapsed: float, events: List[Tuple[str, float,
         lines.append(f"| {r['fault']} | {r['at_s']} | {r['lasted_s']} | {r['recovery_max_s']} | "
                      f"{r['processes_recovered']}/{args.processes} |")
     lines.append("")
-    lines.append("| process | backend | RSS start (KiB) | RSS end (KiB) | fds start | fds end |")
-    lines.append("|---|---|---:|---:|---:|---:|")
+    lines.append("| process | backend | slowest decision (ms) | RSS start (KiB) | RSS end (KiB) | fds start | fds end |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    slowest_of = {pid: max((s[7] for s in samples if s[0] == "sample" and s[1] == pid), default=0.0)
+                  for pid in starts}
     # Start: the first sample (a second into the load, everything imported and
     # connected); end: the last sample before close().
     first: Dict[int, Tuple[Any, ...]] = {}
@@ -299,8 +303,16 @@ def _report(args: Any, t0: float, elapsed: float, events: List[Tuple[str, float,
     for pid, (kind, _, _) in starts.items():
         a, b = first.get(pid), last.get(pid)
         resources[pid] = (kind, a[9] if a else 0, b[9] if b else 0, a[10] if a else 0, b[10] if b else 0)
-        lines.append(f"| {pid} | {kind} | {resources[pid][1]:,} | {resources[pid][2]:,} | "
+        lines.append(f"| {pid} | {kind} | {slowest_of[pid] * 1000:.0f} | {resources[pid][1]:,} | {resources[pid][2]:,} | "
                      f"{resources[pid][3]} | {resources[pid][4]} |")
+    lines.append("")
+    lines.append("| slowest decisions | process | backend | at (s) | during or after |")
+    lines.append("|---:|---|---|---:|---|")
+    top = sorted((s for s in samples if s[0] == "sample"), key=lambda s: -s[7])[:5]
+    for s in top:
+        before = [e for e in events if e[1] <= s[11]]
+        near = f"{before[-1][0]} at {before[-1][1] - t0:.1f} s" if before else "-"
+        lines.append(f"| {s[7] * 1000:.0f} ms | {s[1]} | {starts[s[1]][0]} | {s[11] - t0:.1f} | {near} |")
     over = max(0, total_admitted - round(total_allowance))
     lines.append("")
     lines.append(f"admitted {total_admitted:,} of an allowance of {round(total_allowance):,} "

@@ -393,7 +393,10 @@ class AsyncRateLimiter(_Policy[Union[AsyncBackend, MemoryBackend]]):
 
     def _check(self, backend: Any) -> None:
         check_backend(backend, "AsyncRateLimiter")
-        if not _is_async(backend) and getattr(backend, "does_io", backend.can_fail):
+        # In-process backends (MemoryBackend, local or shared: does_io False)
+        # answer at once; any other synchronous backend would block the loop.
+        does_io = getattr(backend, "does_io", backend.can_fail and not isinstance(backend, MemoryBackend))
+        if not _is_async(backend) and does_io:
             raise MisuseError(
                 f"{type(backend).__name__} is a blocking network backend: its calls would stall "
                 f"the event loop. Use Async{type(backend).__name__} with AsyncRateLimiter, or "

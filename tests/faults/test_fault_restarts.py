@@ -2,7 +2,7 @@
 recovers by itself after every restart, no exception escapes the façade,
 and the connections it counts stay bounded (issue 11 item 1).
 
-``GUARDIAN_FAULT_RESTARTS=300 python -m pytest tests/faults/test_restarts.py -s``
+``GUARDIAN_FAULT_RESTARTS=300 python -m pytest tests/faults/test_fault_restarts.py -s``
 runs the long version and prints recovery times and the pool size.
 """
 

@@ -1,8 +1,8 @@
 """Run as a subprocess: one node with its own BatchedRedisBackend.
 
 ``hammer``: from wall-clock time ``--start`` for ``--seconds``, check one
-key as fast as possible; print the admitted count, the reservations and
-the wall-clock time its last check returned.
+key as fast as possible; print the admitted count, the reservations, the
+wall-clock time it began and the one its last check returned.
 ``hold``: admit ``--takes`` checks, print the tokens held, then wait to be
 killed (SIGKILL: no close, no atexit)."""
 
@@ -38,6 +38,7 @@ def main() -> None:
         return
     while time.time() < args.start:
         time.sleep(0.001)
+    began = time.time()  # later than --start when the machine is loaded
     end = args.start + args.seconds
     n = 0
     take = backend.try_take
@@ -48,7 +49,7 @@ def main() -> None:
     # this host's): the window its admissions came from ends here.
     last = time.time()
     backend.close()
-    print(n, backend.stats()["reservations"], repr(last), flush=True)
+    print(n, backend.stats()["reservations"], began, repr(last), flush=True)
     sys.exit(0)
 
 

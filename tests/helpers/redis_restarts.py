@@ -24,11 +24,11 @@ KINDS = ("sync", "async", "batched")
 def pool_size(backend: Any) -> Dict[str, int]:
     """What the client's pool counts: connections made and not given back."""
     redis = getattr(backend, "redis", backend)
+    wires = getattr(redis, "_wires", None)
+    if wires is not None:  # asyncio: the backend's own wires, bounded by the pool's max
+        return {"created": wires.open, "in_use": wires.open - len(wires.idle)}
     pool = redis.client.connection_pool
-    made = getattr(pool, "_created_connections", None)
-    if made is None:  # redis.asyncio counts what is in use and idle
-        made = len(pool._in_use_connections) + len(pool._available_connections)
-    return {"created": made, "in_use": len(pool._in_use_connections)}
+    return {"created": pool._created_connections, "in_use": len(pool._in_use_connections)}
 
 
 def run(server: Server, prefix: str, kind: str, restarts: int, max_connections: int,

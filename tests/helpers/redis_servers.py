@@ -127,16 +127,21 @@ class Cluster:
         return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
 
     def start(self) -> "Cluster":
-        for server in self.servers:
-            server.start()
-        addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas",
-             str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )
-        wait_until(self.healthy, 30, "the cluster to be ok", step=0.1)
-        wait_until(self.replicated, 30, "the replicas to be in sync", step=0.1)
+        try:
+            for server in self.servers:
+                server.start()
+            addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
+            subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas",
+                 str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=120,
+            )
+            # Generous: six servers agreeing on a loaded machine take a while.
+            wait_until(self.healthy, 90, "the cluster to be ok", step=0.1)
+            wait_until(self.replicated, 90, "the replicas to be in sync", step=0.1)
+        except BaseException:
+            self.stop()  # no server outlives a cluster that failed to form
+            raise
         return self
 
     def replicated(self) -> bool:

@@ -58,6 +58,19 @@ def test_denied_keys_leave_the_book_within_a_lease_lifetime(redis_server: Server
     # A denial still holds in Redis: the next check asks again, and is denied.
     result = backend.take(keys[0])
     assert not result.allowed and 3500 < result.retry_after <= 3600
+    # A second wave of as many new keys reuses the memory the first freed
+    # (CPython keeps freed memory for reuse rather than give it back).
+    wave = [f"e{i}" for i in range(KEYS)]
+    assert all(r.allowed for r in plain.take_many(wave))
+    assert not any(backend.try_take(k) for k in wave)
+    second = rss_mb()
+    clock.advance(LIFETIME)
+    backend._expire()
+    gc.collect()
+    print(f"a second wave of {KEYS} keys: RSS {second:.0f} MB full, {rss_mb():.0f} MB after; "
+          f"book {backend.stats()['leases']} leases + {backend.stats()['denials']} denials")
+    assert backend.stats()["leases"] <= 1 and backend.stats()["denials"] <= 1
+    assert second <= peak + 10 + KEYS / 10_000  # no growth beyond noise
     backend.close()
     plain.close()
 

@@ -146,15 +146,17 @@ def test_results_and_usage_and_reset(make) -> None:
 
 
 def test_ttl_present_and_no_longer_than_a_full_refill(make, raw: redis.Redis, prefix: str) -> None:
-    backend = make(5, 20)  # a full refill takes 250 ms
+    backend = make(5, 2)  # a full refill takes 2.5 s; a token 500 ms
+    key = backend.packer.key("k")
     backend.take("k", 3)
-    ttl = raw.pttl(backend.packer.key("k"))
-    assert 0 < ttl <= 150
-    backend.take("k", 2)
-    assert 150 < raw.pttl(backend.packer.key("k")) <= 250
+    first = raw.pttl(key)
+    assert 0 < first <= 1500
+    backend.take("k", 2)  # 1000 ms more, less the time since the first take
+    second = raw.pttl(key)
+    assert first < second <= 2500
     backend.take("k", 1)  # denied: nothing changes
-    assert raw.pttl(backend.packer.key("k")) <= 250
-    wait_until(lambda: not raw.exists(backend.packer.key("k")), 1.0, "the key to expire")
+    assert raw.pttl(key) <= second
+    wait_until(lambda: not raw.exists(key), 5.0, "the key to expire")
     assert backend.take("k", 5).allowed  # an expired key is a full bucket
 
 
@@ -414,3 +416,72 @@ def test_peek_answers_what_take_would_and_changes_nothing(make) -> None:
     for bad in (-1, 4, 1.0):
         with pytest.raises((InvalidArgumentError, ArgumentTypeError)):
             backend.peek("k", bad)
+
+
+class Impostor:
+    """A TCP server on loopback that speaks just enough RESP to pass for
+    Redis (+OK to the connection handshake) and answers every script call
+    with ``reply``: what a proxy, a foreign program or a broken server
+    might send. Not a mock of Redis: the thing a real Redis never sends."""
+
+    def __init__(self, reply: bytes) -> None:
+        import socket
+        import threading
+
+        self.reply = reply
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: Any) -> None:
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                # One answer per command: each starts with '*' at a line start.
+                commands = data.count(b"\r\n*") + data.startswith(b"*")
+                answer = self.reply if b"EVALSHA" in data else b"+OK\r\n"
+                conn.sendall(answer * commands)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("reply", [
+    b"+OK\r\n",                      # a status, not the script's list
+    b"*1\r\n$3\r\nabc\r\n",          # a list of strings
+    b"*0\r\n",                       # an empty list
+    b":5\r\n",                       # a bare integer
+    b"*2\r\n:1\r\n*0\r\n",           # a nested list
+    b"!garbage\r\n",                 # not RESP at all
+], ids=["status", "strings", "empty", "integer", "nested", "protocol-error"])
+def test_a_reply_guardian_cannot_read_is_a_backend_error(flavor: Any, reply: bytes) -> None:
+    impostor = Impostor(reply)
+    try:
+        backend = flavor(TokenBucketConfig(10, 1), url=impostor.url, timeout=2.0)
+        for call in (lambda: backend.take("k"), lambda: backend.try_take("k"),
+                     lambda: backend.take_many(["a", "b"]), lambda: backend.reserve("k", 2),
+                     lambda: backend.peek("k", 1)):
+            with pytest.raises(BackendError):
+                call()
+        if not reply.startswith((b":", b"*2")):  # usage's own shape is an integer
+            with pytest.raises(BackendError):
+                backend.usage("k")
+    finally:
+        impostor.close()

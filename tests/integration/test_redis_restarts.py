@@ -41,3 +41,17 @@ def test_cluster_connections_dropped_by_the_servers_go_back_to_the_pools(redis_c
         pool = node.redis_connection.connection_pool
         assert pool._created_connections <= 4, (node.name, pool._created_connections)
     backend.close()
+
+
+async def test_async_wires_stay_within_max_connections(redis_server: Server, prefix: str) -> None:
+    import asyncio
+
+    from guardian import TokenBucketConfig
+    from guardian.backends.redis_async import AsyncRedisBackend
+
+    backend = AsyncRedisBackend(TokenBucketConfig(1000, 1, 3600), url=redis_server.url, prefix=prefix,
+                                max_connections=3)
+    results = await asyncio.gather(*(backend.try_take(f"k{i % 9}") for i in range(200)))
+    assert all(results)
+    assert backend._wires is not None and backend._wires.open <= 3
+    await backend.aclose()

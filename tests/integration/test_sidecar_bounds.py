@@ -99,3 +99,24 @@ def test_metric_series_per_value_are_bounded() -> None:
     assert stats.requests[(OVERFLOW_LIMIT, "allowed")] == 50
     stats.count("d.route_1", "allowed")  # a known series still counts as itself
     assert stats.requests[("d.route_1", "allowed")] == 2
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_a_table_that_can_fail_runs_inline_under_the_fail_policy(fail_open: bool) -> None:
+    # a shared table whose stripe lock a dead process holds raises after a wait: the
+    # server still checks inline (no I/O), and the fail policy answers, not a traceback
+    from guardian import MemoryBackend, TokenBucketConfig
+    from guardian._errors import BackendTimeoutError
+    from guardian.server.buckets import Bucket
+
+    def stuck(key: str, cost: int = 1) -> Any:
+        raise BackendTimeoutError("stripe lock held by a stopped process")
+
+    backend = MemoryBackend(TokenBucketConfig(5, 1))
+    backend.can_fail = True  # type: ignore[misc]
+    backend.take = stuck  # type: ignore[method-assign]
+    bucket = Bucket(backend, fail_open)
+    assert bucket.local and bucket.limiter is None and bucket.fast is not None
+    assert bucket.fast("k", 1).allowed is fail_open
+    plain = Bucket(MemoryBackend(TokenBucketConfig(5, 1)), fail_open)
+    assert plain.fast == plain.backend.take  # a private table: its take, bound directly

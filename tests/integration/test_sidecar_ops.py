@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import grpc
 import pytest
@@ -216,3 +216,30 @@ def test_redis_refusing_credentials_is_a_configuration_error(tmp_path: Path, own
     assert "ERROR guardian server: configuration error: backend" in log
     assert "is unreachable; checks are" not in log  # not reported as an outage
     assert "pw@" not in log and "s3cret" not in log
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not hasattr(__import__("guardian.backends.redis_async", fromlist=["x"]).AsyncRedisBackend, "peek"),
+                    reason="the Redis backends expose peek once the backends branch is merged")
+def test_redis_zero_hit_check_counts_down(tmp_path: Path, own_server: Server) -> None:
+    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as rl
+    from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+    from google.protobuf.wrappers_pb2 import UInt64Value
+
+    text = "domain: d\ndescriptors: [{key: h, rate_limit: {unit: hour, requests_per_unit: 60}}]\n"
+    s = Sidecar(tmp_path, "--config", write(tmp_path / "p.yaml", text), "--redis-url", own_server.url).start()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+
+            def ask(hits: int) -> Any:
+                d = rl.RateLimitDescriptor(entries=[rl.RateLimitDescriptor.Entry(key="h", value="z")])
+                d.hits_addend.CopyFrom(UInt64Value(value=hits))
+                return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="d", descriptors=[d]), timeout=5).statuses[0]
+
+            ask(3)
+            st = ask(0)
+            assert st.limit_remaining == 57 and 120.0 < st.duration_until_reset.ToNanoseconds() / 1e9 < 180.0
+        assert s.stop()[0] == 0
+    finally:
+        s.kill()

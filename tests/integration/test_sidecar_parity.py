@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 import grpc
@@ -70,6 +71,8 @@ domain: reset
 descriptors:
   - key: k
     rate_limit: {unit: minute, requests_per_unit: 60}
+  - key: h
+    rate_limit: {unit: hour, requests_per_unit: 60}
 """
 
 OK = rls_pb2.RateLimitResponse.OK
@@ -216,14 +219,78 @@ def test_zero_hit_check_counts_down_with_time(ask: Any) -> None:
     # hits_addend 0 reads the bucket (the cores' peek): its duration_until_reset moves with time
     from sidecar import wait_until
 
-    ask("reset", descriptor([("k", "zero")], hits=3))     # 60/minute: 3 s until full again
+    ask("reset", descriptor([("h", "zero")], hits=3))     # 60/hour: 3 minutes until full again
 
     def read() -> Tuple[int, float]:
-        s = ask("reset", descriptor([("k", "zero")], hits=0)).statuses[0]
+        s = ask("reset", descriptor([("h", "zero")], hits=0)).statuses[0]
         return s.limit_remaining, s.duration_until_reset.ToNanoseconds() / 1e9
 
     remaining, first = read()
-    assert remaining == 57 and 2.0 < first < 3.0  # not whole tokens x interval: the time since the take counts
+    assert remaining == 57 and 120.0 < first < 180.0  # not whole tokens x interval: the time since the take counts
     later: List[float] = []
     wait_until(lambda: later.append(read()[1]) or later[-1] < first, 5, "the reset to move", step=0.02)
     assert read()[0] >= 57  # reading took nothing
+
+
+@pytest.mark.parametrize("flag", ["--shadow-mode", "--quota-mode"])
+def test_global_shadow_and_quota_modes(tmp_path: Path, flag: str) -> None:
+    # TestServiceGlobalShadowMode (SHADOW_MODE) / TestServiceGlobalQuotaMode (QUOTA_MODE)
+    s = Sidecar(tmp_path, "--config", write(tmp_path / "p.yaml", POLICY), flag).start()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+
+            def ask(*ds: Entries) -> Any:
+                return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain="quota", descriptors=[descriptor(d) for d in ds]), timeout=5)
+
+            ask([("plain", "g")])
+            r = ask([("plain", "g")], [("big", "g")])  # plain over, big under
+            assert codes(r) == [OVER, OK]
+            assert r.overall_code == OK  # shadow: OK overall; quota: not every rule is over
+            if flag == "--quota-mode":
+                assert ask([("plain", "g")]).overall_code == OVER  # its only rule is over
+            else:
+                assert counter(s.metrics(), "guardian_requests_total", limit="global_shadow_mode",
+                               result="shadow_denied") == 1
+    finally:
+        assert s.stop()[0] == 0
+
+
+PEER_INTEGRATION = Path(__file__).resolve().parent.parent / "fixtures" / "envoy_ratelimit" / "integration"
+
+
+def test_peer_integration_configs_and_basic_sequence(tmp_path: Path) -> None:
+    # envoyproxy/ratelimit test/integration: its runtime configs served as one directory, and
+    # testBasicBaseConfig's requests (its fixed windows aside: no request here crosses a refill)
+    s = Sidecar(tmp_path, "--config", str(PEER_INTEGRATION)).start()
+    try:
+        assert "4 Envoy domain(s) [another, basic, reload, share-threshold-test]" in s.log()
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rls_pb2_grpc.RateLimitServiceStub(ch)
+
+            def ask(domain: str, *ds: Entries) -> Any:
+                return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain=domain, descriptors=[descriptor(d) for d in ds]), timeout=5)
+
+            r = ask("foo", [("hello", "world")])
+            assert r.overall_code == OK and not r.statuses[0].HasField("current_limit")
+            st = ask("basic", [("key1", "foo")]).statuses[0]
+            assert (st.code, st.current_limit.requests_per_unit, st.limit_remaining) == (OK, 50, 49)
+            assert st.current_limit.unit == rls_pb2.RateLimitResponse.RateLimit.SECOND
+            for i in range(25):  # key2: 20 per minute
+                st = ask("another", [("key2", "v-a")]).statuses[0]
+                assert (st.code, st.limit_remaining) == ((OK, 19 - i) if i < 20 else (OVER, 0)), i
+            for i in range(15):  # key2 (a fresh value) and key3: 10 per hour
+                r = ask("another", [("key2", "v-b")], [("key3", "v-c")])
+                assert (r.statuses[0].code, r.statuses[0].limit_remaining) == (OK, 19 - i)
+                assert (r.statuses[1].code, r.statuses[1].limit_remaining) == ((OK, 9 - i) if i < 10 else (OVER, 0))
+                assert r.overall_code == (OK if i < 10 else OVER)
+            # the integration share_threshold config: files/* share one bucket, files_no_share/* do not
+            shared = [ask("share-threshold-test", [("files", f"files/{i}")]).overall_code for i in range(11)]
+            assert shared == [OK] * 10 + [OVER]
+            own = [ask("share-threshold-test", [("files_no_share", f"files_no_share/{i}")]).overall_code
+                   for i in range(11)]
+            assert own == [OK] * 11
+    finally:
+        assert s.stop()[0] == 0

@@ -167,13 +167,21 @@ def test_a_signal_while_starting_still_exits_0(tmp_path: Path) -> None:
     assert "stopping: draining" in s.log()
 
 
-def test_unwritable_lock_directory_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.shm
+def test_without_a_writable_lock_directory_the_probe_still_refuses(tmp_path: Path) -> None:
+    # a read-only root filesystem (the Kubernetes manifest's): a warning, and the bind probe decides
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    r = subprocess.run([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(free_port()),
-                        "--http-port", str(free_port())], capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, XDG_RUNTIME_DIR=str(blocked)))
-    assert r.returncode == 2 and "cannot take the lock of gRPC port" in r.stderr and "Traceback" not in r.stderr
+    first = Sidecar(tmp_path, "--workers", "2", env={"XDG_RUNTIME_DIR": str(blocked)}).start()
+    try:
+        assert "no lock for gRPC port" in first.log()
+        r = subprocess.run([sys.executable, "-m", "guardian", "serve", "--workers", "2", "--grpc-port",
+                            str(first.grpc_port), "--http-port", str(free_port())], capture_output=True, text=True,
+                           timeout=30, env=dict(os.environ, XDG_RUNTIME_DIR=str(blocked)))
+        assert r.returncode == 2 and f"gRPC port {first.grpc_port} on 127.0.0.1 is in use by another process" \
+            in r.stderr and "Traceback" not in r.stderr
+    finally:
+        first.kill()
 
 
 def test_redis_refusals_are_told_apart_from_outages() -> None:
@@ -186,3 +194,35 @@ def test_redis_refusals_are_told_apart_from_outages() -> None:
     assert refusal(rx.ResponseError("NOAUTH Authentication required."))
     assert refusal(rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")) is None
     assert refusal(rx.TimeoutError("Timeout reading from socket")) is None
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.shm
+def test_a_worker_dying_at_once_again_and_again_stops_the_run(tmp_path: Path) -> None:
+    from sidecar import wait_until
+
+    s = _start_group(tmp_path, "--workers", "2")
+    sup = s.proc.pid  # type: ignore[union-attr]
+    killed = set()
+    try:
+        deadline = time.monotonic() + 60
+        while s.proc.poll() is None and time.monotonic() < deadline:  # type: ignore[union-attr]
+            for child in _children(sup):
+                if child not in killed:
+                    killed.add(child)
+                    os.kill(child, signal.SIGKILL)  # dies at once after each start
+            time.sleep(0.02)
+        code = s.proc.wait(10)  # type: ignore[union-attr]
+    finally:
+        s.kill()
+    log = s.log()
+    assert code == 1, log
+    assert "died 5 times in a row" in log and "not restarting it, stopping" in log
+    assert len(killed) <= 2 * 5 + 2
+    wait_until(lambda: not _children(sup), 5, "no worker left")

@@ -107,3 +107,8 @@ def test_mypy_strict_refuses_each_misuse(tmp_path: Path) -> None:
     flagged = {int(line.split(":")[1]) for line in out.stdout.splitlines() if ": error:" in line}
     for i, (what, line) in enumerate(SNIPPETS.items()):
         assert first + i in flagged, (what, line, out.stdout)
+
+
+def test_an_unknown_keyword_is_refused_for_a_cluster_url_too() -> None:
+    with pytest.raises(MisuseError, match="unknown Redis client option.*timout"):
+        RedisBackend(CONFIG, url="redis+cluster://127.0.0.1:1", timout=1.0)

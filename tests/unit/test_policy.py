@@ -130,6 +130,22 @@ def test_peer_duplicate_domain_across_files(tmp_path: Path) -> None:
         load_policy(str(tmp_path))
 
 
+def test_peer_domain_merge(tmp_path: Path) -> None:
+    # TestDomainMerge / TestDuplicateKeyDomainMerge, with ratelimit's MERGE_DOMAIN_CONFIG = --merge-domains
+    for name in ("merge_domain_key1.yaml", "merge_domain_key2.yaml"):
+        (tmp_path / name).write_text((PEER / name).read_text())
+    with pytest.raises(PolicyError, match="duplicate domain 'test-domain'"):
+        load_policy(str(tmp_path))
+    d = load_policy(str(tmp_path), merge_domains=True).domains["test-domain"]
+    assert d.match([("key1", "value1")]).requests_per_unit == 10  # type: ignore[union-attr]
+    assert d.match([("key2", "value2")]).requests_per_unit == 20  # type: ignore[union-attr]
+    assert d.match([]) is None
+    (tmp_path / "merge_domain_key2.yaml").write_text((PEER / "merge_domain_key1.yaml").read_text())
+    with pytest.raises(PolicyError, match="duplicate descriptor composite key 'test-domain.key1_value1'") as info:
+        load_policy(str(tmp_path), merge_domains=True)
+    assert "merge_domain_key2.yaml" in str(info.value)
+
+
 def _find(name: str, *entries: Tuple[str, str]) -> Optional[Match]:
     return load_policy(str(PEER / name)).domains["test-domain"].find(list(entries))
 

@@ -10,7 +10,7 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _impl
 from .._config import TokenBucketConfig
@@ -217,8 +217,7 @@ class LeaseBook:
         lease = self.leases.get(key)
         if lease is None or lease.ahead < 0:
             return LimitResult(allowed, held, retry_after, 0.0, self.capacity)
-        elapsed = (self.now() - lease.ahead_at) * self.tps // _NS  # in the scripts' ticks
-        return self.layout.since(allowed, lease.ahead, elapsed, max(held, 0), retry_after)
+        return self.layout.since(allowed, lease.ahead, self.now() - lease.ahead_at, max(held, 0), retry_after)
 
     def cached_denial(self, key: str, cost: int) -> Optional[LimitResult]:
         """Redis' last denial of ``key`` while it holds, for a check that
@@ -399,6 +398,8 @@ class BatchedCommon:
     their Redis backend, lock and refiller."""
 
     can_fail = True
+    #: Every call talks to Redis (a synchronous one would block an event loop).
+    does_io = True
     #: The Redis backend class wrapped (sync or asyncio); set by subclasses.
     redis_class: Any
     #: What guards one key's reservations (threading.Lock or asyncio.Lock).
@@ -445,6 +446,9 @@ class BatchedCommon:
         self._low_cap = 0  # the book's low_cap, copied for the hot path
         self._capacity = config.capacity  # likewise, for results of local hits
         self._spend = self.book.table.spend
+        # For results of local hits (BatchedRedisBackend.take inlines book.hit).
+        self._leases, self._now = self.book.leases, self.book.now
+        self._since: Callable[..., LimitResult] = self.redis.layout.since
         #: Seconds between expiry scans of the background worker.
         self.scan_interval = min(lease_lifetime / 4, 0.5)
         #: To give leases back at interpreter exit over a fresh connection.
@@ -485,6 +489,7 @@ class BatchedCommon:
         """A forked child starts with no leases of its own and no worker."""
         self.book.after_fork()
         self._spend = self.book.table.spend
+        self._leases = self.book.leases
         self._low_cap = 0
         self._refiller.after_fork()
 

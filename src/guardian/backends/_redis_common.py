@@ -7,6 +7,7 @@ cluster client must take over) and the plans of multi-key calls.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import weakref
@@ -158,6 +159,8 @@ class RedisCommon:
     Subclasses only talk to Redis."""
 
     can_fail = True
+    #: Every call talks to Redis (a synchronous one would block an event loop).
+    does_io = True
     #: Keys per script call in take_many (one call per chunk, pipelined).
     chunk = 256
 
@@ -188,6 +191,8 @@ class RedisCommon:
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
+            if isinstance(url, str) and "+cluster://" in url:
+                _check_cluster_options(self.lib, client_options)  # before it connects
             with boundary:  # redis-py's sync cluster client connects here: its errors become ours
                 client = client_for_url(self.lib, url, connect_timeout, timeout, **client_options)  # type: ignore[arg-type]
             _check_options(client, client_options)
@@ -393,4 +398,17 @@ def _check_options(client: Any, options: Dict[str, Any]) -> None:
     try:
         pool.connection_class(**pool.connection_kwargs)
     except TypeError as exc:
-        raise ConfigurationError(f"unknown Redis client option: {exc}") from exc
+        raise MisuseError(f"unknown Redis client option: {exc}") from exc
+
+
+def _check_cluster_options(lib: ModuleType, options: Dict[str, Any]) -> None:
+    """A cluster client connects when it is built: refuse unknown options
+    (by the names its classes take) before that."""
+    if not options:
+        return
+    known = set()
+    for cls in (lib.RedisCluster, lib.Redis, lib.connection.AbstractConnection, lib.connection.Connection):
+        known |= set(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MisuseError(f"unknown Redis client option: {', '.join(unknown)}")

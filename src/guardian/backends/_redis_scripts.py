@@ -122,6 +122,13 @@ class Layout:
             raise malformed(replies)
         return out
 
+    @staticmethod
+    def one(reply: Any) -> Any:
+        """The only value of a one-key take reply."""
+        if type(reply) is not list or len(reply) != 1:
+            raise malformed(reply)
+        return reply[0]
+
     def peeked(self, reply: Any) -> LimitResult:
         """Decodes peek.lua's reply."""
         if type(reply) is not list or len(reply) != 4 or any(type(v) is not int for v in reply):
@@ -129,14 +136,17 @@ class Layout:
         tps = self.ticks_per_second
         return LimitResult(reply[0] == 1, reply[1], reply[2] / tps, reply[3] / tps, self.capacity)
 
-    def since(self, allowed: bool, ahead: int, elapsed: int, held: int, retry_after: float) -> LimitResult:
+    def since(self, allowed: bool, ahead: int, elapsed_ns: int, held: int, retry_after: float) -> LimitResult:
         """A result for a bucket whose TAT lay ``ahead`` ticks ahead of the
-        server's clock ``elapsed`` ticks ago, with ``held`` of its taken
+        server's clock ``elapsed_ns`` ago, with ``held`` of its taken
         tokens given back: decoding, like ``result``, of a reserve reply
-        seen later (the batched backends report the bucket, not the lease)."""
-        a = max(ahead - held * self.P - elapsed, 0)
-        return LimitResult(allowed, min((self.tau - a) // self.P, self.capacity), retry_after,
-                           a / self.ticks_per_second, self.capacity)
+        seen later (the batched backends report the bucket, not the lease;
+        on their local hits, so written for speed)."""
+        P, tps = self.P, self.ticks_per_second
+        a = ahead - held * P - elapsed_ns * tps // 1_000_000_000
+        if a < 0:
+            a = 0
+        return LimitResult(allowed, (self.tau - a) // P, retry_after, a / tps, self.capacity)
 
     @staticmethod
     def count(v: Any) -> int:

@@ -58,7 +58,10 @@ class BatchedRedisBackend(BatchedCommon):
         if left >= 0:
             if left <= self._low_cap:
                 self._low(key, left)
-            return self.book.hit(key, left)
+            lease = self._leases.get(key)  # book.hit, inlined
+            if lease is not None and lease.ahead >= 0:
+                return self._since(True, lease.ahead, self._now() - lease.ahead_at, left, 0.0)
+            return LimitResult(True, left, 0.0, 0.0, self._capacity)
         return self._miss(key, cost)
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:

@@ -88,7 +88,10 @@ class RedisBackend(RedisCommon):
 
     ``RedisBackend(config, url="redis://localhost:6379/0")``, or
     ``client=`` an existing ``redis.Redis`` / ``RedisCluster`` (Sentinel:
-    ``Sentinel(...).master_for(name)``). Keys are ``{prefix}:{<key>}``.
+    ``Sentinel(...).master_for(name)``). Keys are
+    ``{prefix}:c<capacity>:t<T>:{<key>}``: the limit is part of the key, so
+    two limits never share a bucket; ``limit_in_key=False`` makes the key
+    ``{prefix}:{<key>}``, shared on purpose by every config on the prefix.
     ``connect_timeout`` and ``timeout`` (seconds, 0.25 by default) apply
     to clients built from a URL; further keyword arguments go to that
     client (see guardian.backends.redis_url for the URLs). Connections
@@ -299,13 +302,13 @@ class RedisBackend(RedisCommon):
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-            return self.layout.result(reply[0], cost)
+            return self.layout.result(self.layout.one(reply), cost)
 
     def try_take(self, key: str, cost: int = 1) -> bool:
         packed = self.packer.take(key, cost)
         with boundary:
             reply = self._one(packed) if self.direct else self._route_one(packed, self.packer.slot(key), key, cost)
-            v = reply[0] if type(reply) is list else None
+            v = reply[0] if type(reply) is list and len(reply) == 1 else None
             if type(v) is not int:
                 raise malformed(reply)
             return v > 0

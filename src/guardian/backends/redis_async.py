@@ -228,12 +228,15 @@ class AsyncRedisBackend(RedisCommon):
         """The wires to the server, or to a cluster node."""
         if node is None:
             if self._wires is None:
-                self._wires = _Pool(self._pool.make_connection, self.max_wires)  # type: ignore[union-attr]
+                # The client's max_connections bounds our wires too.
+                size = min(self.max_wires, getattr(self._pool, "max_connections", self.max_wires))
+                self._wires = _Pool(self._pool.make_connection, size)  # type: ignore[union-attr]
             return self._wires
         pool: Optional[_Pool] = self._nodes.get(node.name)
         if pool is None:
             pool = self._nodes[node.name] = _Pool(
-                lambda: node.connection_class(**node.connection_kwargs), self.max_wires)
+                lambda: node.connection_class(**node.connection_kwargs),
+                min(self.max_wires, getattr(node, "max_connections", self.max_wires)))
         return pool
 
     async def _send(self, packed: bytes, count: int) -> List[Any]:
@@ -339,7 +342,7 @@ class AsyncRedisBackend(RedisCommon):
         with boundary:
             if not self.direct:
                 reply = await self._route_one(packed, self.packer.slot(key), key, cost)
-                return self.layout.result(reply[0], cost)
+                return self.layout.result(self.layout.one(reply), cost)
             pool = self._wires or self._pool_of()
             # _Pool.request inlined: the hot path awaits the wire's Future.
             wire = pool.idle.pop() if pool.idle else await pool.acquire()
@@ -351,7 +354,7 @@ class AsyncRedisBackend(RedisCommon):
             pool.release(wire)
             if isinstance(reply, Exception):
                 reply = (await self._exchange(packed, 1, [reply]))[0]
-            return self.layout.result(reply[0], cost)
+            return self.layout.result(self.layout.one(reply), cost)
 
     async def try_take(self, key: str, cost: int = 1) -> bool:
         return (await self.take(key, cost)).allowed

@@ -10,6 +10,7 @@ grpcio-reflection, xds-protos, prometheus-client, PyYAML).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -20,6 +21,9 @@ from typing import List, Tuple
 from .config import DIR_ENV, RUN_ENV, WORKER_ENV, OptionsError, ServeOptions, add_arguments, options_from_args
 
 __all__ = ["serve", "add_arguments", "ServeOptions", "options_from_args"]
+
+#: Modules of the ``server`` extra (checked without importing them).
+_EXTRA = ("grpc", "grpc_health", "grpc_reflection", "envoy", "prometheus_client", "yaml")
 
 
 def _logging(level: str) -> None:
@@ -57,14 +61,21 @@ def serve(args: argparse.Namespace) -> int:
         print(f"guardian serve: {exc}", file=sys.stderr)
         return 2
     _logging(opts.log_level)
-    try:
-        from .app import run_worker
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        print(f"guardian serve needs the server extra (pip install 'guardian-ratelimit[server]'): {exc}",
-              file=sys.stderr)
+    missing = [m for m in _EXTRA if importlib.util.find_spec(m) is None]
+    if missing:  # pragma: no cover - depends on the install
+        print(f"guardian serve needs the server extra (pip install 'guardian-ratelimit[server]'): "
+              f"missing {', '.join(missing)}", file=sys.stderr)
         return 2
     if worker:
-        return run_worker(opts, os.environ[RUN_ENV], int(os.environ[WORKER_ENV]), os.environ.get(DIR_ENV))
+        from .app import run_worker
+
+        code = run_worker(opts, os.environ[RUN_ENV], int(os.environ[WORKER_ENV]), os.environ.get(DIR_ENV))
+        # Drained, leases returned, snapshot written: skip the interpreter's
+        # teardown (gRPC's takes seconds on a busy machine; the supervisor waits).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     from .ports import PortBusy, claim_ports, release
 
     try:
@@ -74,8 +85,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         if opts.workers == 1:
+            from .app import run_worker
+
             return run_worker(opts)
-        from .workers import supervise
+        from .workers import supervise  # the supervisor never loads gRPC
 
         argv = getattr(args, "argv", None)
         return supervise(opts, sys.argv[1:] if argv is None else list(argv))

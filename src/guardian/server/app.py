@@ -244,7 +244,7 @@ class Worker:
         while True:
             self._reload_again = False
             try:
-                policy = await loop.run_in_executor(None, load_policy, self.opts.config)
+                policy = await loop.run_in_executor(None, load_policy, self.opts.config, self.opts.merge_domains)
                 if self.state.buckets.in_memory:  # tables take time to build; Redis clients stay on the loop
                     prepared = await loop.run_in_executor(None, self.state.prepare, policy)
                 else:

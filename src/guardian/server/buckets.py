@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from .. import AsyncRateLimiter, MemoryBackend, TokenBucketConfig
+from .. import AsyncRateLimiter, MemoryBackend, RateLimiter, TokenBucketConfig
 from .._region import DEFAULT_SLOTS, SLOT_BYTES
 from .._result import LimitResult
 from .config import ServeOptions
@@ -50,8 +50,10 @@ def redis_prefix(namespace: str, config: TokenBucketConfig) -> str:
 
 
 class Bucket:
-    """A backend as the services use it: ``fast`` is the in-memory ``take``
-    (cannot fail, no await); otherwise ``limiter`` applies the fail policy."""
+    """A backend as the services use it: ``fast`` is the in-process check
+    (no await: a private table's ``take``, or for a shared table, which can
+    fail on a lock a dead process holds, the sync façade with the fail
+    policy); otherwise ``limiter`` applies the fail policy over the network."""
 
     __slots__ = ("config", "capacity", "backend", "limiter", "fast", "local")
 
@@ -59,13 +61,17 @@ class Bucket:
         self.config: TokenBucketConfig = backend.config
         self.capacity = self.config.capacity
         self.backend = backend
-        # in-process tables answer without awaiting (a shared table may be
-        # can_fail for a stuck lock, still no I/O to await)
-        self.local = isinstance(backend, MemoryBackend)
-        self.fast = backend.take if self.local else None
-        self.limiter: Optional[AsyncRateLimiter] = (
-            None if self.local else AsyncRateLimiter(backend, fail_open=fail_open)
-        )
+        #: In-process: no I/O to await, checks run inline on the event loop
+        #: (``does_io``, the backends' own word for it, once they all carry it).
+        self.local = not getattr(backend, "does_io", not isinstance(backend, MemoryBackend))
+        self.fast: Optional[Callable[[str, int], LimitResult]] = None
+        self.limiter: Optional[AsyncRateLimiter] = None
+        if not self.local:
+            self.limiter = AsyncRateLimiter(backend, fail_open=fail_open)
+        elif getattr(backend, "can_fail", False):
+            self.fast = RateLimiter(backend, fail_open=fail_open).check_limit
+        else:
+            self.fast = backend.take
 
     async def take(self, key: str, cost: int) -> LimitResult:
         if self.fast is not None:
@@ -75,11 +81,16 @@ class Bucket:
         return await self.limiter.check_limit(key, cost)
 
     async def peek(self, key: str) -> Tuple[int, float]:
-        """(remaining, seconds until full) without taking. In memory the
-        cores answer it (the reset moves with time); over Redis, until the
-        backends expose peek.lua, it is derived from the usage in whole tokens."""
+        """(remaining, seconds until full) without taking, as the cores or
+        peek.lua answer it (the reset moves with time). A Redis backend
+        without ``peek`` (before the backends expose it) falls back to the
+        usage in whole tokens."""
         if self.limiter is None:
             r = self.backend.peek(key, 0)
+            return r.remaining, r.reset_after
+        peek = getattr(self.backend, "peek", None)
+        if peek is not None:
+            r = await peek(key, 0)
             return r.remaining, r.reset_after
         used = await self.limiter.get_usage(key)
         return self.capacity - used, used * self.config.emission_interval

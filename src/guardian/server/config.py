@@ -45,6 +45,9 @@ ENV = {
     "batched": "GUARDIAN_BATCHED",
     "response_dynamic_metadata": "GUARDIAN_RESPONSE_DYNAMIC_METADATA",
     "max_table_memory": "GUARDIAN_MAX_TABLE_MEMORY",
+    "merge_domains": "GUARDIAN_MERGE_DOMAINS",
+    "shadow_mode": "GUARDIAN_SHADOW_MODE",
+    "quota_mode": "GUARDIAN_QUOTA_MODE",
 }
 
 
@@ -72,6 +75,12 @@ class ServeOptions:
     grace: float = 3.0
     #: With redis_url: serve checks from token leases (AsyncBatchedRedisBackend).
     batched: bool = False
+    #: A domain in several files is merged (ratelimit's MERGE_DOMAIN_CONFIG), not refused.
+    merge_domains: bool = False
+    #: Envoy requests over the limit are answered OK (statuses still say OVER_LIMIT): ratelimit's SHADOW_MODE.
+    shadow_mode: bool = False
+    #: Every Envoy rule in quota mode: ratelimit's QUOTA_MODE.
+    quota_mode: bool = False
     #: MiB the policy's in-memory tables may take together (one table per distinct limit).
     max_table_memory: int = 256
     #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
@@ -134,6 +143,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="with --redis-url: reserve tokens from Redis in leases and answer checks from "
                          "them locally; unused tokens go back at exit (env GUARDIAN_BATCHED)")
     g3.add_argument("--no-batched", dest="batched", action="store_const", const=False)
+    g5 = p.add_mutually_exclusive_group()
+    g5.add_argument("--merge-domains", dest="merge_domains", action="store_const", const=True,
+                    help="a domain defined in several policy files is merged, as envoyproxy/ratelimit's "
+                         "MERGE_DOMAIN_CONFIG (a descriptor defined twice is still refused); default: refused "
+                         "(env GUARDIAN_MERGE_DOMAINS)")
+    g5.add_argument("--no-merge-domains", dest="merge_domains", action="store_const", const=False)
+    a("--shadow-mode", dest="shadow_mode", action="store_const", const=True,
+      help="Envoy: answer OK overall even when a descriptor is OVER_LIMIT (its status still says so); "
+           "ratelimit's SHADOW_MODE (env GUARDIAN_SHADOW_MODE)")
+    a("--quota-mode", dest="quota_mode", action="store_const", const=True,
+      help="Envoy: every rule in quota_mode (OVER_LIMIT only when all of a request's rules are); "
+           "ratelimit's QUOTA_MODE (env GUARDIAN_QUOTA_MODE)")
     g4 = p.add_mutually_exclusive_group()
     g4.add_argument("--response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
                     const=True, help="send the request and the passed rules' metadata to Envoy as "
@@ -152,7 +173,7 @@ def _port(text: str) -> int:
 _CONVERT = {
     "grpc_port": _port, "http_port": _port, "workers": int, "slots": int, "max_table_memory": int, "grace": float,
     "fail_open": _fail_policy, "response_headers": _flag, "batched": _flag,
-    "response_dynamic_metadata": _flag,
+    "response_dynamic_metadata": _flag, "merge_domains": _flag, "shadow_mode": _flag, "quota_mode": _flag,
 }
 
 

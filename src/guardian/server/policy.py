@@ -527,18 +527,21 @@ def _documents(text: str, source: str) -> List[Any]:
         raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
 
 
-def parse_policy(text: str, source: str = "<string>", into: Optional[Policy] = None) -> Policy:
-    """Parses the YAML documents of one file into ``into`` (or a new Policy)."""
+def parse_policy(text: str, source: str = "<string>", into: Optional[Policy] = None,
+                 merge_domains: bool = False) -> Policy:
+    """Parses the YAML documents of one file into ``into`` (or a new Policy).
+    ``merge_domains``: a domain defined again adds its descriptors to the
+    first definition (ratelimit's MERGE_DOMAIN_CONFIG); else it is refused."""
     policy = into if into is not None else Policy(source=source)
     for n, doc in enumerate(_documents(text, source)):
         where = f"{source}[document {n}]"
         d = _mapping(doc, where, {"domain", "descriptors", "limits"})
         if "domain" in d:
             name = _str(d["domain"], where, "domain")
-            if name in policy.domains:
+            if name in policy.domains and not merge_domains:
                 raise _fail(where, f"duplicate domain '{name}' in config file")
-            root = Node(path=name)
-            _descriptors(d.get("descriptors"), root, f"{where}.descriptors")
+            root = policy.domains[name].root if name in policy.domains else Node(path=name)
+            _descriptors(d.get("descriptors"), root, f"{where}.descriptors")  # duplicates refused
             policy.domains[name] = Domain(name, root)
         elif "descriptors" in d:
             raise _fail(where, "config file cannot have empty domain (descriptors without a domain)")
@@ -563,7 +566,7 @@ def _check_configs(policy: Policy, source: str) -> None:
                           "(each is a table of its own)")
 
 
-def load_policy(path: Optional[str]) -> Policy:
+def load_policy(path: Optional[str], merge_domains: bool = False) -> Policy:
     """Reads ``path`` (a file or a directory of *.yaml); None gives the built-in policy."""
     if path is None:
         return Policy(limits={"default": _named_limit("default", DEFAULT_LIMIT, "<built-in>")})
@@ -580,6 +583,6 @@ def load_policy(path: Optional[str]) -> Policy:
     digest = hashlib.sha256()
     for name, text in texts:
         digest.update(text.encode())
-        parse_policy(text, name, policy)
+        parse_policy(text, name, policy, merge_domains)
     policy.digest = digest.hexdigest()
     return policy

@@ -12,19 +12,23 @@ the single server), it
   process listens on (whatever its user or lock directory) is refused too.
 
 The lock is held until the process exits (the kernel drops it even after a
-SIGKILL, so a crash never leaves a stale lock).
+SIGKILL, so a crash never leaves a stale lock). Where no lock can be made
+(a read-only filesystem), a warning says so and the probe alone decides.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 import tempfile
 from typing import List, Optional, Tuple
 
 __all__ = ["PortBusy", "claim_ports", "lock_dir"]
+
+log = logging.getLogger("guardian.server")
 
 
 class PortBusy(Exception):
@@ -36,15 +40,18 @@ def lock_dir() -> str:
     return os.path.join(base, f"guardian-{os.getuid()}-ports")
 
 
-def _lock(port: int, what: str, flag: str) -> int:
+def _lock(port: int, what: str, flag: str) -> Optional[int]:
     directory = lock_dir()
     path = os.path.join(directory, f"{port}.lock")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise PortBusy(f"cannot take the lock of {what} port {port} ({path}: {exc.strerror}); "
-                       "point XDG_RUNTIME_DIR or TMPDIR at a writable directory") from None
+        # e.g. a read-only root filesystem in a container: the bind probe still
+        # refuses a port a live run listens on, without the lock's holder pid
+        log.warning("guardian serve: no lock for %s port %d (%s: %s); point XDG_RUNTIME_DIR or TMPDIR at "
+                    "a writable directory to have one", what, port, path, exc.strerror)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -83,7 +90,9 @@ def claim_ports(bind: str, ports: List[Tuple[int, str, str]]) -> List[int]:
     fds: List[int] = []
     try:
         for port, what, flag in ports:
-            fds.append(_lock(port, what, flag))
+            fd = _lock(port, what, flag)
+            if fd is not None:
+                fds.append(fd)
         for port, what, flag in ports:
             _probe(bind, port, what, flag)
     except BaseException:

@@ -41,6 +41,8 @@ _UNIT = {name: Response.RateLimit.Unit.Value(name.upper()) for name in UNIT_SECO
 _UNIT_NAME = {v: k for k, v in _UNIT.items()}
 UNLIMITED_REMAINING = 2**32 - 1
 _SEP = "\x1f"
+#: The metric of requests --shadow-mode answered OK although over a limit.
+GLOBAL_SHADOW = "global_shadow_mode"
 #: Distinct descriptor ``limit`` overrides, at most: each is a small table
 #: (OVERRIDE_SLOTS slots of 16 bytes), so together at most 128 x 256 KiB.
 MAX_OVERRIDES = 128
@@ -101,10 +103,13 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
             else:
                 status = await self._decide(response, request.domain, d, found, default_hits)  # type: ignore[arg-type]
                 outcomes.append((status, rule))
-        response.overall_code = _overall(outcomes)
         opts = self.state.opts
+        response.overall_code = _overall(outcomes, opts.quota_mode)
+        if response.overall_code == OVER_LIMIT and opts.shadow_mode:  # statuses keep saying OVER_LIMIT
+            response.overall_code = OK
+            self.stats.count(GLOBAL_SHADOW, "shadow_denied")
         if opts.response_headers:
-            _add_headers(response, outcomes)
+            _add_headers(response, outcomes, opts.quota_mode)
         if opts.response_dynamic_metadata:
             _dynamic_metadata(response, request, outcomes)
         self.stats.observe("should_rate_limit", perf_counter() - t0)
@@ -226,13 +231,13 @@ def _replaced(matches: List[Optional[Match]]) -> Set[str]:
     return out
 
 
-def _overall(outcomes: List[Tuple[Any, Optional[Rule]]]) -> int:
+def _overall(outcomes: List[Tuple[Any, Optional[Rule]]], all_quota: bool = False) -> int:
     """OVER_LIMIT when a rule is over its limit, or when every quota_mode rule is."""
     quota = quota_over = 0
     for status, rule in outcomes:
         if rule is None:
             continue
-        if rule.quota_mode:
+        if rule.quota_mode or all_quota:
             quota += 1
             quota_over += status.code == OVER_LIMIT
         elif status.code == OVER_LIMIT:
@@ -240,7 +245,7 @@ def _overall(outcomes: List[Tuple[Any, Optional[Rule]]]) -> int:
     return int(OVER_LIMIT if quota and quota == quota_over else OK)
 
 
-def _add_headers(response: Any, outcomes: List[Tuple[Any, Optional[Rule]]]) -> None:
+def _add_headers(response: Any, outcomes: List[Tuple[Any, Optional[Rule]]], all_quota: bool = False) -> None:
     """ratelimit's choice: the status closest to its limit (an over-limit one
     of a rule not in quota mode wins); ratelimit's values, except Reset: the
     seconds until the bucket is full again, not until a fixed window ends."""
@@ -248,7 +253,7 @@ def _add_headers(response: Any, outcomes: List[Tuple[Any, Optional[Rule]]]) -> N
     for status, rule in outcomes:
         if rule is None:
             continue
-        if status.code == OVER_LIMIT and not rule.quota_mode:
+        if status.code == OVER_LIMIT and not (rule.quota_mode or all_quota):
             chosen = status
         elif chosen is None or status.limit_remaining < chosen.limit_remaining:
             chosen = status

@@ -87,7 +87,7 @@ class State:
 
     def load(self) -> None:
         """Loads the policy file (raises PolicyError and keeps the old one on error)."""
-        self.install(load_policy(self.opts.config))
+        self.install(load_policy(self.opts.config, self.opts.merge_domains))
 
     @property
     def serving(self) -> bool:

@@ -6,7 +6,8 @@ bind the gRPC and HTTP ports with SO_REUSEPORT, so the kernel spreads
 connections over them, and attach to the same shared-memory tables (named
 after the run id) or the same Redis, so a limit is one limit across them.
 The supervisor forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that
-dies (with a pause if it dies at once), and at exit removes the run's
+dies (with a pause if it dies at once; after MAX_FAST_DEATHS such deaths in
+a row it stops the run instead), and at exit removes the run's
 shared tables and run directory. It exits 0 after a SIGTERM when every
 worker it stopped exited 0 (or of that SIGTERM); a worker that had died
 just before is logged, not counted. A worker that exits 2 (a configuration error: a bad
@@ -41,6 +42,9 @@ _FAST_DEATH = 2.0
 _KILL_MARGIN = 1.0
 #: The exit code of a worker (and of the command) that met a configuration error.
 CONFIG_ERROR = 2
+#: A worker that dies this many times in a row soon after its start is not
+#: restarted again: the run stops (exit 1) rather than loop.
+MAX_FAST_DEATHS = 5
 
 if TYPE_CHECKING:
     Popen = subprocess.Popen[bytes]
@@ -72,6 +76,8 @@ class Supervisor:
         #: Exit codes of workers that will not be restarted.
         self.codes: Dict[int, Optional[int]] = {}
         self.config_error = False
+        #: Deaths in a row within _FAST_DEATH of the start, per worker.
+        self.fast_deaths: Dict[int, int] = {}
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         (self.hup if signum == signal.SIGHUP else self.stopping).append(signum)
@@ -126,6 +132,13 @@ class Supervisor:
     def _schedule_restart(self, i: int, p: "Popen", code: int, now: float) -> None:
         if i not in self.restart_at:
             fast = now - self.started[i] < _FAST_DEATH
+            self.fast_deaths[i] = self.fast_deaths.get(i, 0) + 1 if fast else 0
+            if self.fast_deaths[i] >= MAX_FAST_DEATHS:
+                log.error("guardian supervisor: worker %d died %d times in a row within %gs of its start "
+                          "(last exit %s); not restarting it, stopping", i, self.fast_deaths[i], _FAST_DEATH, code)
+                self.codes[i] = code
+                self.stopping.append(signal.SIGTERM)
+                return
             self.restart_at[i] = now + (1.0 if fast else 0.0)
             log.warning("guardian supervisor: worker %d (pid %d) exited with %s; restarting%s",
                         i, p.pid, code, " in 1s" if fast else "")
@@ -154,6 +167,13 @@ class Supervisor:
                 self.codes[i] = p.wait(max(deadline - time.monotonic(), 0.01))
                 if self.codes[i] == -signal.SIGTERM:
                     self.codes[i] = 0  # a replacement still starting: stopped by our SIGTERM, as asked
+                elif self.codes[i] == -signal.SIGKILL:
+                    # Killed from outside between our poll and the stop (the
+                    # race of a worker dying just before SIGTERM): as above,
+                    # logged, not an error of the run.
+                    log.warning("guardian supervisor: worker %d (pid %d) was killed before it could stop",
+                                i, p.pid)
+                    self.codes[i] = 0
             except subprocess.TimeoutExpired:
                 log.warning("guardian supervisor: worker %d (pid %d) did not stop; killing it", i, p.pid)
                 p.kill()
