@@ -199,6 +199,16 @@ cdef class Table:
     # Takes decided through this object. Per object, not in the shared header:
     # workers sharing a table would otherwise bounce one cache line per check.
     cdef uint64_t allowed_, denied_
+    # Where this object counts its takes: its own counters, or for a view
+    # (``deciding``) those of the table it views, kept alive by ``parent``.
+    cdef uint64_t *allowed_p
+    cdef uint64_t *denied_p
+    cdef Table parent
+    # What a take answers when a stripe lock stays stuck: -1 raise
+    # BackendTimeoutError, else that decision (0 deny, 1 allow), counted in stuck_.
+    cdef int on_stuck_
+    cdef uint64_t stuck_
+    cdef object report  # None, or called with the BackendTimeoutError a view did not raise
     cdef readonly int64_t capacity
     cdef readonly uint64_t slots
     cdef readonly object name
@@ -208,6 +218,10 @@ cdef class Table:
         self.spends_ = 0
         self.allowed_ = 0
         self.denied_ = 0
+        self.allowed_p = &self.allowed_
+        self.denied_p = &self.denied_
+        self.on_stuck_ = -1
+        self.stuck_ = 0
 
     def __init__(self, int64_t capacity, int64_t emission_ticks, int64_t ticks_per_ns,
                  slots=None, name=None, clock=None, seed=None):
@@ -326,7 +340,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         return d.allowed
 
     def check(self, key, cost=1):
@@ -336,7 +350,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         return self._result(&d)
 
     def check_result(self, key, cost=1):
@@ -346,7 +360,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         cdef LimitResult r = LimitResult.__new__(LimitResult)
         r.allowed = d.allowed
         r.remaining = d.remaining
@@ -379,7 +393,7 @@ cdef class Table:
                     self._take(hashes[i], c, now, &out[i])
             for i in range(n):
                 if out[i].stuck:  # the keys before it were decided (and taken): fewer admissions, never more
-                    self._stuck(out[i].stuck)
+                    self._stuck_decision(out[i].stuck, &out[i])
             return [self._result(&out[i]) for i in range(n)]
         finally:
             free(hashes)
@@ -483,9 +497,41 @@ cdef class Table:
             "slots": self.slots,
             "full": g_read_count(&self.hdr.full_count),
             "reclaims": g_read_count(&self.hdr.reclaim_count),
-            "allowed": g_read_count(&self.allowed_),
-            "denied": g_read_count(&self.denied_),
+            "allowed": g_read_count(self.allowed_p),
+            "denied": g_read_count(self.denied_p),
+            "stuck": g_read_count(&self.stuck_),
         }
+
+    def deciding(self, on_stuck, report=None):
+        """A view of this table whose takes (try_acquire, check,
+        check_result, check_many) answer ``on_stuck`` (True: allowed,
+        False: denied; remaining 0, retry_after 0) instead of raising
+        BackendTimeoutError when a stripe lock stays held past the bound,
+        and count those answers in its ``stats()["stuck"]``. It shares the
+        slots and the allowed/denied counts; the other operations raise as
+        the table's do. ``report``, when given, is called with the
+        BackendTimeoutError each such answer stands for (to log and count
+        it). For a caller whose failure policy is a fixed answer: it binds
+        the view's methods, with no Python frame in between."""
+        if not isinstance(on_stuck, bool):
+            raise ArgumentTypeError(f"on_stuck must be True or False, got {type(on_stuck).__name__}")
+        cdef Table v = Table.__new__(Table)
+        cdef Table root = self if self.parent is None else self.parent
+        v.parent = root
+        v.buf = root.buf  # the parent holds the buffer view; v releases none
+        v.hdr, v.slots_, v.mask, v.k0, v.k1 = root.hdr, root.slots_, root.mask, root.k0, root.k1
+        v.epoch, v.P, v.Q, v.tau, v.horizon = root.epoch, root.P, root.Q, root.tau, root.horizon
+        v.scale, v.window, v.lock_wait_ns, v.clock = root.scale, root.window, root.lock_wait_ns, root.clock
+        v.capacity, v.slots, v.name = root.capacity, root.slots, root.name
+        v.allowed_p, v.denied_p = root.allowed_p, root.denied_p
+        v.on_stuck_ = 1 if on_stuck else 0
+        v.report = report
+        return v
+
+    @property
+    def on_stuck(self):
+        """None (a stuck lock raises), or the answer of a ``deciding`` view."""
+        return None if self.on_stuck_ < 0 else bool(self.on_stuck_)
 
     def close(self):
         """Detach (the shared segment stays until unlink)."""
@@ -497,9 +543,9 @@ cdef class Table:
         if d.stuck:
             return  # not decided: not counted
         if d.allowed:
-            g_count(&self.allowed_)
+            g_count(self.allowed_p)
         else:
-            g_count(&self.denied_)
+            g_count(self.denied_p)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -780,9 +826,27 @@ cdef class Table:
             if g_cas(&self.slots_[s].tat, t, t - back):
                 return True
 
+    cdef int _stuck_decision(self, int64_t holder, Decision *d) except -1:
+        """A take met a stuck stripe lock: raise, or answer the view's
+        decision (nothing was taken either way) and count it."""
+        if self.on_stuck_ < 0:
+            return self._stuck(holder)
+        g_count(&self.stuck_)
+        if self.report is not None:
+            self.report(self._stuck_error(holder))
+        d.allowed = self.on_stuck_ == 1
+        d.remaining = 0
+        d.retry_ticks = 0
+        d.reset_ticks = 0
+        d.stuck = 0
+        return d.allowed
+
     cdef int _stuck(self, int64_t holder) except -1:
+        raise self._stuck_error(holder)
+
+    cdef object _stuck_error(self, int64_t holder):
         where = f"shared table {self.name!r}" if self.name is not None else "the local table"
-        raise BackendTimeoutError(
+        return BackendTimeoutError(
             f"{where}: an insert lock has been held by process {holder} for more than "
             f"{self.lock_wait_ns / 1e9:g}s (a stopped process, or its pid was reused); this "
             "check was not decided and changed nothing. Resume or end that process, or "
@@ -844,10 +908,10 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
             wait = <double>out[j].retry_ticks / (<Table>tables[j]).scale
             if not out[j].allowed and (worst < 0 or wait > longest):
                 worst, longest = j, wait
-        g_count(&(<Table>tables[worst]).denied_)
+        g_count((<Table>tables[worst]).denied_p)
         return worst
     for i in range(n):
-        g_count(&(<Table>tables[i]).allowed_)
+        g_count((<Table>tables[i]).allowed_p)
     return -1
 
 
