@@ -98,6 +98,12 @@ cdef enum:
     LOCK_SPINS = 64
     LOCK_YIELD_NS = 1000000
     LOCK_SLEEP_NS = 50000
+    # After a wait for a stripe lock ran out, waits for the same (live) holder
+    # give up at once for this long; then one waits the bound again, as a
+    # probe. One stuck process costs a check the bound about once a second
+    # per stripe, not every time (what the limiter's breaker did before the
+    # limiter bound ``deciding`` views). _pycore._STUCK_COOLDOWN_S likewise.
+    STUCK_COOLDOWN_NS = 1000000000
 
 # Outcomes of a slot lookup.
 cdef enum:
@@ -209,6 +215,10 @@ cdef class Table:
     cdef int on_stuck_
     cdef uint64_t stuck_
     cdef object report  # None, or called with the BackendTimeoutError a view did not raise
+    # Per stripe: the holder that last kept the lock past the bound, and until
+    # when a wait for that same holder gives up at once (see _lock_stripe).
+    cdef int64_t stuck_holder[G_STRIPES]
+    cdef int64_t stuck_until[G_STRIPES]
     cdef readonly int64_t capacity
     cdef readonly uint64_t slots
     cdef readonly object name
@@ -783,12 +793,17 @@ cdef class Table:
                 continue
             now = g_monotonic_ns()
             if deadline == 0:
+                if <int64_t>holder == g_load(&self.stuck_holder[stripe]) \
+                        and now < g_load(&self.stuck_until[stripe]) and g_pid_alive(<int64_t>holder):
+                    break  # it kept this lock past the bound moments ago: no new wait
                 sleep_at = now + LOCK_YIELD_NS
                 deadline = now + self.lock_wait_ns
             if now < sleep_at:
                 g_pause(LOCK_SPINS)  # a yield
                 continue
             if now > deadline:
+                g_store(&self.stuck_holder[stripe], <int64_t>holder)
+                g_store(&self.stuck_until[stripe], now + STUCK_COOLDOWN_NS)
                 break
             if not sleeping:
                 sleeping = True
@@ -798,6 +813,8 @@ cdef class Table:
             g_sleep_ns(LOCK_SLEEP_NS)
         if released != NULL:
             PyEval_RestoreThread(released)
+        if got and g_load(&self.stuck_holder[stripe]) != 0:
+            g_store(&self.stuck_holder[stripe], 0)  # it let go: wait for it as for anyone
         return 0 if got else <int64_t>holder
 
     cdef bint _undo(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:

@@ -30,6 +30,8 @@ MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 _M64 = (1 << 64) - 1
 _TOMB = 2  # fingerprint of a repaired slot; real fingerprints are odd
 _PROBES = _region.PROBE_WINDOW
+#: See STUCK_COOLDOWN_NS in _core.pyx.
+_STUCK_COOLDOWN_S = 1.0
 
 Result = Tuple[bool, int, float, float]
 
@@ -164,6 +166,7 @@ class Table:
         self._stuck = 0
         self._owner = True  # a view does not close the table's descriptor
         self._report: Optional[Callable[[BackendTimeoutError], Any]] = None
+        self._stuck_until = 0.0  # see _wait_for_table
 
     # --- locking and time -------------------------------------------------
 
@@ -178,15 +181,20 @@ class Table:
     def _wait_for_table(self) -> None:
         """Another process holds the table's lock. It only ever holds it for
         one operation, so one holding it past LOCK_WAIT_S is not running
-        (SIGSTOP, a debugger): give up, the failure policy decides."""
-        deadline = time.monotonic() + _region.LOCK_WAIT_S
+        (SIGSTOP, a debugger): give up, the failure policy decides. For
+        _STUCK_COOLDOWN_S after that, give up at once (see _core._lock_stripe)."""
+        now = time.monotonic()
+        deadline = now + _region.LOCK_WAIT_S if now >= self._stuck_until else now
         while time.monotonic() < deadline:
             time.sleep(0.0005)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._stuck_until = 0.0  # it let go: wait for it as for anyone
                 return
             except BlockingIOError:
                 continue
+        if deadline > now:
+            self._stuck_until = time.monotonic() + _STUCK_COOLDOWN_S
         self._lock.release()
         raise BackendTimeoutError(
             f"shared table {self.name!r}: its lock has been held by another process for more "

@@ -478,6 +478,30 @@ def test_a_stuck_lock_is_decided_by_the_policy_inside_the_core(
     assert backend.stats()["allowed"] == 2
 
 
+def test_a_stuck_holder_costs_the_bound_once_per_cooldown(core: ModuleType, shm_name: str, stopped: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a wait for a stuck lock ran out, checks that need the same
+    lock, held by the same live process, give up at once for a cooldown
+    (what the limiter's breaker did for the wrapper), instead of each
+    waiting the bound; a holder that dies meanwhile is taken over at once."""
+    monkeypatch.setattr(_region, "LOCK_WAIT_S", 1.0)
+    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
+    limiter = RateLimiter(backend, fail_open=True)
+    holder = _plant_stuck_locks(core, shm_name, stopped)
+    start = time.monotonic()
+    assert limiter.try_acquire("newcomer")  # waits the bound
+    waited = time.monotonic() - start
+    assert waited >= 1.0
+    start = time.monotonic()
+    assert all(limiter.try_acquire("newcomer") for _ in range(5))  # the same lock: no new wait
+    assert time.monotonic() - start < 0.5
+    assert limiter.failures == limiter.errors == 6
+    holder.kill()
+    holder.wait()
+    assert limiter.try_acquire("newcomer") and limiter.failures == 6  # a dead holder is not waited for
+    assert backend.stats()["allowed"] == 1
+
+
 def test_fail_open_local_keeps_the_wrapper_on_a_shared_table(core: ModuleType, shm_name: str, stopped: Any,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """fail_open="local" is no fixed answer: the Python wrapper decides a
