@@ -10,10 +10,10 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .. import _impl
-from .._config import TokenBucketConfig
+from .._config import Limits, TokenBucketConfig, as_limits
 from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError, MisuseError
 from .._result import LimitResult
 from ._redis_scripts import Layout, Reserved
@@ -387,7 +387,7 @@ class BatchedCommon:
 
     def __init__(
         self,
-        config: TokenBucketConfig,
+        config: Union[TokenBucketConfig, str],
         url: Optional[str] = None,
         *,
         client: Any = None,
@@ -404,8 +404,16 @@ class BatchedCommon:
         close_timeout: float = 2.0,
         **client_options: Any,
     ) -> None:
-        if not isinstance(config, TokenBucketConfig):
-            raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
+        limit = as_limits(config)  # a config or its notation ("100/minute")
+        if isinstance(limit, Limits):
+            # A lease is tokens of one bucket served locally: several limits
+            # would need a lease per limit taken all or nothing, which leases
+            # cannot give without a round trip per check.
+            raise MisuseError(
+                f"{type(self).__name__} takes one limit, got {limit!r}: for several limits on "
+                f"one key use RedisBackend / AsyncRedisBackend (one script per check, all or nothing), "
+                f"or one batched backend per limit if each may be checked on its own")
+        config = limit
         if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) \
                 or not 0 <= close_timeout < math.inf:
             raise ConfigurationError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")

@@ -14,8 +14,9 @@ import redis.exceptions as rex
 from redis._parsers import BaseParser
 
 from .._result import LimitResult
-from ._redis_common import Call, RedisCommon, Reserved, boundary
+from ._redis_common import Call, RedisCommon, Reserved, boundary, peek_all, usage_all
 from ._redis_scripts import malformed
+from .memory import LimitsResult
 
 __all__ = ["RedisBackend"]
 
@@ -363,7 +364,41 @@ class RedisBackend(RedisCommon):
         (granted, remaining, retry_after_s, reset_after_s)."""
         return self.seconds(self.reserve_tokens(key, tokens))
 
+    # --- several limits on one key (Limits): one take_all.lua per check ----
+
+    def take_detail(self, key: str, cost: int = 1) -> LimitsResult:
+        """The check of ``take``, with which limit denied it (the one with
+        the longest wait) and each limit's own answer."""
+        if self.limits is None:
+            r = self.take(key, cost)
+            return LimitsResult(r, None if r.allowed else 0, None if r.allowed else self.config, (r,))
+        calls, packed, slots = self.plan_take_all(key, cost)
+        reply = self._run(calls, packed, slots)[0]
+        with boundary:
+            return self.decode_all(reply)
+
+    def _take_all(self, key: str, cost: int = 1) -> LimitResult:
+        return self.take_detail(key, cost).result
+
+    def _try_take_all(self, key: str, cost: int = 1) -> bool:
+        return self.take_detail(key, cost).result.allowed
+
+    def _take_many_all(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        return [self.take_detail(k, cost).result for k in list(keys)]
+
+    def _usage_all(self, key: str) -> int:
+        return usage_all([b.usage(key) for b in self.each], self.limits)
+
+    def _reset_all(self, key: str) -> None:
+        for b in self.each:
+            b.reset(key)
+
+    def _peek_all(self, key: str, cost: int = 1) -> LimitResult:
+        return peek_all([b.peek(key, cost) for b in self.each], self.limits)
+
     def close(self) -> None:
+        for b in getattr(self, "each", ()):
+            b.close()
         idle, self._idle = self._idle, []
         for wire in idle:
             wire.close()

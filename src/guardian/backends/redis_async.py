@@ -14,7 +14,8 @@ import redis.exceptions as rex
 from redis._parsers import BaseParser
 
 from .._result import LimitResult
-from ._redis_common import Call, RedisCommon, Reserved, boundary
+from ._redis_common import Call, RedisCommon, Reserved, boundary, peek_all, usage_all
+from .memory import LimitsResult
 
 __all__ = ["AsyncRedisBackend"]
 
@@ -404,7 +405,43 @@ class AsyncRedisBackend(RedisCommon):
         """Takes up to ``tokens`` from the bucket, as many as it holds."""
         return self.seconds(await self.reserve_tokens(key, tokens))
 
+    # --- several limits on one key (Limits): one take_all.lua per check ----
+
+    async def take_detail(self, key: str, cost: int = 1) -> LimitsResult:
+        """Like RedisBackend.take_detail."""
+        if self.limits is None:
+            r = await self.take(key, cost)
+            return LimitsResult(r, None if r.allowed else 0, None if r.allowed else self.config, (r,))
+        calls, packed, slots = self.plan_take_all(key, cost)
+        reply = (await self._run(calls, packed, slots))[0]
+        with boundary:
+            return self.decode_all(reply)
+
+    async def _take_all(self, key: str, cost: int = 1) -> LimitResult:
+        return (await self.take_detail(key, cost)).result
+
+    async def _try_take_all(self, key: str, cost: int = 1) -> bool:
+        return (await self.take_detail(key, cost)).result.allowed
+
+    async def _take_many_all(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        return [(await self.take_detail(k, cost)).result for k in list(keys)]
+
+    async def _usage_all(self, key: str) -> int:
+        return usage_all([await b.usage(key) for b in self.each], self.limits)
+
+    async def _reset_all(self, key: str) -> None:
+        for b in self.each:
+            await b.reset(key)
+
+    async def _peek_all(self, key: str, cost: int = 1) -> LimitResult:
+        return peek_all([await b.peek(key, cost) for b in self.each], self.limits)
+
+    async def _no_lease(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.no_lease()
+
     async def aclose(self) -> None:
+        for b in getattr(self, "each", ()):
+            await b.aclose()
         pools: List[_Pool] = [self._wires] if self._wires is not None else []
         pools += self._nodes.values()
         self._wires, self._nodes = None, {}
