@@ -116,8 +116,13 @@ def test_async_takes_all_or_nothing(deployment: Tuple[str, Any], prefix: str) ->
         b = AsyncRedisBackend("3/hour and 5/day", url=url, prefix=prefix)
         # Two clients at once on one key: exactly the hour's 3.
         other = AsyncRedisBackend(Limits.parse("3/hour and 5/day"), url=url, prefix=prefix)
-        got = await asyncio.gather(*[(b if i % 2 else other).try_take("k") for i in range(10)])
-        assert sum(got) == 3
+        # One check first: 10 concurrent first checks on a fresh asyncio
+        # cluster client whose node lacks the script can fail with
+        # "Connection closed by server" inside redis-py's client (also with
+        # one limit; reported, not this test's subject).
+        assert await b.try_take("k")
+        got = 1 + sum(await asyncio.gather(*[(b if i % 2 else other).try_take("k") for i in range(10)]))
+        assert got == 3
         why = await b.take_detail("k")
         assert why.denied_by == 0 and why.result.retry_after == pytest.approx(1200, abs=1)
         assert await b.usage("k") == 3
