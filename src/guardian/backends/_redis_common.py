@@ -18,7 +18,7 @@ import hiredis
 import redis.exceptions as rex
 from redis.crc import key_slot
 
-from .._args import check_cost
+from .._args import check_cost, check_key
 from .._config import Limits, TokenBucketConfig, as_limits
 from .._errors import (
     BackendConfigError,
@@ -31,7 +31,7 @@ from .._errors import (
     RateLimitError,
 )
 from .._result import LimitResult
-from ._redis_scripts import Layout, Packer, Reserved, malformed
+from ._redis_scripts import Layout, Packer, Reserved, malformed, resp_bulk
 from .memory import LimitsResult
 from .redis_url import client_for_url
 
@@ -206,6 +206,15 @@ class RedisCommon:
             self.layouts = tuple(Layout(c) for c in limits)
             self.packers = tuple(Packer(prefix, lay) for lay in self.layouts)
             self._rest_argv = tuple(a for lay in self.layouts[1:] for a in lay.argv)
+            # take_all's packed EVALSHA around the keys: every check formats
+            # only its key into these (as Packer.take1 does for one limit).
+            n = len(limits)
+            sha = self.packer.scripts["take_all"].sha.encode()
+            self._all_head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + n + 1 + 3 * n, resp_bulk(sha), resp_bulk(b"%d" % n))
+            self._all_prefixes = tuple(p.prefix for p in self.packers)
+            self._all_argv0 = b"".join(resp_bulk(a) for a in self.layout.argv)
+            self._all_rest = b"".join(resp_bulk(a) for a in self._rest_argv)
+            self._all_tail1 = self._all_argv0 + resp_bulk(b"1") + self._all_rest
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
@@ -308,6 +317,31 @@ class RedisCommon:
                 f"a Redis Cluster hash slot), got {key!r}")
         extra = (c, *self._rest_argv)
         return [("take_all", keys, extra)], self.packer.command("take_all", keys, *extra), list(slots)
+
+    def take_all_call(self, key: str, cost: int) -> Call:
+        """take_all for one key as a call for redis-py's cluster client."""
+        return self.plan_take_all(key, cost)[0][0]
+
+    def pack_take_all(self, key: str, cost: Any) -> bytes:
+        """plan_take_all's packed bytes, built for speed (the hot path of a
+        single server), with the same checks."""
+        data = check_key(key)
+        if data[:1] == b"}":
+            self.plan_take_all(key, cost)  # raises the error about the hash slot
+        if cost == 1 and type(cost) is int:
+            tail = self._all_tail1
+        else:
+            tail = self._all_argv0 + resp_bulk(b"%d" % check_cost(cost, self.limits.capacity)) + self._all_rest  # type: ignore[union-attr]
+        extra = len(data) + 1
+        keys = b"".join(b"$%d\r\n%b%b}\r\n" % (len(p) + extra, p, data) for p in self._all_prefixes)
+        return self._all_head + keys + tail
+
+    def admitted_all(self, reply: Any) -> bool:
+        """take_all.lua's verdict alone (try_take), the reply checked."""
+        if type(reply) is not list or len(reply) != 1 + 3 * len(self.layouts) or type(reply[0]) is not int \
+                or not 0 <= reply[0] <= len(self.layouts):
+            raise malformed(reply)
+        return reply[0] == 0
 
     def decode_all(self, reply: Any) -> LimitsResult:
         """take_all.lua's reply as a LimitsResult (like MemoryBackend.take_detail)."""

@@ -244,7 +244,8 @@ class AsyncRedisBackend(RedisCommon):
         replies: List[Any] = await self._pool_of().request(packed, count)
         return replies
 
-    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int,
+                         call_of: Optional[Callable[[str, int], Call]] = None) -> Any:
         """Like RedisBackend._route_one."""
         node = self.primary(slot)
         if node is not None:
@@ -255,7 +256,7 @@ class AsyncRedisBackend(RedisCommon):
                 raise
             if self.routed_reply(reply):
                 return reply
-        return (await self._via_client([self.take_call(key, cost)]))[0]
+        return (await self._via_client([(call_of or self.take_call)(key, cost)]))[0]
 
     def _remap(self) -> None:
         """Like RedisBackend._remap, in a task."""
@@ -412,8 +413,10 @@ class AsyncRedisBackend(RedisCommon):
         if self.limits is None:
             r = await self.take(key, cost)
             return LimitsResult(r, None if r.allowed else 0, None if r.allowed else self.config, (r,))
-        calls, packed, slots = self.plan_take_all(key, cost)
-        reply = (await self._run(calls, packed, slots))[0]
+        if self.direct:
+            reply = await self._run_packed(self.pack_take_all(key, cost))
+        else:
+            reply = await self._route_all(key, cost)
         with boundary:
             return self.decode_all(reply)
 
@@ -421,7 +424,24 @@ class AsyncRedisBackend(RedisCommon):
         return (await self.take_detail(key, cost)).result
 
     async def _try_take_all(self, key: str, cost: int = 1) -> bool:
-        return (await self.take_detail(key, cost)).result.allowed
+        if self.direct:
+            packed = self.pack_take_all(key, cost)
+            reply = await self._run_packed(packed)
+        else:
+            reply = await self._route_all(key, cost)
+        with boundary:
+            return self.admitted_all(reply)
+
+    async def _route_all(self, key: str, cost: int) -> Any:
+        """take_all on a cluster: straight to the slot's primary."""
+        packed = self.pack_take_all(key, cost)
+        with boundary:
+            return await self._route_one(packed, self.packer.slot(key), key, cost, self.take_all_call)
+
+    async def _run_packed(self, packed: bytes) -> Any:
+        """One pre-packed call on a single server (NOSCRIPT reloads)."""
+        with boundary:
+            return (await self._exchange(packed, 1))[0]
 
     async def _take_many_all(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         return [(await self.take_detail(k, cost)).result for k in list(keys)]
