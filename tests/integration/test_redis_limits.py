@@ -194,3 +194,23 @@ def test_the_hot_path_packs_what_the_plan_packs(redis_server: Any) -> None:
     with pytest.raises(InvalidArgumentError):
         b.pack_take_all("k", 4)
     b.close()
+
+
+def test_the_async_facade_with_limits(redis_server: Any, prefix: str) -> None:
+    from guardian import AsyncRateLimiter
+
+    with pytest.raises(MisuseError, match="AsyncRateLimiter"):
+        RateLimiter(AsyncRedisBackend("3/hour and 5/day", url=redis_server.url))
+
+    async def main() -> None:
+        limiter = AsyncRateLimiter(AsyncRedisBackend("3/hour and 5/day", url=redis_server.url, prefix=prefix),
+                                   fail_open="local")
+        assert [await limiter.try_acquire("k") for _ in range(4)] == [True, True, True, False]
+        assert await limiter.get_usage("k") == 3
+        assert (await limiter.check_limit("k")).retry_after == pytest.approx(1200, abs=1)
+        assert [r.allowed for r in await limiter.check_many(["a", "b"])] == [True, True]
+        await limiter.reset("k")
+        assert await limiter.get_usage("k") == 0
+        await limiter.backend.aclose()
+
+    asyncio.run(main())
