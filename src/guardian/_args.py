@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import _region
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError, MisuseError
 
-__all__ = ["check_key", "check_cost"]
+__all__ = ["check_key", "check_cost", "check_clock"]
 
 
 def check_key(key: Any) -> bytes:
@@ -45,3 +45,23 @@ def check_cost(cost: Any, capacity: int, lowest: int = 1) -> int:
             f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"
         )
     return int(cost)
+
+
+def check_clock(clock: Any) -> Any:
+    """An injected clock (``clock=``) must be a callable returning integer
+    nanoseconds, like time.monotonic_ns: called once here, so a clock in
+    seconds (time.monotonic, ``lambda: 1.5``) or of another type is
+    refused by name when the object is built, not on its first check."""
+    if not callable(clock):
+        raise MisuseError(f"clock must be a callable returning integer nanoseconds "
+                          f"(like time.monotonic_ns), got {clock!r}")
+    now = clock()
+    name = getattr(clock, "__qualname__", None) or repr(clock)
+    if isinstance(now, bool) or not isinstance(now, int):
+        hint = " (float seconds? pass time.monotonic_ns, not time.monotonic)" if isinstance(now, float) else ""
+        raise MisuseError(
+            f"clock {name!r} returned {now!r} ({type(now).__name__}): a clock must return integer "
+            f"nanoseconds, like time.monotonic_ns{hint}")
+    if not -(1 << 63) <= now < 1 << 63:
+        raise MisuseError(f"clock {name!r} returned {now!r}: integer nanoseconds must fit in 64 bits")
+    return clock

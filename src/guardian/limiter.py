@@ -252,11 +252,13 @@ class _Policy(Generic[B]):
         return [self._decide(key, cost) for key in keys] if keys else []
 
 
-def local_config(config: TokenBucketConfig, share: float) -> TokenBucketConfig:
+def local_config(config: Any, share: float) -> Any:
     """The in-process fallback's limit: ``share`` of ``config``'s capacity
-    (at least 1 token) and of its refill rate."""
+    (at least 1 token) and of its refill rate; of each limit's, for Limits."""
     if share == 1.0:
         return config
+    if isinstance(config, Limits):
+        return Limits(*(local_config(c, share) for c in config))
     # 1/3 as a float is 0.333...; the nearest simple fraction is what was meant.
     fraction = Fraction(share).limit_denominator(1_000_000)
     rate = config.refill_rate

@@ -10,10 +10,11 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .. import _impl
-from .._config import TokenBucketConfig
+from .._args import check_clock
+from .._config import Limits, TokenBucketConfig, as_limits
 from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError, MisuseError
 from .._result import LimitResult
 from ._redis_scripts import Layout, Reserved
@@ -37,19 +38,6 @@ Returns = List[Tuple[str, int, Reservation]]
 #: Time in integer nanoseconds of a monotonic clock: the core's convention,
 #: used for every lease deadline too, so one injected clock moves them all.
 Clock = Callable[[], int]
-
-
-def check_clock(clock: Any) -> Clock:
-    """A clock must be a callable returning integer nanoseconds (the
-    core's convention); seconds as a float are refused by name."""
-    if not callable(clock):
-        raise MisuseError(f"clock must be a callable returning integer nanoseconds, got {clock!r}")
-    now = clock()
-    if isinstance(now, bool) or not isinstance(now, int):
-        raise MisuseError(
-            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: a clock returns integer "
-            f"nanoseconds of a monotonic clock (time.monotonic_ns), not seconds")
-    return clock  # type: ignore[no-any-return]
 
 
 class LeaseTable:
@@ -409,7 +397,7 @@ class BatchedCommon:
 
     def __init__(
         self,
-        config: TokenBucketConfig,
+        config: Union[TokenBucketConfig, str],
         url: Optional[str] = None,
         *,
         client: Any = None,
@@ -426,8 +414,16 @@ class BatchedCommon:
         close_timeout: float = 2.0,
         **client_options: Any,
     ) -> None:
-        if not isinstance(config, TokenBucketConfig):
-            raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
+        limit = as_limits(config)  # a config or its notation ("100/minute")
+        if isinstance(limit, Limits):
+            # A lease is tokens of one bucket served locally: several limits
+            # would need a lease per limit taken all or nothing, which leases
+            # cannot give without a round trip per check.
+            raise MisuseError(
+                f"{type(self).__name__} takes one limit, got {limit!r}: for several limits on "
+                f"one key use RedisBackend / AsyncRedisBackend (one script per check, all or nothing), "
+                f"or one batched backend per limit if each may be checked on its own")
+        config = limit
         if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) \
                 or not 0 <= close_timeout < math.inf:
             raise ConfigurationError(f"close_timeout must be seconds >= 0, got {close_timeout!r}")

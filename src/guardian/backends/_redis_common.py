@@ -12,23 +12,27 @@ import os
 import time
 import weakref
 from types import ModuleType, TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import hiredis
 import redis.exceptions as rex
 from redis.crc import key_slot
 
-from .._config import TokenBucketConfig
+from .._args import check_cost, check_key
+from .._config import Limits, TokenBucketConfig, as_limits
 from .._errors import (
     BackendConfigError,
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    InvalidArgumentError,
     MisuseError,
     RateLimitError,
 )
-from ._redis_scripts import Layout, Packer, Reserved, malformed
+from .._result import LimitResult
+from ._redis_scripts import Layout, Packer, Reserved, malformed, resp_bulk
+from .memory import LimitsResult
 from .redis_url import client_for_url
 
 __all__ = ["is_cluster", "redirected", "boundary", "translate", "RedisCommon", "Call", "Reserved"]
@@ -166,10 +170,12 @@ class RedisCommon:
 
     #: ``redis`` or ``redis.asyncio``: the one thing the subclasses set.
     lib: ModuleType
+    #: With Limits: one backend of the same class per limit (usage, reset, peek).
+    each: Tuple[Any, ...] = ()
 
     def __init__(
         self,
-        config: TokenBucketConfig,
+        config: Union[TokenBucketConfig, Limits, str],
         url: Optional[str] = None,
         *,
         client: Any = None,
@@ -179,15 +185,36 @@ class RedisCommon:
         limit_in_key: bool = True,
         **client_options: Any,
     ) -> None:
-        if not isinstance(config, TokenBucketConfig):
-            raise ConfigurationError(f"config must be a TokenBucketConfig, got {config!r}")
+        given = as_limits(config)  # a config, Limits, or the notation of either
         if (url is None) == (client is None):
             raise ConfigurationError("pass exactly one of url= and client=")
         if not isinstance(limit_in_key, bool):
             raise MisuseError(f"limit_in_key must be True or False, got {limit_in_key!r}")
-        self.config = config
-        self.layout = Layout(config)
+        limits = given if isinstance(given, Limits) else None
+        if limits is not None and not limit_in_key:
+            raise MisuseError(
+                "limit_in_key=False puts every limit of a prefix in one bucket; several limits "
+                "need a bucket each: keep limit_in_key=True (or use another prefix)")
+        self.config: Any = given
+        self.limits = limits
+        self.layout = Layout(given[0] if isinstance(given, Limits) else given)
         self.packer = Packer(prefix, self.layout, limit_in_key)
+        if limits is not None:
+            #: Limit i's bucket of a key is ``prefix:<limit i>:{key}``: the
+            #: same hash tag, so every limit of a key is in one slot (and is
+            #: the bucket a one-limit backend of that limit uses).
+            self.layouts = tuple(Layout(c) for c in limits)
+            self.packers = tuple(Packer(prefix, lay) for lay in self.layouts)
+            self._rest_argv = tuple(a for lay in self.layouts[1:] for a in lay.argv)
+            # take_all's packed EVALSHA around the keys: every check formats
+            # only its key into these (as Packer.take1 does for one limit).
+            n = len(limits)
+            sha = self.packer.scripts["take_all"].sha.encode()
+            self._all_head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + n + 1 + 3 * n, resp_bulk(sha), resp_bulk(b"%d" % n))
+            self._all_prefixes = tuple(p.prefix for p in self.packers)
+            self._all_argv0 = b"".join(resp_bulk(a) for a in self.layout.argv)
+            self._all_rest = b"".join(resp_bulk(a) for a in self._rest_argv)
+            self._all_tail1 = self._all_argv0 + resp_bulk(b"1") + self._all_rest
         self.prefix = prefix
         self._owns_client = client is None
         if client is None:
@@ -211,6 +238,14 @@ class RedisCommon:
         self._pool = client.connection_pool if self.direct else None
         self._idle: List[Any] = []
         _live.add(self)
+        if limits is not None:
+            # One backend per limit on the same client, for what is not a
+            # take (usage, reset, peek: a call per limit is exact there).
+            self.each = tuple(type(self)(c, client=client, prefix=prefix) for c in limits)
+            for name in ("take", "try_take", "take_many", "usage", "reset", "peek"):
+                setattr(self, name, getattr(self, f"_{name}_all"))
+            for name in ("reserve_tokens", "release_tokens", "reserve"):
+                setattr(self, name, self._no_lease)
 
     def forget(self) -> None:
         """Drops the connections without closing them (after a fork)."""
@@ -269,6 +304,68 @@ class RedisCommon:
                 plan.append(group[i:i + size])
                 slots.append(slot)
         return int(c), plan, [("take", [bkeys[i] for i in group], (c,)) for group in plan], slots
+
+    def plan_take_all(self, key: str, cost: Any) -> Tuple[List[Call], bytes, List[int]]:
+        """take_all.lua over the buckets of every limit of ``key`` (one
+        hash slot): the call, its packed bytes and its slot."""
+        c = b"%d" % check_cost(cost, self.limits.capacity)  # type: ignore[union-attr]
+        keys = [p.key(key) for p in self.packers]
+        slots = {key_slot(k) for k in keys}
+        if len(slots) != 1:  # a key starting with "}": no hash tag, each bucket its own slot
+            raise InvalidArgumentError(
+                f"with several limits a key must not start with '}}' (its buckets would not share "
+                f"a Redis Cluster hash slot), got {key!r}")
+        extra = (c, *self._rest_argv)
+        return [("take_all", keys, extra)], self.packer.command("take_all", keys, *extra), list(slots)
+
+    def take_all_call(self, key: str, cost: int) -> Call:
+        """take_all for one key as a call for redis-py's cluster client."""
+        return self.plan_take_all(key, cost)[0][0]
+
+    def pack_take_all(self, key: str, cost: Any) -> bytes:
+        """plan_take_all's packed bytes, built for speed (the hot path of a
+        single server), with the same checks."""
+        data = check_key(key)
+        if data[:1] == b"}":
+            self.plan_take_all(key, cost)  # raises the error about the hash slot
+        if cost == 1 and type(cost) is int:
+            tail = self._all_tail1
+        else:
+            tail = self._all_argv0 + resp_bulk(b"%d" % check_cost(cost, self.limits.capacity)) + self._all_rest  # type: ignore[union-attr]
+        extra = len(data) + 1
+        keys = b"".join(b"$%d\r\n%b%b}\r\n" % (len(p) + extra, p, data) for p in self._all_prefixes)
+        return self._all_head + keys + tail
+
+    def admitted_all(self, reply: Any) -> bool:
+        """take_all.lua's verdict alone (try_take), the reply checked."""
+        if type(reply) is not list or len(reply) != 1 + 3 * len(self.layouts) or type(reply[0]) is not int \
+                or not 0 <= reply[0] <= len(self.layouts):
+            raise malformed(reply)
+        return reply[0] == 0
+
+    def decode_all(self, reply: Any) -> LimitsResult:
+        """take_all.lua's reply as a LimitsResult (like MemoryBackend.take_detail)."""
+        layouts = self.layouts
+        n = len(layouts)
+        if type(reply) is not list or len(reply) != 1 + 3 * n or any(type(v) is not int for v in reply) \
+                or not 0 <= reply[0] <= n:
+            raise malformed(reply)
+        results = []
+        for i, lay in enumerate(layouts):
+            remaining, retry, reset = reply[1 + 3 * i: 4 + 3 * i]
+            if remaining < 0 or retry < 0 or reset < 0:
+                raise malformed(reply)
+            tps = lay.ticks_per_second
+            results.append(LimitResult(retry == 0, remaining, retry / tps, reset / tps, lay.capacity))
+        return combine(results, reply[0] - 1 if reply[0] else None, self.limits)
+
+    def no_lease(self) -> MisuseError:
+        return MisuseError(
+            f"{type(self).__name__} with several limits has no leases (reserve/release): "
+            f"use a backend per limit for batched leases")
+
+    def _no_lease(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.no_lease()
 
     def take_call(self, key: str, cost: int) -> Call:
         """take for one key as a call for redis-py's cluster client."""
@@ -386,6 +483,32 @@ class RedisCommon:
             for pos, result in zip(positions, results([reply], cost, len(positions))):
                 out[pos] = result
         return out
+
+
+def combine(results: Sequence[LimitResult], denied_by: Optional[int], limits: Any) -> LimitsResult:
+    """Each limit's answer as one LimitsResult, as MemoryBackend.take_detail
+    makes it: admitted, the tightest limit speaks for the rest; denied, the
+    limit with the longest wait gives retry_after."""
+    reset = max(r.reset_after for r in results)
+    if denied_by is None:
+        tight = min(results, key=lambda r: r.remaining)
+        return LimitsResult(LimitResult(True, tight.remaining, 0.0, reset, tight.limit), None, None, tuple(results))
+    deny = results[denied_by]
+    one = LimitResult(False, min(r.remaining for r in results), deny.retry_after, reset, deny.limit)
+    return LimitsResult(one, denied_by, limits[denied_by], tuple(results))
+
+
+def peek_all(results: Sequence[LimitResult], limits: Any) -> LimitResult:
+    """Each limit's peek as one answer (the longest wait denies)."""
+    if all(r.allowed for r in results):
+        return combine(results, None, limits).result
+    waits = [r.retry_after if not r.allowed else -1.0 for r in results]
+    return combine(results, waits.index(max(waits)), limits).result
+
+
+def usage_all(used: Sequence[int], limits: Any) -> int:
+    """Tokens in use of the limit with the fewest tokens left (as MemoryBackend)."""
+    return min(zip((c.capacity - u for c, u in zip(limits, used)), used))[1]
 
 
 def _check_options(client: Any, options: Dict[str, Any]) -> None:

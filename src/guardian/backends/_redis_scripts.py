@@ -30,7 +30,7 @@ __all__ = ["Script", "Layout", "Packer", "Reserved", "scripts", "malformed", "MA
 #: where Lua's doubles stop holding every integer.
 MAX_TAU_TICKS = 2**52
 
-SCRIPT_NAMES = ("take", "peek", "usage", "reset", "reserve", "release")
+SCRIPT_NAMES = ("take", "peek", "usage", "reset", "reserve", "release", "take_all")
 
 
 class Reserved(NamedTuple):

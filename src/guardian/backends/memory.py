@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import _impl
+from .._args import check_clock
 from .._config import Limits, TokenBucketConfig, as_limits
 from .._result import LimitResult
 
@@ -70,6 +71,8 @@ class MemoryBackend:
         seed: Optional[bytes] = None,
     ) -> None:
         config = as_limits(config)
+        if clock is not None:
+            clock = check_clock(clock)  # float seconds would fail on first use, deep in the core
         self.config: Any = config
         limits = tuple(config) if isinstance(config, Limits) else (config,)
         names: Sequence[Optional[str]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import hiredis
 import redis
@@ -14,8 +14,9 @@ import redis.exceptions as rex
 from redis._parsers import BaseParser
 
 from .._result import LimitResult
-from ._redis_common import Call, RedisCommon, Reserved, boundary
+from ._redis_common import Call, RedisCommon, Reserved, boundary, peek_all, usage_all
 from ._redis_scripts import malformed
+from .memory import LimitsResult
 
 __all__ = ["RedisBackend"]
 
@@ -193,7 +194,8 @@ class RedisBackend(RedisCommon):
         for other in self._nodes.pop(name, []):
             other.close()
 
-    def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+    def _route_one(self, packed: bytes, slot: int, key: str, cost: int,
+                   call_of: Optional[Callable[[str, int], Call]] = None) -> Any:
         """The cluster's hot path: one packed call on a wire of the slot's
         primary; anything unusual goes through redis-py's cluster client."""
         node = self.primary(slot)
@@ -209,13 +211,13 @@ class RedisBackend(RedisCommon):
                 # except on a fresh wire when the node had closed a reused one.
                 self._drop_node(node.name, wire)
                 if reused and _stale(exc):
-                    return self._route_one(packed, slot, key, cost)
+                    return self._route_one(packed, slot, key, cost, call_of)
                 self._remap()
                 raise
             self._nodes.setdefault(node.name, []).append(wire)
             if self.routed_reply(reply):
                 return reply
-        return self._via_client([self.take_call(key, cost)])[0]
+        return self._via_client([(call_of or self.take_call)(key, cost)])[0]
 
     def _remap(self) -> None:
         """Refreshes the cluster client's slot map in a thread, so the next
@@ -363,7 +365,53 @@ class RedisBackend(RedisCommon):
         (granted, remaining, retry_after_s, reset_after_s)."""
         return self.seconds(self.reserve_tokens(key, tokens))
 
+    # --- several limits on one key (Limits): one take_all.lua per check ----
+
+    def take_detail(self, key: str, cost: int = 1) -> LimitsResult:
+        """The check of ``take``, with which limit denied it (the one with
+        the longest wait) and each limit's own answer."""
+        if self.limits is None:
+            r = self.take(key, cost)
+            return LimitsResult(r, None if r.allowed else 0, None if r.allowed else self.config, (r,))
+        reply = self._take_all_reply(key, cost)
+        with boundary:
+            return self.decode_all(reply)
+
+    def _take_all_reply(self, key: str, cost: int) -> Any:
+        """take_all.lua's reply for ``key``: on one server pre-packed on
+        the hot path, on a cluster through its slot's primary."""
+        if self.direct:
+            packed = self.pack_take_all(key, cost)
+            with boundary:
+                return self._one(packed)
+        packed = self.pack_take_all(key, cost)
+        with boundary:
+            return self._route_one(packed, self.packer.slot(key), key, cost, self.take_all_call)
+
+    def _take_all(self, key: str, cost: int = 1) -> LimitResult:
+        return self.take_detail(key, cost).result
+
+    def _try_take_all(self, key: str, cost: int = 1) -> bool:
+        reply = self._take_all_reply(key, cost)
+        with boundary:
+            return self.admitted_all(reply)
+
+    def _take_many_all(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        return [self.take_detail(k, cost).result for k in list(keys)]
+
+    def _usage_all(self, key: str) -> int:
+        return usage_all([b.usage(key) for b in self.each], self.limits)
+
+    def _reset_all(self, key: str) -> None:
+        for b in self.each:
+            b.reset(key)
+
+    def _peek_all(self, key: str, cost: int = 1) -> LimitResult:
+        return peek_all([b.peek(key, cost) for b in self.each], self.limits)
+
     def close(self) -> None:
+        for b in getattr(self, "each", ()):
+            b.close()
         idle, self._idle = self._idle, []
         for wire in idle:
             wire.close()

@@ -14,7 +14,8 @@ import redis.exceptions as rex
 from redis._parsers import BaseParser
 
 from .._result import LimitResult
-from ._redis_common import Call, RedisCommon, Reserved, boundary
+from ._redis_common import Call, RedisCommon, Reserved, boundary, peek_all, usage_all
+from .memory import LimitsResult
 
 __all__ = ["AsyncRedisBackend"]
 
@@ -243,7 +244,8 @@ class AsyncRedisBackend(RedisCommon):
         replies: List[Any] = await self._pool_of().request(packed, count)
         return replies
 
-    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int) -> Any:
+    async def _route_one(self, packed: bytes, slot: int, key: str, cost: int,
+                         call_of: Optional[Callable[[str, int], Call]] = None) -> Any:
         """Like RedisBackend._route_one."""
         node = self.primary(slot)
         if node is not None:
@@ -254,7 +256,7 @@ class AsyncRedisBackend(RedisCommon):
                 raise
             if self.routed_reply(reply):
                 return reply
-        return (await self._via_client([self.take_call(key, cost)]))[0]
+        return (await self._via_client([(call_of or self.take_call)(key, cost)]))[0]
 
     def _remap(self) -> None:
         """Like RedisBackend._remap, in a task."""
@@ -404,7 +406,62 @@ class AsyncRedisBackend(RedisCommon):
         """Takes up to ``tokens`` from the bucket, as many as it holds."""
         return self.seconds(await self.reserve_tokens(key, tokens))
 
+    # --- several limits on one key (Limits): one take_all.lua per check ----
+
+    async def take_detail(self, key: str, cost: int = 1) -> LimitsResult:
+        """Like RedisBackend.take_detail."""
+        if self.limits is None:
+            r = await self.take(key, cost)
+            return LimitsResult(r, None if r.allowed else 0, None if r.allowed else self.config, (r,))
+        if self.direct:
+            reply = await self._run_packed(self.pack_take_all(key, cost))
+        else:
+            reply = await self._route_all(key, cost)
+        with boundary:
+            return self.decode_all(reply)
+
+    async def _take_all(self, key: str, cost: int = 1) -> LimitResult:
+        return (await self.take_detail(key, cost)).result
+
+    async def _try_take_all(self, key: str, cost: int = 1) -> bool:
+        if self.direct:
+            packed = self.pack_take_all(key, cost)
+            reply = await self._run_packed(packed)
+        else:
+            reply = await self._route_all(key, cost)
+        with boundary:
+            return self.admitted_all(reply)
+
+    async def _route_all(self, key: str, cost: int) -> Any:
+        """take_all on a cluster: straight to the slot's primary."""
+        packed = self.pack_take_all(key, cost)
+        with boundary:
+            return await self._route_one(packed, self.packer.slot(key), key, cost, self.take_all_call)
+
+    async def _run_packed(self, packed: bytes) -> Any:
+        """One pre-packed call on a single server (NOSCRIPT reloads)."""
+        with boundary:
+            return (await self._exchange(packed, 1))[0]
+
+    async def _take_many_all(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        return [(await self.take_detail(k, cost)).result for k in list(keys)]
+
+    async def _usage_all(self, key: str) -> int:
+        return usage_all([await b.usage(key) for b in self.each], self.limits)
+
+    async def _reset_all(self, key: str) -> None:
+        for b in self.each:
+            await b.reset(key)
+
+    async def _peek_all(self, key: str, cost: int = 1) -> LimitResult:
+        return peek_all([await b.peek(key, cost) for b in self.each], self.limits)
+
+    async def _no_lease(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.no_lease()
+
     async def aclose(self) -> None:
+        for b in getattr(self, "each", ()):
+            await b.aclose()
         pools: List[_Pool] = [self._wires] if self._wires is not None else []
         pools += self._nodes.values()
         self._wires, self._nodes = None, {}

@@ -19,6 +19,7 @@ A document with ``limits`` names the limits of guardian.v1's CheckLimit::
     limits:
       default: {requests_per_unit: 10, unit: second, burst: 100}
       login:   {capacity: 5, refill_rate: 1, refill_interval: 60}
+      search:  {rate: "100/minute"}             # or "100/minute; burst 20", or rate + burst: 20
 
 A rule of ``requests_per_unit`` per ``unit`` is the token bucket
 TokenBucketConfig(burst or requests_per_unit, requests_per_unit, unit): the
@@ -62,7 +63,7 @@ MAX_YAML_DEPTH = 100
 MAX_POLICY_BYTES = 8 << 20
 MAX_BUCKET_CONFIGS = 1024
 _RATE_LIMIT_KEYS = {"unit", "requests_per_unit", "unlimited", "name", "replaces", "burst"}
-_LIMIT_KEYS = {"unit", "requests_per_unit", "burst", "capacity", "refill_rate", "refill_interval"}
+_LIMIT_KEYS = {"unit", "requests_per_unit", "burst", "capacity", "refill_rate", "refill_interval", "rate"}
 
 
 class PolicyError(ConfigurationError):
@@ -408,6 +409,8 @@ def _add_child(node: Node, key: str, value: str, child: Node, here: str) -> None
 def _named_limit(name: Any, obj: Any, where: str) -> Rule:
     name = _str(name, where, "limit name")
     spec = _mapping(obj, where, _LIMIT_KEYS)
+    if "rate" in spec:
+        return _named_rate(name, spec, where)
     if "capacity" in spec or "refill_rate" in spec:
         if "unit" in spec or "requests_per_unit" in spec or "burst" in spec:
             raise _fail(where, "use either capacity/refill_rate/refill_interval or "
@@ -424,6 +427,25 @@ def _named_limit(name: Any, obj: Any, where: str) -> Rule:
     rpu = _uint32(spec["requests_per_unit"], where, "requests_per_unit", 1)
     burst = _uint32(spec["burst"], where, "burst", 1) if "burst" in spec else None
     return Rule(name, name, unit, rpu, burst, config=_bucket(rpu, unit, burst, where))
+
+
+def _named_rate(name: str, spec: Mapping[str, Any], where: str) -> Rule:
+    """``{rate: "100/minute"}`` (TokenBucketConfig.parse's notation), with
+    an optional ``burst``."""
+    other = sorted(set(spec) - {"rate", "burst"})
+    if other:
+        raise _fail(where, f"use either rate (and burst) or {'/'.join(other)}, not both")
+    text = spec["rate"]
+    if not isinstance(text, str):
+        raise _fail(where, f"rate must be a string like \"100/minute\", got {text!r}")
+    burst = _uint32(spec["burst"], where, "burst", 1) if "burst" in spec else None
+    if "and" in text.lower().split() or "&" in text:
+        raise _fail(where, f"rate {text!r} holds several limits: name each limit on its own")
+    try:
+        config = TokenBucketConfig.parse(text, burst=burst)
+    except (ConfigurationError, TypeError) as exc:
+        raise _fail(where, str(exc)) from exc
+    return Rule(name, name, "second", 0, config.capacity, config=config)
 
 
 def override_rule(requests_per_unit: int, unit: str) -> Rule:
