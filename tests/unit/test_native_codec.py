@@ -259,3 +259,17 @@ def test_mutated_messages_are_rejected_exactly_when_the_library_rejects_them(raw
 def test_malformed_examples(data: bytes) -> None:
     _agree(data)
     assert _native.decode_check(data) is None
+
+
+@pytest.mark.parametrize("inner", [
+    b"\x0b\x00\x00\x0c",              # field 0 (varint) inside an unknown group
+    b"\x0b\x02\x00\x0c",              # field 0, length-delimited
+    b"\x0b\x03\x04\x0c",              # a field-0 group inside the group
+])
+def test_field_zero_inside_a_skipped_group_is_accepted_as_the_library_does(inner: bytes) -> None:
+    """upb skips a group's contents without checking field numbers; the C
+    decoder must not refuse what the library accepts (found by the mutation
+    test above)."""
+    data = b"\x12" + bytes([len(inner)]) + inner  # descriptors { <group> }
+    _agree(data)
+    assert _native.decode_rls(data) is not None

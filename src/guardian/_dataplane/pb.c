@@ -27,15 +27,21 @@ static int rd_varint(rd *r, uint64_t *v) {
     return -1; /* more than 10 bytes */
 }
 
-/* The tag: field number and wire type. Field 0 and wire types 6, 7 are malformed. */
-static int rd_tag(rd *r, uint32_t *field, uint32_t *wire) {
+/* A tag's field number and wire type; wire types 6 and 7 are malformed. */
+static int rd_tag_any(rd *r, uint32_t *field, uint32_t *wire) {
     uint64_t t;
     if (rd_varint(r, &t) != 0) return -1;
     if (t > 0xffffffffu) return -1;
     *wire = (uint32_t)(t & 7);
     *field = (uint32_t)(t >> 3);
-    if (*field == 0 || *wire > 5) return -1;
+    if (*wire > 5) return -1;
     return 0;
+}
+
+/* The tag of a field: field 0 is malformed too. */
+static int rd_tag(rd *r, uint32_t *field, uint32_t *wire) {
+    if (rd_tag_any(r, field, wire) != 0) return -1;
+    return *field == 0 ? -1 : 0;
 }
 
 static int rd_len(rd *r, const uint8_t **start, uint32_t *n) {
@@ -55,7 +61,10 @@ static int skip_group(rd *r, uint32_t field, int depth) {
     if (depth > MAX_GROUP_DEPTH) return -1;
     for (;;) {
         uint32_t f, w;
-        if (rd_tag(r, &f, &w) != 0) return -1;
+        /* Inside a skipped group the protobuf library (upb) does not check
+         * field numbers, so neither do we: field 0 is skipped like any other
+         * (the decoders must reject exactly what the library rejects). */
+        if (rd_tag_any(r, &f, &w) != 0) return -1;
         if (w == WT_EGROUP) return f == field ? 0 : -1;
         if (skip_field(r, f, w, depth + 1) != 0) return -1;
     }
