@@ -8,12 +8,12 @@ same way before any state or network is touched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from . import _region
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError, MisuseError
 
-__all__ = ["check_key", "check_cost"]
+__all__ = ["check_key", "check_cost", "check_keys", "check_clock"]
 
 
 def check_key(key: Any) -> bytes:
@@ -45,3 +45,35 @@ def check_cost(cost: Any, capacity: int, lowest: int = 1) -> int:
             f"cost {cost} is above the bucket's capacity {capacity}; it could never be allowed"
         )
     return int(cost)
+
+
+def check_keys(keys: Any) -> Sequence[str]:
+    """``keys`` as a list or tuple: a str is a key, not a sequence of
+    one-character keys, and an iterator is read once here, so a fallback
+    after a failed backend call decides the same keys."""
+    if isinstance(keys, (list, tuple)):
+        return keys
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise ArgumentTypeError(
+            f"keys must be a sequence of str, got a {type(keys).__name__} (for one key: [key])")
+    try:
+        return list(keys)
+    except TypeError:
+        raise ArgumentTypeError(f"keys must be a sequence of str, got {type(keys).__name__}") from None
+
+
+def check_clock(clock: Any) -> Callable[[], int]:
+    """A clock must be a callable returning integer nanoseconds (the
+    core's convention); seconds as a float are refused by name."""
+    if not callable(clock):
+        raise MisuseError(f"clock must be a callable returning integer nanoseconds, got {clock!r}")
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, int):
+        raise MisuseError(
+            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: a clock returns integer "
+            f"nanoseconds of a monotonic clock (time.monotonic_ns), not seconds")
+    if not 0 <= now < 2**63:
+        raise MisuseError(
+            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: integer nanoseconds "
+            "from 0 to 2**63 - 1 (time.monotonic_ns)")
+    return clock  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _impl
+from .._args import check_clock
 from .._config import TokenBucketConfig
 from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError, MisuseError
 from .._result import LimitResult
@@ -37,19 +38,6 @@ Returns = List[Tuple[str, int, Reservation]]
 #: Time in integer nanoseconds of a monotonic clock: the core's convention,
 #: used for every lease deadline too, so one injected clock moves them all.
 Clock = Callable[[], int]
-
-
-def check_clock(clock: Any) -> Clock:
-    """A clock must be a callable returning integer nanoseconds (the
-    core's convention); seconds as a float are refused by name."""
-    if not callable(clock):
-        raise MisuseError(f"clock must be a callable returning integer nanoseconds, got {clock!r}")
-    now = clock()
-    if isinstance(now, bool) or not isinstance(now, int):
-        raise MisuseError(
-            f"clock {getattr(clock, '__name__', clock)!r} returned {now!r}: a clock returns integer "
-            f"nanoseconds of a monotonic clock (time.monotonic_ns), not seconds")
-    return clock  # type: ignore[no-any-return]
 
 
 class LeaseTable:

@@ -18,6 +18,7 @@ import hiredis
 import redis.exceptions as rex
 from redis.crc import key_slot
 
+from .._args import check_keys
 from .._config import TokenBucketConfig
 from .._errors import (
     BackendConfigError,
@@ -247,6 +248,7 @@ class RedisCommon:
     def pack_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, int, bytes]:
         """take_many on one server: (cost, script calls, their packed bytes),
         one call per ``chunk`` keys, in order."""
+        keys = check_keys(keys)
         packer, size = self.packer, self.chunk
         c = packer.cost(cost)
         calls = [packer.take_keys(keys[i:i + size], c) for i in range(0, len(keys), size)]
@@ -257,6 +259,7 @@ class RedisCommon:
     ) -> Tuple[int, List[List[int]], List[Call], List[int]]:
         """take_many on a cluster: (cost, positions per call, calls, their
         slots), never two slots in one call."""
+        keys = check_keys(keys)
         packer, size = self.packer, self.chunk
         c = packer.cost(cost)
         bkeys = packer.keys(keys)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import _impl
-from .._config import Limits, TokenBucketConfig, as_limits
+from .._args import check_clock, check_keys
+from .._config import MAX_LIMITS, Limits, TokenBucketConfig, as_limits
 from .._result import LimitResult
 
 __all__ = ["MemoryBackend", "LimitsResult"]
@@ -70,6 +71,8 @@ class MemoryBackend:
         seed: Optional[bytes] = None,
     ) -> None:
         config = as_limits(config)
+        if clock is not None:
+            check_clock(clock)  # a float clock would fail each check, not the construction
         self.config: Any = config
         limits = tuple(config) if isinstance(config, Limits) else (config,)
         names: Sequence[Optional[str]]
@@ -134,6 +137,7 @@ class MemoryBackend:
     # --- one limit or several ------------------------------------------------
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        keys = check_keys(keys)
         if len(self.tables) > 1:
             return [self.take(k, cost) for k in list(keys)]
         limit, make = self.config.capacity, self._result
@@ -170,8 +174,14 @@ class MemoryBackend:
 
     @staticmethod
     def unlink(name: str) -> bool:
-        """Remove the named shared table (attached processes keep theirs)."""
-        return bool(_impl.unlink(name))
+        """Remove the named shared table (attached processes keep theirs),
+        and the tables "name.0", "name.1", ... that ``shared=name`` made for
+        several limits, so the name given is the name removed."""
+        removed = bool(_impl.unlink(name))
+        if len(name) <= 198:  # room for ".N" in a valid table name
+            for i in range(MAX_LIMITS):
+                removed = bool(_impl.unlink(f"{name}.{i}")) or removed
+        return removed
 
     def __repr__(self) -> str:
         where = f"shared={self.shared!r}" if self.shared else "local"

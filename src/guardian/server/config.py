@@ -206,8 +206,8 @@ def _check(opts: ServeOptions) -> None:
         raise OptionsError("--slots must be at least 1")
     if opts.max_table_memory < 1:
         raise OptionsError("--max-table-memory must be at least 1 (MiB)")
-    if opts.grace < 0:
-        raise OptionsError("--grace must be at least 0")
+    if not 0 <= opts.grace < float("inf"):  # nan and inf too: a stop must end
+        raise OptionsError(f"--grace must be finite seconds >= 0, got {opts.grace}")
     if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise OptionsError(f"unknown log level {opts.log_level!r}")
     opts.log_level = opts.log_level.upper()

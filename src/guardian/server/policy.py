@@ -524,7 +524,8 @@ def _documents(text: str, source: str) -> List[Any]:
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+        # One line: the error goes to an operator's log and the CLI's exit line.
+        raise PolicyError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from exc
 
 
 def parse_policy(text: str, source: str = "<string>", into: Optional[Policy] = None,
