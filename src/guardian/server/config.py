@@ -99,7 +99,13 @@ def _fail_policy(text: str) -> FailPolicy:
 
 
 def _flag(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
+    # A typo ("ture", "enabled") must not quietly mean false.
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false (also 1/0, yes/no, on/off)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
