@@ -186,3 +186,35 @@ def test_unlink_removes_the_tables_of_several_limits(shm_name: str) -> None:
     assert MemoryBackend.unlink(shm_name) is False
     # A fresh attach under the same name starts with full buckets.
     assert MemoryBackend("10/second and 100/minute", shared=shm_name).take("k").remaining == 9
+
+
+# -- Redis backends: options that let a hung or absent Redis go unbounded ----------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(timeout=math.inf), ConfigurationError, "timeout must be a positive finite"),
+    (dict(connect_timeout=math.inf), ConfigurationError, "connect_timeout must be a positive finite"),
+    (dict(socket_timeout=None), MisuseError, "pass timeout="),        # None: no timeout at all
+    (dict(socket_connect_timeout=30), MisuseError, "pass connect_timeout="),
+    (dict(max_connections=0), ConfigurationError, "max_connections must be an int >= 1"),
+    (dict(prefix="\udc80"), ConfigurationError, "prefix is not valid Unicode"),
+])
+def test_redis_options_refused_when_built(kwargs: Any, error: type, match: str) -> None:
+    for make in (RedisBackend, AsyncRedisBackend, BatchedRedisBackend, AsyncBatchedRedisBackend):
+        with pytest.raises(error, match=match):
+            make(CONFIG, url=URL, **kwargs)
+
+
+def test_a_client_of_the_wrong_kind_is_refused_when_built() -> None:
+    import redis
+    import redis.asyncio
+
+    # Before: accepted; every call then failed, and fail_open=True admitted every check.
+    for make in (RedisBackend, BatchedRedisBackend):
+        with pytest.raises(MisuseError, match="needs a synchronous redis client.*use the Async backend"):
+            make(CONFIG, client=redis.asyncio.Redis(port=1))
+    for amake in (AsyncRedisBackend, AsyncBatchedRedisBackend):
+        with pytest.raises(MisuseError, match="needs a redis.asyncio client"):
+            amake(CONFIG, client=redis.Redis(port=1))
+    with pytest.raises(MisuseError, match="must be a redis-py client"):
+        RedisBackend(CONFIG, client=object())
+    RedisBackend(CONFIG, client=redis.Redis(port=1)).close()  # the right kind still builds

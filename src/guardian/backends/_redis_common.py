@@ -200,6 +200,8 @@ class RedisCommon:
         elif client_options:
             raise ConfigurationError(
                 f"client options ({', '.join(sorted(client_options))}) go to the client you pass, not here")
+        else:
+            _check_client(self.lib, client, type(self).__name__)
         self.client = client
         #: Standalone and Sentinel: our own wires, taken from the client's
         #: pool and spoken to with pre-packed commands (redis-py's generic
@@ -389,6 +391,22 @@ class RedisCommon:
             for pos, result in zip(positions, results([reply], cost, len(positions))):
                 out[pos] = result
         return out
+
+
+def _check_client(lib: ModuleType, client: Any, backend: str) -> None:
+    """A client of the other kind (sync for async) would fail every call,
+    and a fail-open limiter would then admit every check: refused now."""
+    execute = getattr(client, "execute_command", None)
+    if execute is None:
+        raise MisuseError(f"client must be a redis-py client ({lib.__name__}.Redis, RedisCluster or a "
+                          f"Sentinel master_for(...)), got {type(client).__name__}")
+    wants_async = lib.__name__.endswith("asyncio")
+    if inspect.iscoroutinefunction(execute) != wants_async:
+        raise MisuseError(
+            f"{backend} needs a {'redis.asyncio' if wants_async else 'synchronous redis'} client, got "
+            f"{type(client).__module__}.{type(client).__name__}"
+            + (" (use the Async backend for redis.asyncio clients)" if not wants_async else
+               " (use the synchronous backend with RateLimiter for redis.Redis clients)"))
 
 
 def _check_options(client: Any, options: Dict[str, Any]) -> None:
