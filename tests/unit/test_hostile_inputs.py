@@ -218,3 +218,51 @@ def test_a_client_of_the_wrong_kind_is_refused_when_built() -> None:
     with pytest.raises(MisuseError, match="must be a redis-py client"):
         RedisBackend(CONFIG, client=object())
     RedisBackend(CONFIG, client=redis.Redis(port=1)).close()  # the right kind still builds
+
+
+# -- middleware, in-app limits and interceptors: the wrong object where a limiter belongs --
+
+def _not_limiters() -> list:
+    return [CONFIG, MemoryBackend(CONFIG), "10/second"]
+
+
+def test_middleware_refuses_what_is_not_a_limiter_when_built() -> None:
+    from guardian.asgi import RateLimitMiddleware as Asgi
+    from guardian.wsgi import RateLimitMiddleware as Wsgi
+
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+    limiter = RateLimiter(MemoryBackend(CONFIG))
+    # Before: built fine, then every request raised AttributeError (a 500), none was limited.
+    for wrong in _not_limiters():
+        for make in (lambda **kw: Asgi(app, **kw), lambda **kw: Wsgi(lambda e, s: [], **kw)):
+            with pytest.raises(MisuseError, match=r"RateLimiter\(MemoryBackend\(config\)\)"):
+                make(limiter=wrong)
+            with pytest.raises(MisuseError, match="the limiter of route '/login'"):
+                make(limiter=limiter, routes={"POST /login": wrong})
+    with pytest.raises(MisuseError, match="key_func must be a callable"):
+        Asgi(app, limiter=limiter, key_func="ip")
+    with pytest.raises(MisuseError, match="list of Route"):
+        Asgi(app, limiter=limiter, routes=["/login"])
+    Asgi(app, limiter=limiter, routes={"POST /login": limiter, "/health": None})  # still fine
+
+
+def test_in_app_limits_and_interceptors_refuse_what_is_not_a_limiter() -> None:
+    import flask
+
+    import guardian.django
+    import guardian.fastapi
+    import guardian.flask
+    import guardian.grpc
+
+    for wrong in _not_limiters():
+        for make in (lambda: guardian.fastapi.RateLimit(wrong),
+                     lambda: guardian.flask.limit(wrong, key=lambda: "k"),
+                     lambda: guardian.django.limit(wrong, key=lambda r: "k"),
+                     lambda: guardian.grpc.RateLimitInterceptor(wrong),
+                     lambda: guardian.grpc.AsyncRateLimitInterceptor(wrong)):
+            with pytest.raises(MisuseError, match="must be a RateLimiter or AsyncRateLimiter"):
+                make()
+    with pytest.raises(MisuseError, match="RateLimitInterceptor a RateLimiter"):
+        guardian.grpc.RateLimitInterceptor(AsyncRateLimiter(MemoryBackend(CONFIG)))
+    guardian.grpc.RateLimitInterceptor(RateLimiter(MemoryBackend(CONFIG)))
+    guardian.flask.RateLimit(flask.Flask("t"), limiter=RateLimiter(MemoryBackend(CONFIG)))
