@@ -41,3 +41,17 @@ def test_page_snippets_run(page: str) -> None:
             asyncio.run(result)
         ran += 1
     assert ran, page
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/sidecar.md"])
+def test_page_policy_files_load(page: str) -> None:
+    """The policy files the docs show load as written (a new user copies them)."""
+    pytest.importorskip("yaml")
+    import textwrap
+
+    from guardian.server.policy import parse_policy
+
+    if not (ROOT / page).exists():
+        pytest.skip(f"no {page}")
+    for block in re.findall(r"```ya?ml\n(.*?)```", (ROOT / page).read_text(), re.S):
+        parse_policy(textwrap.dedent(block), page)  # raises PolicyError with the reason
