@@ -89,3 +89,27 @@ def test_sighup_with_broken_files_keeps_the_old_policy_in_every_worker(tmp_path:
         assert "Traceback" not in s.log()
     finally:
         assert s.stop()[0] == 0
+
+
+def test_client_refuses_bad_keys_and_costs_before_sending(tmp_path: Path) -> None:
+    from guardian import ArgumentTypeError, InvalidArgumentError
+
+    s = Sidecar(tmp_path).start()
+    try:
+        with Client(s.target) as client:
+            for bad, error in (("\udc80", InvalidArgumentError), (b"k", ArgumentTypeError), ("", InvalidArgumentError)):
+                with pytest.raises(error):
+                    client.check_limit(bad)  # type: ignore[arg-type]
+                with pytest.raises(error):
+                    client.get_usage(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgumentError, match="above any bucket's capacity"):
+                client.check_limit("k", cost=2**70)
+            # Before: "abc" was three checks, of the keys "a", "b" and "c".
+            with pytest.raises(ArgumentTypeError, match="sequence of str"):
+                client.check_limits("abc")
+            with pytest.raises(InvalidArgumentError):
+                client.check_limits([("k", 0)])
+            assert [client.get_usage(k) for k in ("a", "b", "c", "k")] == [0, 0, 0, 0]  # nothing was taken
+            assert [r.allowed for r in client.check_limits(["a", ("b", 2)])] == [True, True]
+    finally:
+        assert s.stop()[0] == 0
