@@ -87,13 +87,16 @@ class _Base:
     def _checks(self, checks: Iterable[Check]) -> Any:
         request = pb.CheckLimitsRequest()
         add = request.checks.add
-        for c in check_keys(checks):  # a str is one key, not one check per character
-            if isinstance(c, str):
-                check_key(c)
-                add(key=c, cost=1, limit=self.limit)
-            else:
-                check_key(c[0])
-                add(key=c[0], cost=_cost(c[1]), limit=c[2] if len(c) > 2 else self.limit)  # type: ignore[misc,unused-ignore]
+        for i, c in enumerate(check_keys(checks)):  # a str is one key, not one check per character
+            try:
+                if isinstance(c, str):
+                    check_key(c)
+                    add(key=c, cost=1, limit=self.limit)
+                else:
+                    check_key(c[0])
+                    add(key=c[0], cost=_cost(c[1]), limit=c[2] if len(c) > 2 else self.limit)  # type: ignore[misc,unused-ignore]
+            except RateLimitError as exc:  # which check, as the server says it
+                raise type(exc)(f"checks[{i}]: {exc}") from None
         return request
 
     def _key(self, key: str, limit: Optional[str]) -> Tuple[str, str]:
