@@ -266,3 +266,9 @@ def test_in_app_limits_and_interceptors_refuse_what_is_not_a_limiter() -> None:
         guardian.grpc.RateLimitInterceptor(AsyncRateLimiter(MemoryBackend(CONFIG)))
     guardian.grpc.RateLimitInterceptor(RateLimiter(MemoryBackend(CONFIG)))
     guardian.flask.RateLimit(flask.Flask("t"), limiter=RateLimiter(MemoryBackend(CONFIG)))
+
+
+@pytest.mark.parametrize("seed", ["x" * 16, 5, bytearray(16)])
+def test_a_seed_that_is_not_bytes_is_a_misuse_error(seed: Any) -> None:
+    with pytest.raises(MisuseError, match="seed must be 16 bytes"):
+        MemoryBackend(CONFIG, seed=seed)

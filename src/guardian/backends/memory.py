@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import _impl
 from .._args import check_clock, check_keys
+from .._errors import MisuseError
 from .._config import MAX_LIMITS, Limits, TokenBucketConfig, as_limits
 from .._result import LimitResult
 
@@ -73,6 +74,8 @@ class MemoryBackend:
         config = as_limits(config)
         if clock is not None:
             check_clock(clock)  # a float clock would fail each check, not the construction
+        if seed is not None and not isinstance(seed, bytes):
+            raise MisuseError(f"seed must be 16 bytes (os.urandom(16)), got {type(seed).__name__}")
         self.config: Any = config
         limits = tuple(config) if isinstance(config, Limits) else (config,)
         names: Sequence[Optional[str]]
