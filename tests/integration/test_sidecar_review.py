@@ -113,3 +113,22 @@ def test_client_refuses_bad_keys_and_costs_before_sending(tmp_path: Path) -> Non
             assert [r.allowed for r in client.check_limits(["a", ("b", 2)])] == [True, True]
     finally:
         assert s.stop()[0] == 0
+
+
+def test_a_policy_that_limits_nothing_is_warned_about(tmp_path: Path) -> None:
+    empty = tmp_path / "policies"
+    empty.mkdir()
+    s = Sidecar(tmp_path, "--config", str(empty)).start()
+    try:
+        assert "WARNING" in s.log() and "limits nothing" in s.log()
+    finally:
+        assert s.stop()[0] == 0
+    path = tmp_path / "policy.yaml"
+    s = Sidecar(tmp_path, "--config", write(path, "limits: {default: {capacity: 3, refill_rate: 1}}\n")).start()
+    try:
+        assert "limits nothing" not in s.log()
+        write(path, "")  # truncated by a deploy, then SIGHUP
+        s.signal(signal.SIGHUP)
+        wait_until(lambda: "limits nothing" in s.log(), 10, "the warning after the reload")
+    finally:
+        assert s.stop()[0] == 0
