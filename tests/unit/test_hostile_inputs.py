@@ -272,3 +272,17 @@ def test_in_app_limits_and_interceptors_refuse_what_is_not_a_limiter() -> None:
 def test_a_seed_that_is_not_bytes_is_a_misuse_error(seed: Any) -> None:
     with pytest.raises(MisuseError, match="seed must be 16 bytes"):
         MemoryBackend(CONFIG, seed=seed)
+
+
+def test_a_wrong_policy_file_is_not_echoed_into_the_log() -> None:
+    pytest.importorskip("yaml")
+    from guardian.server.policy import PolicyError, parse_policy
+
+    text = "".join(f"user{i}:$6$secret-hash-{i:05d}-{'x' * 60}:19000:0:99999:7:::\n" for i in range(5000))
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "/etc/shadow")
+    message = str(info.value)
+    assert "unknown key(s)" in message and "and 4997 more" in message
+    assert len(message) < 400 and "\n" not in message
+    with pytest.raises(PolicyError, match="unknown key"):
+        parse_policy("domian: edge\n", "typo.yaml")  # a short one is still shown whole
