@@ -40,6 +40,19 @@ Returns = List[Tuple[str, int, Reservation]]
 Clock = Callable[[], int]
 
 
+def _snapshot(d: Dict[Any, Any]) -> List[Tuple[Any, Any]]:
+    """``list(d.items())`` while other threads insert and pop. The copy
+    raised "dictionary changed size during iteration" once in a full suite
+    run (test_batched_bounded, _expire beside the refill thread's): the copy
+    can be interrupted, likely by a garbage collection whose finalizers let
+    another thread run. Rare, so try again."""
+    while True:
+        try:
+            return list(d.items())
+        except RuntimeError:
+            continue
+
+
 class LeaseTable:
     """Tokens held per key by this process (or, shared, by this host),
     kept in a core table whose T is so long that nothing refills while a
@@ -320,21 +333,21 @@ class LeaseBook:
         out: Returns = []
         # Checks add entries meanwhile (other threads): copy before iterating,
         # and pop, never del.
-        for key, lease in list(self.leases.items()):
+        for key, lease in _snapshot(self.leases):
             if lease.expires <= now and not lease.busy and not lease.lock.locked():
                 if self.leases.pop(key, None) is lease:
                     self.counts["expired_leases"] += 1
                     self.take_back(key, lease, out)
-        for key, (until, _, _) in list(self.denied.items()):
+        for key, (until, _, _) in _snapshot(self.denied):
             if until <= now:
                 self.denied.pop(key, None)
-        self.low_cap = max((lease.low for lease in list(self.leases.values())), default=0)
+        self.low_cap = max((lease.low for _, lease in _snapshot(self.leases)), default=0)
         return out
 
     def everything(self) -> Returns:
         """Every lease, drained and forgotten (close, exit)."""
         out: Returns = []
-        for key, lease in list(self.leases.items()):
+        for key, lease in _snapshot(self.leases):
             if self.leases.pop(key, None) is lease:
                 self.take_back(key, lease, out)
         return out
