@@ -50,7 +50,52 @@ def extensions():
         "linetrace": DEBUG,
     }
     print(f"guardian: building the C core ({'debug' if DEBUG else 'release'})")
-    return cythonize([ext], compiler_directives=directives)
+    return cythonize([ext, *native_extensions(Extension, WERROR)], compiler_directives=directives)
+
+
+# --- native data plane (issue 14; owned by the native helper) ----------------
+# guardian._native: `guardian serve --engine native`. Optional: built only when
+# pkg-config finds libnghttp2; GUARDIAN_EXPECT_NATIVE=1 makes its absence an
+# error; GUARDIAN_NO_NATIVE=1 skips it. Its flags are its own, so the core's
+# build above is unchanged.
+def native_extensions(Extension, werror):
+    import shutil
+    import subprocess
+
+    expect = os.environ.get("GUARDIAN_EXPECT_NATIVE", "") not in ("", "0")
+    if os.environ.get("GUARDIAN_NO_NATIVE", "") not in ("", "0") or not sys.platform.startswith("linux"):
+        if expect:
+            raise SystemExit("guardian: GUARDIAN_EXPECT_NATIVE=1 but the native data plane is disabled here")
+        return []
+
+    def pkg(*args):
+        if shutil.which("pkg-config") is None:
+            return None
+        done = subprocess.run(["pkg-config", *args, "libnghttp2"], capture_output=True, text=True)
+        return done.stdout.split() if done.returncode == 0 else None
+
+    cflags, libs = pkg("--cflags"), pkg("--libs")
+    if cflags is None or libs is None:
+        msg = "guardian: libnghttp2 not found by pkg-config (Debian: libnghttp2-dev)"
+        if expect:
+            raise SystemExit(msg + "; GUARDIAN_EXPECT_NATIVE=1 needs it")
+        print(msg + ": building WITHOUT the native data plane")
+        return []
+    flags = ["-O0", "-g"] if DEBUG else ["-O2"]
+    flags += ["-Wall", "-Wno-unused-function", "-Wno-deprecated-declarations", "-pthread", *cflags]
+    if werror:
+        flags.append("-Werror")
+    dp = "src/guardian/_dataplane"
+    print("guardian: building the native data plane (libnghttp2)")
+    return [Extension(
+        "guardian._native",
+        ["src/guardian/_native.pyx", f"{dp}/pb.c", f"{dp}/policy.c", f"{dp}/server.c"],
+        include_dirs=["src/guardian"],
+        extra_compile_args=flags,
+        extra_link_args=["-pthread", *libs],
+        depends=[f"{dp}/{h}" for h in ("core_api.h", "pb.h", "policy.h", "server.h")],
+    )]
+# --- end native data plane ---------------------------------------------------
 
 
 setup(ext_modules=extensions())

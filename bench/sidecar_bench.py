@@ -398,5 +398,165 @@ def main() -> int:
     return 0
 
 
+# --- the native data plane (issue 14): nghttpd, grpc.aio floor, both engines ----
+# Added by the native engine's work: new functions only; `--native` runs them.
+
+NATIVE_USAGE = """python bench/sidecar_bench.py --native [--seconds 3] [--pin] [--out docs/native-bench.md]
+
+One run, h2load as the generator (16 connections x 8 streams for calls/s and
+p99; 1 connection x 1 stream for p50): nghttpd answering a small static
+body (the HTTP/2 floor of this machine), the grpc.aio constant server (the
+floor of any grpcio server), guardian serve --engine grpcio and --engine
+native (1 worker; native also with 2 workers), CheckLimit and
+ShouldRateLimit; CheckLimits x100 on the native engine."""
+
+
+def start_nghttpd(body: bytes, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]", str]:
+    """nghttpd (Debian nghttp2-server) serving one small file, without TLS."""
+    docroot = tempfile.mkdtemp(prefix="guardian-nghttpd-")
+    Path(docroot, "static").write_bytes(body)
+    port = free_port()
+    proc = subprocess.Popen(["nghttpd", "--no-tls", "-d", docroot, str(port)], preexec_fn=_affinity(cpus),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return port, proc, docroot
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("nghttpd did not start")
+
+
+def start_guardian_engine(engine: str, workers: int, policy: str, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(port), "--http-port",
+                             str(free_port()), "--config", policy, "--workers", str(workers), "--engine", engine,
+                             "--log-level", "error"], preexec_fn=_affinity(cpus))
+    wait_port(port, proc)
+    return port, proc
+
+
+def h2load_url(url: str, body: bytes, seconds: float, connections: int, streams: int, pin: bool,
+               grpc_headers: bool = True) -> Dict[str, float]:
+    """calls/s, p50 and p99 (ms) and generator CPU of one h2load run against ``url``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, log = Path(tmp) / "body", Path(tmp) / "log"
+        data.write_bytes(body)
+        cmd = ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", str(connections), "-m", str(streams),
+               "-t", "1", f"--log-file={log}"]
+        if grpc_headers:
+            cmd += ["-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        proc = subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0 or " 0 failed" not in out or " 0 errored" not in out:
+            raise RuntimeError(f"h2load failed:\n{out}")
+        rps = float(out.split("finished in", 1)[1].split(",")[1].split()[0])
+        lat = sorted(int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines() if line.count("\t") >= 2)
+    q99 = lat[min(int(len(lat) * 0.99), len(lat) - 1)]
+    return {"rps": rps, "p50": statistics.median(lat) * 1e3, "p99": q99 * 1e3,
+            "gen_cpu": (usage.ru_utime + usage.ru_stime) / (seconds + 1.0)}
+
+
+def native_main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(usage=NATIVE_USAGE)
+    ap.add_argument("--native", action="store_true")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--pin", action="store_true", help="h2load on CPU 0, the 1-process servers on CPU 1")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    for tool in ("h2load", "nghttpd"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not on PATH (Debian: nghttp2-client, nghttp2-server)")
+    pin = a.pin and len(os.sched_getaffinity(0)) >= 2
+    one_cpu = {1} if pin else None
+    policy = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    policy.write(POLICY)
+    policy.close()
+    rows: List[Tuple[str, str, Dict[str, float]]] = []
+
+    def measure(label: str, kind: str, url: str, body: bytes, proc: "subprocess.Popen[bytes]", grpc_call: bool = True) -> None:
+        c0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        r = h2load_url(url, body, a.seconds, a.connections, a.streams, pin, grpc_call)
+        r["server_cpu"] = (_cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+        one = h2load_url(url, body, max(round(a.seconds / 2), 1), 1, 1, pin, grpc_call)
+        r["p50_1"] = one["p50"]
+        rows.append((label, kind, r))
+
+    def grpc_server(label: str, port: int, proc: "subprocess.Popen[bytes]", kinds: Tuple[str, ...]) -> None:
+        for kind in kinds:
+            path, msg = _message(kind)
+            _call_once(f"127.0.0.1:{port}", path, msg)
+            measure(label, kind, f"http://127.0.0.1:{port}{path}", b"\0" + struct.pack(">I", len(msg)) + msg, proc)
+
+    try:
+        _, check_msg = _message("check")
+        port, proc, docroot = start_nghttpd(b"\0" * 5 + b"\x08\x01\x10\x63\x28\x64", one_cpu)
+        try:
+            measure("nghttpd, static body", "static", f"http://127.0.0.1:{port}/static", b"", proc, False)
+        finally:
+            stop(proc)
+            shutil.rmtree(docroot, ignore_errors=True)
+        port, proc = start_floor(one_cpu)
+        try:
+            grpc_server("grpc.aio, constant answer", port, proc, ("check", "rls"))
+        finally:
+            stop(proc)
+        for engine, workers, kinds in (("grpcio", 1, ("check", "rls")), ("native", 1, ("check", "rls", "batch")),
+                                       ("native", 2, ("check", "rls"))):
+            port, proc = start_guardian_engine(engine, workers, policy.name, one_cpu if workers == 1 else None)
+            try:
+                grpc_server(f"guardian serve --engine {engine}, {workers} worker{'s' * (workers > 1)}",
+                            port, proc, kinds)
+            finally:
+                stop(proc)
+    finally:
+        os.unlink(policy.name)
+    names = {"static": "GET static body", "check": "CheckLimit", "rls": "ShouldRateLimit", "batch": "CheckLimits x100"}
+    by = {(label, kind): r for label, kind, r in rows}
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"Command: `python bench/sidecar_bench.py --native --seconds {a.seconds:g} --connections {a.connections} "
+        f"--streams {a.streams}{' --pin' if pin else ''}`",
+        "",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; `uptime` at the end: {uptime}. "
+        f"Generator: h2load, 1 thread, {a.connections} connections x {a.streams} streams (calls/s, p99) and "
+        f"1 x 1 (p50 at 1 in flight){'; h2load on CPU 0, 1-process servers on CPU 1' if pin else ''}.",
+        "",
+        "| server | call | calls/s | p50 ms (1 in flight) | p50 ms | p99 ms | server CPU (cores) | server CPU us/call |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, kind, r in rows:
+        lines.append(f"| {label} | {names[kind]} | {r['rps']:,.0f} | {r['p50_1']:.3f} | {r['p50']:.3f} "
+                     f"| {r['p99']:.3f} | {r['server_cpu']:.2f} | {r['server_cpu'] / r['rps'] * 1e6:.1f} |")
+    static = by[("nghttpd, static body", "static")]
+    lines.append("")
+    for kind in ("check", "rls"):
+        n1 = by[("guardian serve --engine native, 1 worker", kind)]
+        n2 = by[("guardian serve --engine native, 2 workers", kind)]
+        aio = by[("grpc.aio, constant answer", kind)]
+        grpcio = by[("guardian serve --engine grpcio, 1 worker", kind)]
+        lines.append(
+            f"- {names[kind]}, native 1 worker: {n1['rps']:,.0f} calls/s (target >= 100,000) = "
+            f"{n1['rps'] / static['rps'] * 100:.0f}% of nghttpd (target >= 30%), "
+            f"{n1['rps'] / aio['rps']:.0f}x the grpc.aio floor (target >= 30x), "
+            f"{n1['rps'] / grpcio['rps']:.0f}x the grpcio engine; p50 at 1 in flight "
+            f"{n1['p50_1'] * 1000:.0f} us (target <= 100), p99 at {a.connections * a.streams} in flight "
+            f"{n1['p99']:.2f} ms (target <= 5); 2 workers / 1: {n2['rps'] / n1['rps']:.2f}x (target >= 1.6x).")
+    batch = by[("guardian serve --engine native, 1 worker", "batch")]
+    lines.append(f"- CheckLimits x100, native 1 worker: {batch['rps'] * 100:,.0f} checks/s.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(Path(a.out).read_text().split("<!-- results -->")[0] + "<!-- results -->\n\n" + text
+                               if Path(a.out).exists() else text)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(native_main(sys.argv[1:]) if "--native" in sys.argv else main())

@@ -23,6 +23,7 @@ cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_Check
 from cpython.long cimport PyLong_CheckExact
+from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int64_t, uint64_t, INT64_MAX
 from libc.stdlib cimport malloc, free
 
@@ -400,13 +401,22 @@ cdef class Table:
     def usage(self, key):
         """Tokens in use: capacity minus the tokens available now."""
         cdef uint64_t h = self._hash(key)
-        cdef int64_t now = self._now()
+        cdef int64_t stuck = 0
+        cdef int64_t used = self._usage(h, self._now(), &stuck)
+        if stuck:
+            self._stuck(stuck)
+        return used
+
+    cdef int64_t _usage(self, uint64_t h, int64_t now, int64_t *stuck) noexcept nogil:
+        """Tokens in use; sets ``stuck`` to the holder of a lock that did
+        not come free within the bound (the caller raises, with the GIL)."""
         cdef int64_t tat
         cdef Py_ssize_t s = self._locate(h, &tat)
         if s == CONTENDED:
             s = self._locate_locked(h, &tat)
             if s == STUCK:
-                self._stuck(tat)
+                stuck[0] = tat
+                return 0
         if s < 0 or tat <= now:
             return 0
         return self.capacity - (self.tau - (tat - now)) // self.P
@@ -489,6 +499,32 @@ cdef class Table:
 
     def close(self):
         """Detach (the shared segment stays until unlink)."""
+
+    def _native_api(self):
+        """A capsule of the C entry points the native data plane
+        (guardian._native) calls without the GIL; the caller keeps this
+        Table alive while it uses them. Refused with an injected clock,
+        which only Python can read."""
+        if self.clock is not None:
+            raise ValueError("a Table with an injected clock cannot be used without the GIL")
+        return PyCapsule_New(<void *>&_NATIVE_API, b"guardian._core.native_api", NULL)
+
+    # --- the native data plane's entry points (no GIL, no Python objects) ---
+
+    cdef int _native_now(self, int64_t *now) noexcept nogil:
+        cdef int64_t ns = g_monotonic_ns() - self.epoch
+        if ns < 0:
+            ns = 0
+        if ns > self.horizon:
+            return -1
+        now[0] = ns * self.Q
+        return 0
+
+    cdef int _native_key(self, const unsigned char *key, size_t n, uint64_t *h) noexcept nogil:
+        if n == 0 or n > MAX_KEY:
+            return -2
+        h[0] = g_siphash13(self.k0, self.k1, key, n)
+        return 0
 
     # --- slot protocol (no Python objects below this line) ---------------
 
@@ -790,6 +826,71 @@ cdef class Table:
 
     cdef void _unlock_stripe(self, uint64_t stripe) noexcept nogil:
         g_store_u(&self.hdr.stripes[stripe], 0)
+
+
+# The native data plane's view of a Table (mirrored by
+# _dataplane/core_api.h; a version and the struct sizes are checked there).
+# Each function takes the Table as a borrowed pointer: the C caller holds a
+# reference, so no reference count is touched without the GIL.
+ctypedef int (*native_take_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
+                               Decision *d) noexcept nogil
+ctypedef int (*native_usage_fn)(void *table, const unsigned char *key, size_t n,
+                                int64_t *used) noexcept nogil
+ctypedef int (*native_params_fn)(void *table, int64_t *capacity, double *scale) noexcept nogil
+
+cdef struct NativeApi:
+    unsigned version
+    unsigned decision_size
+    native_take_fn take
+    native_usage_fn usage
+    native_params_fn params
+
+
+cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
+                      Decision *d) noexcept nogil:
+    """One take, as check_result makes it: 0, or -1 past the tick horizon,
+    -2 for a bad key length, -3 for a cost outside 1..capacity, -4 when a
+    stripe lock stayed held past the bound (the caller hands it to Python)."""
+    cdef uint64_t h
+    cdef int64_t now
+    if cost < 1 or cost > t.capacity:
+        return -3
+    if t._native_key(key, n, &h) != 0:
+        return -2
+    if t._native_now(&now) != 0:
+        return -1
+    t._take(h, cost, now, d)
+    if d.stuck:
+        return -4  # a stuck stripe lock: the Python path decides, by the policy
+    return 0
+
+
+cdef int _native_usage(Table t, const unsigned char *key, size_t n, int64_t *used) noexcept nogil:
+    cdef uint64_t h
+    cdef int64_t now
+    if t._native_key(key, n, &h) != 0:
+        return -2
+    if t._native_now(&now) != 0:
+        return -1
+    cdef int64_t stuck = 0
+    used[0] = t._usage(h, now, &stuck)
+    if stuck:
+        return -4  # as in _native_take
+    return 0
+
+
+cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogil:
+    capacity[0] = t.capacity
+    scale[0] = t.scale
+    return 0
+
+
+cdef NativeApi _NATIVE_API
+_NATIVE_API.version = 1
+_NATIVE_API.decision_size = sizeof(Decision)
+_NATIVE_API.take = <native_take_fn>_native_take
+_NATIVE_API.usage = <native_usage_fn>_native_usage
+_NATIVE_API.params = <native_params_fn>_native_params
 
 
 unlink = _region.unlink

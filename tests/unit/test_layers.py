@@ -58,6 +58,8 @@ PLACES = {
     "guardian.server": "server",
     "guardian.__main__": "server",
     "guardian._tables_cli": "server",
+    # The sidecar's native data plane (docs/native.md): only guardian.server.native loads it.
+    "guardian._native": "server",
 }
 
 #: Third-party and standard modules a layer must never import (top-level names).

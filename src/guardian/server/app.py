@@ -108,6 +108,8 @@ class Worker:
             log.exception("guardian: cannot load the policy")
             return 2
         server = self._grpc_server()
+        if server is None:  # --engine native could not run (logged)
+            return 2
         try:
             port = self._listen(server)
         except RuntimeError as exc:
@@ -130,10 +132,19 @@ class Worker:
         return 0
 
     def _grpc_server(self) -> Any:
-        server = grpc.aio.server(options=[
-            ("grpc.so_reuseport", 1 if self.opts.workers > 1 else 0),
-            ("grpc.max_concurrent_streams", 1000),
-        ])
+        # --- native data plane hook (issue 14): --engine native swaps the server ---
+        if self.opts.engine == "native":
+            from .native import native_server
+
+            server = native_server(self.opts, self.state, self.health)
+            if server is None:
+                return None
+        else:
+            server = grpc.aio.server(options=[
+                ("grpc.so_reuseport", 1 if self.opts.workers > 1 else 0),
+                ("grpc.max_concurrent_streams", 1000),
+            ])
+        # --- end hook ---
         guardian_pb2_grpc.add_RateLimiterServicer_to_server(RateLimiterService(self.state), server)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.rls, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

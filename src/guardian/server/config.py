@@ -48,6 +48,7 @@ ENV = {
     "merge_domains": "GUARDIAN_MERGE_DOMAINS",
     "shadow_mode": "GUARDIAN_SHADOW_MODE",
     "quota_mode": "GUARDIAN_QUOTA_MODE",
+    "engine": "GUARDIAN_ENGINE",  # native data plane hook (issue 14)
 }
 
 
@@ -85,6 +86,8 @@ class ServeOptions:
     max_table_memory: int = 256
     #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
     response_dynamic_metadata: bool = False
+    #: "grpcio", or "native" (experimental: guardian._native, docs/native.md). Native data plane hook.
+    engine: str = "grpcio"
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -167,6 +170,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "dynamic_metadata (env GUARDIAN_RESPONSE_DYNAMIC_METADATA)")
     g4.add_argument("--no-response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
                     const=False)
+    # --- native data plane hook (issue 14) ---
+    a("--engine", choices=("grpcio", "native"),
+      help="grpcio (default), or native: the hot RPCs answered in C over libnghttp2, "
+           "experimental, see docs/native.md (env GUARDIAN_ENGINE)")
 
 
 def _port(text: str) -> int:
@@ -222,6 +229,8 @@ def _check(opts: ServeOptions) -> None:
         if not sep or scheme.lower() not in REDIS_SCHEMES:
             raise OptionsError(f"--redis-url must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
                                f", got {redact(opts.redis_url)!r}")
+    if opts.engine not in ("grpcio", "native"):  # native data plane hook
+        raise OptionsError(f"--engine must be grpcio or native, got {opts.engine!r}")
     if opts.batched and not opts.redis_url:
         raise OptionsError("--batched needs --redis-url (leases are reserved from Redis)")
     if opts.admin_token_file:

@@ -1,0 +1,83 @@
+"""Seeds for fuzz_server: the bytes grpcio clients send for each native
+method (and a compressed call, another method), recorded by a socket that
+answers only SETTINGS, minus the connection preface the harness adds.
+
+    python fuzz/make_seeds.py fuzz/corpus/server
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2
+from grpc_health.v1 import health_pb2
+
+from guardian.v1 import guardian_pb2 as pb
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+CALLS = {
+    "check": ("/guardian.v1.RateLimiter/CheckLimit", pb.CheckLimitRequest(key="user", cost=2)),
+    "check_named": ("/guardian.v1.RateLimiter/CheckLimit", pb.CheckLimitRequest(key="u", limit="default")),
+    "checks": ("/guardian.v1.RateLimiter/CheckLimits",
+               pb.CheckLimitsRequest(checks=[pb.CheckLimitRequest(key="a"), pb.CheckLimitRequest(key="b")])),
+    "rls": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", hits_addend=1,
+        descriptors=[{"entries": [{"key": "k", "value": "v"}]}, {"entries": [{"key": "a", "value": "x"},
+                                                                              {"key": "b", "value": "y"}]},
+                     {"entries": [{"key": "k", "value": "wow"}], "hits_addend": {"value": 0}}])),
+    "rls_override": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", descriptors=[{"entries": [{"key": "k", "value": "v"}],
+                                  "limit": {"requests_per_unit": 3, "unit": 1}}])),
+    "health": ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest(service="")),
+    "other": ("/guardian.v1.RateLimiter/GetUsage", pb.GetUsageRequest(key="k")),
+}
+
+
+def record(path: str, message: bytes, compression: object = None) -> bytes:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    got = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        # the server's (empty) SETTINGS and an ACK of the client's: then it sends the call
+        conn.sendall(b"\0\0\0\x04\0\0\0\0\0" + b"\0\0\0\x04\x01\0\0\0\0")
+        conn.settimeout(0.5)
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got.extend(chunk)
+        except OSError:
+            pass
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with grpc.insecure_channel(f"127.0.0.1:{listener.getsockname()[1]}", compression=compression) as ch:
+        try:
+            ch.unary_unary(path)(message, timeout=0.4, wait_for_ready=True)
+        except grpc.RpcError:
+            pass
+    t.join()
+    listener.close()
+    return bytes(got[len(PREFACE):]) if got.startswith(PREFACE) else bytes(got)
+
+
+def main(out: str) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for name, (path, msg) in CALLS.items():
+        Path(out, name).write_bytes(record(path, msg.SerializeToString()))
+    Path(out, "gzip").write_bytes(record(CALLS["check"][0], CALLS["check"][1].SerializeToString(),
+                                         grpc.Compression.Gzip))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,34 @@
+/* The core's C entry points as guardian._core exports them in a capsule
+ * (Table._native_api). Mirrors _core.pyx's NativeApi and Decision structs;
+ * the version and the Decision size are checked when a capsule is read. */
+#ifndef GUARDIAN_CORE_API_H
+#define GUARDIAN_CORE_API_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define G_CORE_API_VERSION 1
+#define G_CORE_API_CAPSULE "guardian._core.native_api"
+
+typedef struct {
+    int allowed; /* Cython's bint */
+    int64_t remaining;
+    int64_t retry_ticks;
+    int64_t reset_ticks;
+    int64_t stuck;     /* 0, or the pid holding the key's stripe lock past the bound */
+    ptrdiff_t slot;    /* Py_ssize_t: the admission's slot (take_all undoes with it) */
+    int64_t before, after;
+} g_decision;
+
+typedef int (*g_take_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
+typedef int (*g_usage_fn)(void *table, const unsigned char *key, size_t n, int64_t *used);
+typedef int (*g_params_fn)(void *table, int64_t *capacity, double *scale);
+
+typedef struct {
+    unsigned version;
+    unsigned decision_size;
+    g_take_fn take;
+    g_usage_fn usage;
+    g_params_fn params;
+} g_core_api;
+
+#endif
