@@ -1,7 +1,8 @@
 """Run as a subprocess: one node with its own BatchedRedisBackend.
 
 ``hammer``: from wall-clock time ``--start`` for ``--seconds``, check one
-key as fast as possible; print the admitted count.
+key as fast as possible; print the admitted count, the reservations, the
+wall-clock time it began and the one its last check returned.
 ``hold``: admit ``--takes`` checks, print the tokens held, then wait to be
 killed (SIGKILL: no close, no atexit)."""
 
@@ -44,8 +45,11 @@ def main() -> None:
     while time.time() < end:
         for _ in range(100):
             n += take("k")
+    # Every reservation of this node returned by now (the server's clock is
+    # this host's): the window its admissions came from ends here.
+    last = time.time()
     backend.close()
-    print(n, backend.stats()["reservations"], began, flush=True)
+    print(n, backend.stats()["reservations"], began, repr(last), flush=True)
     sys.exit(0)
 
 

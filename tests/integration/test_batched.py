@@ -63,8 +63,13 @@ def test_three_nodes_share_one_limit(redis_server: Server, prefix: str) -> None:
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     admitted = sum(int(o[0].split()[0]) for o in outs)
-    # A node may finish its last loop of 100 local checks after the end.
-    assert admitted <= 200 + 1000 * (seconds + 0.01), admitted
+    # A node finishes its last loop of 100 checks after the end, and a
+    # loaded machine may pause it there: its reservations (all tokens
+    # admitted were reserved on the server's clock, this host's) end when
+    # its last check returned.
+    last = max(float(o[0].split()[3]) for o in outs)
+    assert admitted <= 200 + 1000 * (last - start + 0.001), (admitted, last - start)
+    assert last - start < seconds + 1.0, last - start  # the bound stays a meaningful one
     # Tokens nobody asks for overflow the bucket: the lower bound counts
     # from when the first node really began (late on a loaded machine).
     first = max(min(float(o[0].split()[2]) for o in outs), start)

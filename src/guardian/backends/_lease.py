@@ -106,7 +106,7 @@ class Lease:
     """This process' bookkeeping for one key's lease."""
 
     __slots__ = ("size", "low", "held_at", "at", "ahead", "ahead_at", "expires", "reservations", "busy", "lock",
-                 "failed", "error")
+                 "failed", "error", "streak", "window", "missed")
 
     def __init__(self, lock: Any, expires: int) -> None:
         self.size = 0  # tokens last asked for; 0: cold
@@ -125,6 +125,9 @@ class Lease:
         self.reservations: List[List[int]] = []
         self.busy = False  # a background refill is queued or running
         self.lock = lock  # one Redis reservation per key at a time
+        self.streak = 0  # Redis denials in a row
+        self.window = 0  # ns the last one is served from here
+        self.missed = 0  # tokens denied from the cache since
         #: Reservations of this key that failed, and the last failure: a check
         #: that waited on ``lock`` while one failed shares that outcome instead
         #: of trying Redis again (N queued checks cost one timeout, not N).
@@ -232,6 +235,9 @@ class LeaseBook:
         if cost - held != entry[2]:
             return None
         self.counts["denial_cache_hits"] += 1
+        lease = self.leases.get(key)
+        if lease is not None:
+            lease.missed += cost
         return self.bucket(key, False, held, (entry[1] - now) / _NS)
 
     def needed(self, key: str, cost: int) -> int:
@@ -260,6 +266,12 @@ class LeaseBook:
     # --- a reservation ----------------------------------------------------
 
     def size(self, lease: Lease, held: int, cost: int) -> int:
+        if lease.streak:
+            # Back from a denial window: ask for what accrued meanwhile (or
+            # a lone node admits one token per window), but no more than
+            # this node was denied in it (or idle nodes sit on tokens).
+            accrued = math.ceil(lease.window / _NS / self.config.emission_interval - 1e-9)
+            return max(min(accrued, lease.missed + cost, self.max_lease), cost)
         elapsed = (self.now() - lease.at) / _NS
         return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
@@ -269,6 +281,7 @@ class LeaseBook:
         to the table; the tokens that did not fit (to give back at once)."""
         got = reply.granted
         counts = self.counts
+        lease.missed = 0
         counts["reservations"] += 1
         now = self.now()
         lease.expires = now + self._lifetime_ns
@@ -278,10 +291,19 @@ class LeaseBook:
         if got == 0:
             counts["redis_denials"] += 1
             # Cached until Redis' retry_after, but at most a lease lifetime:
-            # a flood of denied keys leaves no entry for long.
-            retry_at = now + reply.retry_ticks * _NS // self.tps
-            self.denied[key] = (min(retry_at, now + self._lifetime_ns), retry_at, needed)
+            # a flood of denied keys leaves no entry for long. The next
+            # token goes to one of the nodes asking: each denial in a row
+            # doubles how long this one waits (else N nodes ask N times per
+            # token), never past half the bucket's fill time (it cannot
+            # overflow while all wait) or ``refresh``, never below Redis'
+            # retry_after (docs/scaling.md).
+            wait = reply.retry_ticks * _NS // self.tps
+            lease.streak = min(lease.streak + 1, 16)
+            cap = int(min(self.refresh, self.capacity * self.config.emission_interval / 2) * _NS)
+            lease.window = max(wait, min(wait << lease.streak, cap))
+            self.denied[key] = (min(now + lease.window, now + self._lifetime_ns), now + wait, needed)
             return 0
+        lease.streak = 0
         self.denied.pop(key, None)
         counts["reserved_tokens"] += got
         table = self.table
