@@ -10,12 +10,12 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .. import _impl
 from .._args import check_clock
 from .._config import TokenBucketConfig
-from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError, MisuseError
+from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError, ConfigurationError
 from .._result import LimitResult
 from ._redis_scripts import Layout, Reserved
 
@@ -40,7 +40,11 @@ Returns = List[Tuple[str, int, Reservation]]
 Clock = Callable[[], int]
 
 
-def _snapshot(d: Dict[Any, Any]) -> List[Tuple[Any, Any]]:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _snapshot(d: Dict[K, V]) -> List[Tuple[K, V]]:
     """``list(d.items())`` while other threads insert and pop. The copy
     raised "dictionary changed size during iteration" once in a full suite
     run (test_batched_bounded, _expire beside the refill thread's): the copy
