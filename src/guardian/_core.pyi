@@ -1,7 +1,7 @@
 """Type stubs for guardian._core (the C slot table); _pycore has the same
 names and signatures (tests/unit/test_parity.py holds all three to that)."""
 
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 MAX_KEY_BYTES: int
 
@@ -28,6 +28,7 @@ class Table:
     slots: int
     name: Optional[str]
     spends: int
+    on_stuck: Optional[bool]
 
     def __init__(
         self,
@@ -48,7 +49,8 @@ class Table:
     def reset(self, key: str) -> None: ...
     def spend(self, key: str, cost: int = 1) -> int: ...
     def drain(self, key: str) -> int: ...
-    def stats(self) -> dict[str, int]: ...  # slots, full, reclaims (the table's); allowed, denied (this object's takes)
+    def stats(self) -> dict[str, int]: ...  # slots, full, reclaims (the table's); allowed, denied (this object's takes); stuck (a view's)
+    def deciding(self, on_stuck: bool, report: Optional[Callable[[Exception], Any]] = None) -> "Table": ...
     def close(self) -> None: ...
 
 def unlink(name: str) -> bool: ...

@@ -99,6 +99,12 @@ cdef enum:
     LOCK_SPINS = 64
     LOCK_YIELD_NS = 1000000
     LOCK_SLEEP_NS = 50000
+    # After a wait for a stripe lock ran out, waits for the same (live) holder
+    # give up at once for this long; then one waits the bound again, as a
+    # probe. One stuck process costs a check the bound about once a second
+    # per stripe, not every time (what the limiter's breaker did before the
+    # limiter bound ``deciding`` views). _pycore._STUCK_COOLDOWN_S likewise.
+    STUCK_COOLDOWN_NS = 1000000000
 
 # Outcomes of a slot lookup.
 cdef enum:
@@ -200,6 +206,20 @@ cdef class Table:
     # Takes decided through this object. Per object, not in the shared header:
     # workers sharing a table would otherwise bounce one cache line per check.
     cdef uint64_t allowed_, denied_
+    # Where this object counts its takes: its own counters, or for a view
+    # (``deciding``) those of the table it views, kept alive by ``parent``.
+    cdef uint64_t *allowed_p
+    cdef uint64_t *denied_p
+    cdef Table parent
+    # What a take answers when a stripe lock stays stuck: -1 raise
+    # BackendTimeoutError, else that decision (0 deny, 1 allow), counted in stuck_.
+    cdef int on_stuck_
+    cdef uint64_t stuck_
+    cdef object report  # None, or called with the BackendTimeoutError a view did not raise
+    # Per stripe: the holder that last kept the lock past the bound, and until
+    # when a wait for that same holder gives up at once (see _lock_stripe).
+    cdef int64_t stuck_holder[G_STRIPES]
+    cdef int64_t stuck_until[G_STRIPES]
     cdef readonly int64_t capacity
     cdef readonly uint64_t slots
     cdef readonly object name
@@ -209,6 +229,10 @@ cdef class Table:
         self.spends_ = 0
         self.allowed_ = 0
         self.denied_ = 0
+        self.allowed_p = &self.allowed_
+        self.denied_p = &self.denied_
+        self.on_stuck_ = -1
+        self.stuck_ = 0
 
     def __init__(self, int64_t capacity, int64_t emission_ticks, int64_t ticks_per_ns,
                  slots=None, name=None, clock=None, seed=None):
@@ -327,7 +351,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         return d.allowed
 
     def check(self, key, cost=1):
@@ -337,7 +361,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         return self._result(&d)
 
     def check_result(self, key, cost=1):
@@ -347,7 +371,7 @@ cdef class Table:
         cdef int64_t c = self._cost(cost)
         self._take(h, c, self._now(), &d)
         if d.stuck:
-            self._stuck(d.stuck)
+            self._stuck_decision(d.stuck, &d)
         cdef LimitResult r = LimitResult.__new__(LimitResult)
         r.allowed = d.allowed
         r.remaining = d.remaining
@@ -380,7 +404,7 @@ cdef class Table:
                     self._take(hashes[i], c, now, &out[i])
             for i in range(n):
                 if out[i].stuck:  # the keys before it were decided (and taken): fewer admissions, never more
-                    self._stuck(out[i].stuck)
+                    self._stuck_decision(out[i].stuck, &out[i])
             return [self._result(&out[i]) for i in range(n)]
         finally:
             free(hashes)
@@ -493,9 +517,41 @@ cdef class Table:
             "slots": self.slots,
             "full": g_read_count(&self.hdr.full_count),
             "reclaims": g_read_count(&self.hdr.reclaim_count),
-            "allowed": g_read_count(&self.allowed_),
-            "denied": g_read_count(&self.denied_),
+            "allowed": g_read_count(self.allowed_p),
+            "denied": g_read_count(self.denied_p),
+            "stuck": g_read_count(&self.stuck_),
         }
+
+    def deciding(self, on_stuck, report=None):
+        """A view of this table whose takes (try_acquire, check,
+        check_result, check_many) answer ``on_stuck`` (True: allowed,
+        False: denied; remaining 0, retry_after 0) instead of raising
+        BackendTimeoutError when a stripe lock stays held past the bound,
+        and count those answers in its ``stats()["stuck"]``. It shares the
+        slots and the allowed/denied counts; the other operations raise as
+        the table's do. ``report``, when given, is called with the
+        BackendTimeoutError each such answer stands for (to log and count
+        it). For a caller whose failure policy is a fixed answer: it binds
+        the view's methods, with no Python frame in between."""
+        if not isinstance(on_stuck, bool):
+            raise ArgumentTypeError(f"on_stuck must be True or False, got {type(on_stuck).__name__}")
+        cdef Table v = Table.__new__(Table)
+        cdef Table root = self if self.parent is None else self.parent
+        v.parent = root
+        v.buf = root.buf  # the parent holds the buffer view; v releases none
+        v.hdr, v.slots_, v.mask, v.k0, v.k1 = root.hdr, root.slots_, root.mask, root.k0, root.k1
+        v.epoch, v.P, v.Q, v.tau, v.horizon = root.epoch, root.P, root.Q, root.tau, root.horizon
+        v.scale, v.window, v.lock_wait_ns, v.clock = root.scale, root.window, root.lock_wait_ns, root.clock
+        v.capacity, v.slots, v.name = root.capacity, root.slots, root.name
+        v.allowed_p, v.denied_p = root.allowed_p, root.denied_p
+        v.on_stuck_ = 1 if on_stuck else 0
+        v.report = report
+        return v
+
+    @property
+    def on_stuck(self):
+        """None (a stuck lock raises), or the answer of a ``deciding`` view."""
+        return None if self.on_stuck_ < 0 else bool(self.on_stuck_)
 
     def close(self):
         """Detach (the shared segment stays until unlink)."""
@@ -533,9 +589,9 @@ cdef class Table:
         if d.stuck:
             return  # not decided: not counted
         if d.allowed:
-            g_count(&self.allowed_)
+            g_count(self.allowed_p)
         else:
-            g_count(&self.denied_)
+            g_count(self.denied_p)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -773,12 +829,17 @@ cdef class Table:
                 continue
             now = g_monotonic_ns()
             if deadline == 0:
+                if <int64_t>holder == g_load(&self.stuck_holder[stripe]) \
+                        and now < g_load(&self.stuck_until[stripe]) and g_pid_alive(<int64_t>holder):
+                    break  # it kept this lock past the bound moments ago: no new wait
                 sleep_at = now + LOCK_YIELD_NS
                 deadline = now + self.lock_wait_ns
             if now < sleep_at:
                 g_pause(LOCK_SPINS)  # a yield
                 continue
             if now > deadline:
+                g_store(&self.stuck_holder[stripe], <int64_t>holder)
+                g_store(&self.stuck_until[stripe], now + STUCK_COOLDOWN_NS)
                 break
             if not sleeping:
                 sleeping = True
@@ -788,6 +849,8 @@ cdef class Table:
             g_sleep_ns(LOCK_SLEEP_NS)
         if released != NULL:
             PyEval_RestoreThread(released)
+        if got and g_load(&self.stuck_holder[stripe]) != 0:
+            g_store(&self.stuck_holder[stripe], 0)  # it let go: wait for it as for anyone
         return 0 if got else <int64_t>holder
 
     cdef bint _undo(self, uint64_t h, int64_t cost, int64_t now, Decision *d) noexcept nogil:
@@ -816,9 +879,27 @@ cdef class Table:
             if g_cas(&self.slots_[s].tat, t, t - back):
                 return True
 
+    cdef int _stuck_decision(self, int64_t holder, Decision *d) except -1:
+        """A take met a stuck stripe lock: raise, or answer the view's
+        decision (nothing was taken either way) and count it."""
+        if self.on_stuck_ < 0:
+            return self._stuck(holder)
+        g_count(&self.stuck_)
+        if self.report is not None:
+            self.report(self._stuck_error(holder))
+        d.allowed = self.on_stuck_ == 1
+        d.remaining = 0
+        d.retry_ticks = 0
+        d.reset_ticks = 0
+        d.stuck = 0
+        return d.allowed
+
     cdef int _stuck(self, int64_t holder) except -1:
+        raise self._stuck_error(holder)
+
+    cdef object _stuck_error(self, int64_t holder):
         where = f"shared table {self.name!r}" if self.name is not None else "the local table"
-        raise BackendTimeoutError(
+        return BackendTimeoutError(
             f"{where}: an insert lock has been held by process {holder} for more than "
             f"{self.lock_wait_ns / 1e9:g}s (a stopped process, or its pid was reused); this "
             "check was not decided and changed nothing. Resume or end that process, or "
@@ -945,10 +1026,10 @@ cdef Py_ssize_t _take_all(tuple tables, object key, object cost, Decision *out) 
             wait = <double>out[j].retry_ticks / (<Table>tables[j]).scale
             if not out[j].allowed and (worst < 0 or wait > longest):
                 worst, longest = j, wait
-        g_count(&(<Table>tables[worst]).denied_)
+        g_count((<Table>tables[worst]).denied_p)
         return worst
     for i in range(n):
-        g_count(&(<Table>tables[i]).allowed_)
+        g_count((<Table>tables[i]).allowed_p)
     return -1
 
 

@@ -10,6 +10,7 @@ tables, an ``flock`` on the segment across processes.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _region
 from ._args import check_cost, check_key
-from ._errors import BackendTimeoutError
+from ._errors import ArgumentTypeError, BackendTimeoutError
 from ._errors import InvalidArgumentError as _InvalidArgument
 
 __all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
@@ -29,6 +30,8 @@ MAX_KEY_BYTES = _region.MAX_KEY_BYTES
 _M64 = (1 << 64) - 1
 _TOMB = 2  # fingerprint of a repaired slot; real fingerprints are odd
 _PROBES = _region.PROBE_WINDOW
+#: See STUCK_COOLDOWN_NS in _core.pyx.
+_STUCK_COOLDOWN_S = 1.0
 
 Result = Tuple[bool, int, float, float]
 
@@ -156,9 +159,14 @@ class Table:
         self._window = min(_PROBES, self.slots)
         #: Successful spends made through this Table object (not shared).
         self.spends = 0
-        #: Takes decided through this Table object (not shared).
-        self._allowed = 0
-        self._denied = 0
+        #: Takes decided through this Table object and its views (allowed, denied).
+        self._counts = [0, 0]
+        #: None: a stuck lock raises; a ``deciding`` view's answer otherwise.
+        self.on_stuck: Optional[bool] = None
+        self._stuck = 0
+        self._owner = True  # a view does not close the table's descriptor
+        self._report: Optional[Callable[[BackendTimeoutError], Any]] = None
+        self._stuck_until = 0.0  # see _wait_for_table
 
     # --- locking and time -------------------------------------------------
 
@@ -173,15 +181,20 @@ class Table:
     def _wait_for_table(self) -> None:
         """Another process holds the table's lock. It only ever holds it for
         one operation, so one holding it past LOCK_WAIT_S is not running
-        (SIGSTOP, a debugger): give up, the failure policy decides."""
-        deadline = time.monotonic() + _region.LOCK_WAIT_S
+        (SIGSTOP, a debugger): give up, the failure policy decides. For
+        _STUCK_COOLDOWN_S after that, give up at once (see _core._lock_stripe)."""
+        now = time.monotonic()
+        deadline = now + _region.LOCK_WAIT_S if now >= self._stuck_until else now
         while time.monotonic() < deadline:
             time.sleep(0.0005)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._stuck_until = 0.0  # it let go: wait for it as for anyone
                 return
             except BlockingIOError:
                 continue
+        if deadline > now:
+            self._stuck_until = time.monotonic() + _STUCK_COOLDOWN_S
         self._lock.release()
         raise BackendTimeoutError(
             f"shared table {self.name!r}: its lock has been held by another process for more "
@@ -250,10 +263,7 @@ class Table:
 
     def _take_locked(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
         r = self._decide(fp, home, cost, now)
-        if r[0]:
-            self._allowed += 1
-        else:
-            self._denied += 1
+        self._counts[0 if r[0] else 1] += 1
         return r
 
     def _decide(self, fp: int, home: int, cost: int, now: int) -> Tuple[bool, int, int, int]:
@@ -304,6 +314,33 @@ class Table:
     def _result(self, r: Tuple[bool, int, int, int]) -> Result:
         return r[0], r[1], float(r[2]) / self._scale, float(r[3]) / self._scale
 
+    def _enter_take(self, n: int) -> bool:
+        """Takes the locks for ``n`` takes: True; False (counted) when a
+        ``deciding`` view answers them by its decision instead of raising."""
+        try:
+            self._enter()
+        except BackendTimeoutError as exc:
+            if self.on_stuck is None:
+                raise
+            self._stuck += n
+            if self._report is not None:
+                for _ in range(n):
+                    self._report(exc)
+            return False
+        return True
+
+    def _stuck_answer(self) -> Result:
+        return bool(self.on_stuck), 0, 0.0, 0.0
+
+    def deciding(self, on_stuck: bool, report: Optional[Callable[[BackendTimeoutError], Any]] = None) -> "Table":
+        """A view whose takes answer ``on_stuck`` instead of raising
+        BackendTimeoutError; see guardian._core.Table.deciding."""
+        if not isinstance(on_stuck, bool):
+            raise ArgumentTypeError(f"on_stuck must be True or False, got {type(on_stuck).__name__}")
+        view = copy.copy(self)  # shares the words, the locks and the counts
+        view.on_stuck, view._stuck, view._owner, view._report = on_stuck, 0, False, report
+        return view
+
     def try_acquire(self, key: str, cost: int = 1) -> bool:
         """Take ``cost`` tokens if the bucket holds them; True when taken."""
         return self.check(key, cost)[0]
@@ -313,7 +350,8 @@ class Table:
         fp, home = self._hash(check_key(key))
         cost = check_cost(cost, self.capacity)
         now = self._now()
-        self._enter()
+        if not self._enter_take(1):
+            return self._stuck_answer()
         try:
             return self._result(self._take_locked(fp, home, cost, now))
         finally:
@@ -328,7 +366,8 @@ class Table:
         hashed = [self._hash(check_key(k)) for k in keys]
         cost = check_cost(cost, self.capacity)
         now = self._now()
-        self._enter()
+        if not self._enter_take(len(hashed)):
+            return [self._stuck_answer() for _ in hashed]
         try:
             return [self._result(self._take_locked(fp, home, cost, now)) for fp, home in hashed]
         finally:
@@ -413,13 +452,14 @@ class Table:
             "slots": self.slots,
             "full": self._words[_region.W_FULL] & _M64,
             "reclaims": self._words[_region.W_RECLAIMS] & _M64,
-            "allowed": self._allowed,
-            "denied": self._denied,
+            "allowed": self._counts[0],
+            "denied": self._counts[1],
+            "stuck": self._stuck,
         }
 
     def close(self) -> None:
         """Detach (the shared segment stays until unlink)."""
-        if self._fd >= 0:
+        if self._fd >= 0 and self._owner:
             os.close(self._fd)
             self._fd = -1
 
@@ -477,10 +517,10 @@ def _take_all(tables: Tuple[Table, ...], key: str, cost: int) -> Tuple[int, List
                 u._leave()
         waits = [a[2] / t._scale if not a[0] else -1.0 for a, t in zip(answers, tables)]
         worst = waits.index(max(waits))  # the first of the longest waits decides when to retry
-        tables[worst]._denied += 1
+        tables[worst]._counts[1] += 1
         return worst, answers
     for t, *_ in prepared:
-        t._allowed += 1
+        t._counts[0] += 1
     return -1, out
 
 

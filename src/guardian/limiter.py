@@ -299,6 +299,24 @@ class RateLimiter(_Policy[Backend]):
             self.check_limit = backend.take  # type: ignore[method-assign]
             self.get_usage = backend.usage  # type: ignore[method-assign]
             self.reset = backend.reset  # type: ignore[method-assign]
+            return
+        table = getattr(backend, "table", None)
+        if isinstance(self.fail_open, bool) and table is not None and hasattr(table, "deciding") \
+                and backend.try_take == table.try_acquire and backend.take == table.check_result:
+            # A shared table fails only when a stripe lock stays stuck, and a
+            # policy of True or False is a fixed answer: the core gives it
+            # itself (nothing taken, retry_after 0 as _decide's while the
+            # breaker is closed) and reports it to _stuck, so callers reach
+            # the core with no Python frame in between here too.
+            view = table.deciding(self.fail_open, self._stuck)
+            self.try_acquire = view.try_acquire  # type: ignore[method-assign]
+            self.check_limit = view.check_result  # type: ignore[method-assign]
+
+    def _stuck(self, exc: BaseException) -> None:
+        """A check the core decided by the policy (a stuck stripe lock):
+        counted and logged as the wrapper below would."""
+        self._error(exc)
+        self.failures += 1
 
     def check_limit(self, key: str, cost: int = 1) -> LimitResult:
         """Take ``cost`` tokens for ``key`` if it has them; the full decision."""

@@ -375,16 +375,8 @@ def _counting_thread() -> Tuple[threading.Thread, List[int], threading.Event]:
     return threading.Thread(target=run), count, stop
 
 
-def test_a_lock_planted_by_a_stopped_process_costs_a_bounded_wait(
-        core: ModuleType, shm_name: str, stopped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every insert lock names a live process that never lets go (stopped,
-    or a pid reused since): a check that needs one waits at most
-    LOCK_WAIT_S, with the GIL released, then raises BackendTimeoutError,
-    and the limiter's policy decides; keys already in the table are
-    decided as usual meanwhile."""
-    monkeypatch.setattr(_region, "LOCK_WAIT_S", 0.2)
-    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
-    assert backend.try_take("old") and backend.can_fail
+def _plant_stuck_locks(core: ModuleType, shm_name: str, stopped: Any) -> subprocess.Popen:
+    """Every lock of the table held by a live process stopped with SIGSTOP."""
     if core is _pycore:  # its lock is an flock on the segment
         holder = stopped("import fcntl, os, signal, sys\n"
                          f"fd = os.open({segment_path(shm_name)!r}, os.O_RDWR)\n"
@@ -397,6 +389,20 @@ def test_a_lock_planted_by_a_stopped_process_costs_a_bounded_wait(
         with open(segment_path(shm_name), "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
             for stripe in range(_region.STRIPES):
                 struct.pack_into("=Q", m, (_region.HEADER_WORDS + stripe) * 8, holder.pid)
+    return holder
+
+
+def test_a_lock_planted_by_a_stopped_process_costs_a_bounded_wait(
+        core: ModuleType, shm_name: str, stopped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every insert lock names a live process that never lets go (stopped,
+    or a pid reused since): a check that needs one waits at most
+    LOCK_WAIT_S, with the GIL released, then raises BackendTimeoutError,
+    and the limiter's policy decides; keys already in the table are
+    decided as usual meanwhile."""
+    monkeypatch.setattr(_region, "LOCK_WAIT_S", 0.2)
+    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
+    assert backend.try_take("old") and backend.can_fail
+    holder = _plant_stuck_locks(core, shm_name, stopped)
     thread, count, stop = _counting_thread()
     thread.start()
     try:
@@ -422,6 +428,93 @@ def test_a_lock_planted_by_a_stopped_process_costs_a_bounded_wait(
     holder.kill()
     holder.wait()
     assert backend.try_take("newcomer")  # a dead holder's locks are taken over
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_a_stuck_lock_is_decided_by_the_policy_inside_the_core(
+        core: ModuleType, shm_name: str, stopped: Any, monkeypatch: pytest.MonkeyPatch,
+        fail_open: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """With fail_open True or False, RateLimiter binds a view of the table
+    that answers the policy itself (no Python frame per check): a check
+    that meets a stuck lock is decided by the policy within the bound, with
+    the GIL released meanwhile, nothing taken, counted in failures and
+    errors and logged, as the Python wrapper does. The backend itself, and
+    a second limiter with the other policy, are unaffected by the view."""
+    monkeypatch.setattr(_region, "LOCK_WAIT_S", 0.2)
+    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
+    limiter = RateLimiter(backend, fail_open=fail_open)
+    other = RateLimiter(backend, fail_open=not fail_open)
+    view = getattr(limiter.try_acquire, "__self__", None)
+    assert isinstance(view, core.Table) and view.on_stuck is fail_open  # bound to the core, not the wrapper
+    assert limiter.check_limit.__self__ is view and backend.table.on_stuck is None
+    assert limiter.try_acquire("old") and backend.stats()["allowed"] == 1  # counted where the backend counts
+    holder = _plant_stuck_locks(core, shm_name, stopped)
+    thread, count, stop = _counting_thread()
+    thread.start()
+    try:
+        start = time.monotonic()
+        with caplog.at_level("WARNING", logger="guardian"):
+            assert limiter.try_acquire("newcomer") is fail_open
+        assert time.monotonic() - start < 0.2 + 0.5
+        assert "BackendTimeoutError" in caplog.text and "held by" in caplog.text
+        start = time.monotonic()
+        assert limiter.check_limit("newcomer") == core.LimitResult(fail_open, 0, 0.0, 0.0, 2)
+        assert time.monotonic() - start < 0.2 + 0.5
+    finally:
+        stop.set()
+        thread.join()
+    assert count[0] > 1000  # the other thread ran while the core waited
+    assert limiter.failures == 2 and limiter.errors == 2 and view.stats()["stuck"] == 2
+    assert backend.stats()["allowed"] + backend.stats()["denied"] == 1  # nothing decided by the table
+    assert other.try_acquire("newcomer") is (not fail_open)  # its own policy, its own counts
+    assert other.failures == 1 and limiter.failures == 2
+    with pytest.raises(BackendTimeoutError):
+        backend.try_take("newcomer")  # the backend still raises for callers with their own policy
+    assert [r.allowed for r in limiter.check_many(["newcomer"])] == [fail_open]  # the wrapper's path
+    assert limiter.failures == 3
+    holder.kill()
+    holder.wait()
+    assert limiter.try_acquire("newcomer") and limiter.failures == 3  # decided by the table again
+    assert backend.stats()["allowed"] == 2
+
+
+def test_a_stuck_holder_costs_the_bound_once_per_cooldown(core: ModuleType, shm_name: str, stopped: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a wait for a stuck lock ran out, checks that need the same
+    lock, held by the same live process, give up at once for a cooldown
+    (what the limiter's breaker did for the wrapper), instead of each
+    waiting the bound; a holder that dies meanwhile is taken over at once."""
+    monkeypatch.setattr(_region, "LOCK_WAIT_S", 1.0)
+    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
+    limiter = RateLimiter(backend, fail_open=True)
+    holder = _plant_stuck_locks(core, shm_name, stopped)
+    start = time.monotonic()
+    assert limiter.try_acquire("newcomer")  # waits the bound
+    waited = time.monotonic() - start
+    assert waited >= 1.0
+    start = time.monotonic()
+    assert all(limiter.try_acquire("newcomer") for _ in range(5))  # the same lock: no new wait
+    assert time.monotonic() - start < 0.5
+    assert limiter.failures == limiter.errors == 6
+    holder.kill()
+    holder.wait()
+    assert limiter.try_acquire("newcomer") and limiter.failures == 6  # a dead holder is not waited for
+    assert backend.stats()["allowed"] == 1
+
+
+def test_fail_open_local_keeps_the_wrapper_on_a_shared_table(core: ModuleType, shm_name: str, stopped: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """fail_open="local" is no fixed answer: the Python wrapper decides a
+    stuck check by the in-process limit, which holds."""
+    monkeypatch.setattr(_region, "LOCK_WAIT_S", 0.2)
+    backend = MemoryBackend(TokenBucketConfig(2, 1, 3600), shared=shm_name, slots=64)
+    limiter = RateLimiter(backend, fail_open="local", breaker_threshold=None)
+    assert getattr(limiter.try_acquire, "__func__", None) is RateLimiter.try_acquire
+    holder = _plant_stuck_locks(core, shm_name, stopped)
+    assert [limiter.try_acquire("newcomer") for _ in range(3)] == [True, True, False]
+    assert limiter.failures == 3 and limiter.errors == 3
+    holder.kill()
+    holder.wait()
 
 
 # --- guardian tables ----------------------------------------------------------

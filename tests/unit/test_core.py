@@ -163,6 +163,27 @@ def test_usage_and_reset(core: ModuleType, clock: ManualClock) -> None:
     assert backend.usage("never-seen") == 0
 
 
+def test_a_deciding_view_is_the_table_with_an_answer_for_a_stuck_lock(core: ModuleType, clock: ManualClock) -> None:
+    """A view takes from the same buckets and counts where the table
+    counts; it only answers where the table would raise (a stuck lock:
+    tests/integration/test_shared_memory.py), and refuses a non-bool."""
+    backend = make(core, clock, 3, 1)
+    table = backend.table
+    view = table.deciding(False, report=print)
+    assert table.on_stuck is None and view.on_stuck is False and table.deciding(True).on_stuck is True
+    assert view.try_acquire("k", 2) and backend.take("k").remaining == 0
+    assert not view.try_acquire("k") and view.check_result("k") == backend.take("k")
+    assert [r[0] for r in view.check_many(["k", "j"])] == [False, True]
+    assert table.stats()["allowed"] == view.stats()["allowed"] == 3
+    assert table.stats()["denied"] == view.stats()["denied"] == 4
+    assert view.stats()["stuck"] == table.stats()["stuck"] == 0
+    for bad in (1, None, "yes"):
+        with pytest.raises(ArgumentTypeError, match="on_stuck must be True or False"):
+            table.deciding(bad)
+    view.close()  # a view's close leaves the table usable
+    assert backend.usage("k") == 3
+
+
 def test_result_object(core: ModuleType, clock: ManualClock) -> None:
     limiter = RateLimiter(make(core, clock, 1, 1))
     ok = limiter.check_limit("k")
