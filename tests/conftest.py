@@ -91,3 +91,5 @@ def shm_name(core: ModuleType) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     core.unlink(name)
+    for i in range(8):  # several limits on one name: "name.0", "name.1", ...
+        core.unlink(f"{name}.{i}")

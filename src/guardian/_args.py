@@ -8,12 +8,12 @@ same way before any state or network is touched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from . import _region
 from ._errors import ArgumentTypeError, InvalidArgumentError, MisuseError
 
-__all__ = ["check_key", "check_cost", "check_clock"]
+__all__ = ["check_key", "check_cost", "check_keys", "check_clock"]
 
 
 def check_key(key: Any) -> bytes:
@@ -47,6 +47,21 @@ def check_cost(cost: Any, capacity: int, lowest: int = 1) -> int:
     return int(cost)
 
 
+def check_keys(keys: Any) -> Sequence[str]:
+    """``keys`` as a list or tuple: a str is a key, not a sequence of
+    one-character keys, and an iterator is read once here, so a fallback
+    after a failed backend call decides the same keys."""
+    if isinstance(keys, (list, tuple)):
+        return keys
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise ArgumentTypeError(
+            f"keys must be a sequence of str, got a {type(keys).__name__} (for one key: [key])")
+    try:
+        return list(keys)
+    except TypeError:
+        raise ArgumentTypeError(f"keys must be a sequence of str, got {type(keys).__name__}") from None
+
+
 def check_clock(clock: Any) -> Any:
     """An injected clock (``clock=``) must be a callable returning integer
     nanoseconds, like time.monotonic_ns: called once here, so a clock in
@@ -62,6 +77,7 @@ def check_clock(clock: Any) -> Any:
         raise MisuseError(
             f"clock {name!r} returned {now!r} ({type(now).__name__}): a clock must return integer "
             f"nanoseconds, like time.monotonic_ns{hint}")
-    if not -(1 << 63) <= now < 1 << 63:
-        raise MisuseError(f"clock {name!r} returned {now!r}: integer nanoseconds must fit in 64 bits")
+    if not 0 <= now < 1 << 63:
+        raise MisuseError(f"clock {name!r} returned {now!r}: integer nanoseconds from 0 to 2**63 - 1 "
+                          f"(must fit in 64 bits, like time.monotonic_ns)")
     return clock

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ._errors import ConfigurationError
+
 __all__ = ["CircuitBreaker"]
 
 
@@ -22,9 +24,10 @@ class CircuitBreaker:
         self, threshold: int = 3, cooldown: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-            raise ValueError(f"breaker threshold must be an int >= 1, got {threshold!r}")
-        if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not cooldown > 0:
-            raise ValueError(f"breaker cooldown must be positive seconds, got {cooldown!r}")
+            raise ConfigurationError(f"breaker_threshold must be an int >= 1 (or None for no breaker), got {threshold!r}")
+        if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 < cooldown < float("inf"):
+            # inf would never probe again: the backend's recovery would go unseen.
+            raise ConfigurationError(f"breaker_cooldown must be finite positive seconds, got {cooldown!r}")
         self.threshold = threshold
         self.cooldown = float(cooldown)
         #: Failures in a row; 0 while healthy (the hot path tests only this).

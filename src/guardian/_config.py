@@ -55,6 +55,7 @@ _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _RATE = re.compile(
     rf"(?P<count>\d+)\s*(?:/|\s+per\s+)\s*(?P<every>{_NUMBER})?\s*(?P<unit>[a-z]+)"
     rf"(?:\s*[;,]?\s*burst\s*[=:]?\s*(?P<burst>\d+))?",
+    re.ASCII,  # 0-9 only: int() would read other scripts' digits too
 )
 _EXAMPLES = "'100/minute', '10 per second', '5/30s', '1000/day' or '100/minute; burst 20'"
 
@@ -74,16 +75,20 @@ def _parse_one(text: str, burst: Optional[int]) -> "TokenBucketConfig":
         raise ConfigurationError(
             f"unknown time unit {m.group('unit')!r} in {text!r}: use second, minute, hour or day "
             "(or s, m, h, d)")
-    count = int(m.group("count"))
-    every = Fraction(m.group("every")) if m.group("every") else Fraction(1)
+    try:
+        count = int(m.group("count"))
+        every = Fraction(m.group("every")) if m.group("every") else Fraction(1)
+        written_burst = None if m.group("burst") is None else int(m.group("burst"))
+    except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits)
+        raise ConfigurationError(f"a number in {text[:60]!r}... is too large to be a rate limit") from None
     if count < 1:
         raise ConfigurationError(f"{text!r} admits nothing: the count must be at least 1")
     if every <= 0:
         raise ConfigurationError(f"{text!r} has a zero period")
-    if m.group("burst") is not None:
+    if written_burst is not None:
         if burst is not None:
             raise ConfigurationError(f"{text!r} gives a burst, and burst={burst!r} gives another")
-        burst = int(m.group("burst"))
+        burst = written_burst
     if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
         raise ConfigurationError(f"burst must be an int of at least 1, got {burst!r}")
     interval = every * unit

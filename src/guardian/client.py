@@ -25,6 +25,7 @@ from ._errors import (
     InvalidArgumentError,
     RateLimitError,
 )
+from ._args import check_key, check_keys
 from ._result import LimitResult
 from .v1 import guardian_pb2 as pb
 from .v1 import guardian_pb2_grpc as pb_grpc
@@ -80,19 +81,26 @@ class _Base:
         self._admin = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
 
     def _check(self, key: str, cost: int, limit: Optional[str]) -> Any:
+        check_key(key)  # refused here as by the library (protobuf would raise its own error, or accept bytes)
         return pb.CheckLimitRequest(key=key, cost=cost, limit=self.limit if limit is None else limit)
 
     def _checks(self, checks: Iterable[Check]) -> Any:
         request = pb.CheckLimitsRequest()
         add = request.checks.add
-        for c in checks:
-            if isinstance(c, str):
-                add(key=c, cost=1, limit=self.limit)
-            else:
-                add(key=c[0], cost=c[1], limit=c[2] if len(c) > 2 else self.limit)  # type: ignore[misc,unused-ignore]
+        for i, c in enumerate(check_keys(checks)):  # a str is one key, not one check per character
+            try:
+                if isinstance(c, str):
+                    check_key(c)
+                    add(key=c, cost=1, limit=self.limit)
+                else:
+                    check_key(c[0])
+                    add(key=c[0], cost=_cost(c[1]), limit=c[2] if len(c) > 2 else self.limit)  # type: ignore[misc,unused-ignore]
+            except RateLimitError as exc:  # which check, as the server says it
+                raise type(exc)(f"checks[{i}]: {exc}") from None
         return request
 
     def _key(self, key: str, limit: Optional[str]) -> Tuple[str, str]:
+        check_key(key)
         return key, self.limit if limit is None else limit
 
     @staticmethod
@@ -103,6 +111,8 @@ class _Base:
 def _cost(cost: int) -> int:
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
         raise InvalidArgumentError(f"cost must be an int >= 1, got {cost!r}")
+    if cost >= 2**63:  # no bucket holds it (and the wire's uint64 would refuse it with its own error)
+        raise InvalidArgumentError(f"cost {cost} is above any bucket's capacity; it could never be allowed")
     return cost
 
 

@@ -50,10 +50,10 @@ def limit(limiter: Any, key: Callable[[], Optional[str]], cost: int = 1, policy:
     ``flask.request``; None: not limited) before the view runs; a denial
     is a 429 with Retry-After and the RateLimit fields. ``limiter`` is a
     RateLimiter."""
+    app_limit = AppLimit(limiter, cost, policy, headers)  # refuses what is not a limiter
     if inspect.iscoroutinefunction(limiter.check_limit):
         raise TypeError("guardian.flask.limit takes a RateLimiter (Flask checks limits synchronously), "
                         "not an AsyncRateLimiter")
-    app_limit = AppLimit(limiter, cost, policy, headers)
 
     def check() -> Optional[Response]:
         name = key()

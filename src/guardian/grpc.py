@@ -33,7 +33,8 @@ from typing import Any, Callable, Collection, List, Optional, Tuple
 import grpc
 from grpc import aio
 
-from .http import _parse_ip, address_key, bounded_key, retry_after_seconds
+from ._errors import MisuseError
+from .http import _check_limiter, _parse_ip, address_key, bounded_key, retry_after_seconds
 
 __all__ = ["Call", "RateLimitInterceptor", "AsyncRateLimitInterceptor", "peer_key", "peer_key_func",
            "metadata_key"]
@@ -124,6 +125,13 @@ class _Base:
     def __init__(self, limiter: Any, key_func: Optional[Callable[[Call], Optional[str]]] = None,
                  cost_func: Optional[Callable[[Call], int]] = None,
                  methods: Optional[Collection[str]] = None) -> None:
+        # Refused now: a wrong object would fail every call instead of limiting it.
+        if limiter is None:
+            raise MisuseError(f"{type(self).__name__} needs a limiter")
+        _check_limiter(limiter, "limiter")
+        if isinstance(self, RateLimitInterceptor) and inspect.iscoroutinefunction(limiter.check_limit):
+            raise MisuseError("grpc.server's interceptor checks synchronously: give RateLimitInterceptor a "
+                              "RateLimiter, or use AsyncRateLimitInterceptor on grpc.aio.server")
         self.limiter = limiter
         self.key_func = key_func or peer_key
         self.cost_func = cost_func

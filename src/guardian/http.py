@@ -45,6 +45,8 @@ from typing import (
     Any, Callable, Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple, Union,
 )
 
+from ._errors import MisuseError
+
 __all__ = [
     "Request", "KeyFunc", "CostFunc", "Resolver", "Route", "RouteTable",
     "client_ip", "header", "route", "response_headers", "retry_after_seconds",
@@ -443,6 +445,10 @@ class RouteTable:
                 self.routes.append(Route(pattern, limiter, [method] if method else None))
         else:
             self.routes = list(routes)
+            for r in self.routes:
+                if not isinstance(r, Route):
+                    raise MisuseError(f'routes must be a mapping {{"POST /login": limiter}} or a list of Route, '
+                                      f"got an item {r!r}")
 
     def match(self, method: str, path: str) -> Optional[Route]:
         return self.find(Request(method, path, None, lambda _: None, None))
@@ -497,6 +503,13 @@ def response_headers(result: Any, policy: str, window: int, style: str,
     return out
 
 
+def _check_limiter(limiter: Any, what: str) -> None:
+    if limiter is not None and not callable(getattr(limiter, "check_limit", None)):
+        raise MisuseError(
+            f"{what} must be a RateLimiter or AsyncRateLimiter (or None: not limited), got "
+            f"{type(limiter).__name__}; for a limit, write RateLimiter(MemoryBackend(config))")
+
+
 class Plan:
     """Resolves the limiter, key, cost and header fields for one request;
     shared by the ASGI and WSGI middleware."""
@@ -509,6 +522,16 @@ class Plan:
         self.key_func: KeyFunc = key_func if key_func is not None else client_ip()
         self.cost_func = cost_func
         self.table = RouteTable(routes)
+        # Refused now: a wrong object here would raise on every request (a 500), not limit it.
+        _check_limiter(limiter, "limiter")
+        for what, func in (("key_func", key_func), ("cost_func", cost_func)):
+            if func is not None and not callable(func):
+                raise MisuseError(f"{what} must be a callable of the request, got {func!r}")
+        for r in self.table.routes:
+            _check_limiter(r.limiter, f"the limiter of route {r.pattern!r}")
+            for what, func in (("key_func", r.key_func), ("cost_func", r.cost_func)):
+                if func is not None and not callable(func):
+                    raise MisuseError(f"{what} of route {r.pattern!r} must be a callable of the request, got {func!r}")
         self.policy = policy
         # Policy names go out as sf-strings: refuse an unusable one here, not per request.
         _sf_string(policy)
@@ -561,6 +584,9 @@ class AppLimit:
                  headers: str = "draft") -> None:
         if headers not in HEADER_STYLES:
             raise ValueError(f"headers must be one of {HEADER_STYLES}, got {headers!r}")
+        if limiter is None:
+            raise MisuseError("an in-app limit needs a limiter")
+        _check_limiter(limiter, "limiter")
         self.limiter = limiter
         self.cost = cost
         self.policy = policy

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Generic, List, Optional, Sequence, 
 from ._breaker import CircuitBreaker
 from ._errors import (ArgumentTypeError, BackendConfigError, BackendError, ConfigurationError, InvalidArgumentError,
                       MisuseError, RateLimitExceeded)
-from ._args import check_cost, check_key
+from ._args import check_cost, check_key, check_keys
 from ._config import Limits, TokenBucketConfig
 from ._result import LimitResult
 from .backends.base import AsyncBackend, Backend
@@ -86,14 +86,6 @@ def check_timeout(timeout: Any) -> Optional[float]:
     return float(timeout)
 
 
-def check_keys(keys: Any) -> Sequence[str]:
-    """A str is a key, not a sequence of one-character keys."""
-    if isinstance(keys, (str, bytes)):
-        raise ArgumentTypeError(
-            f"keys must be a sequence of str, got a {type(keys).__name__} (for one key: [key])")
-    return keys  # type: ignore[no-any-return]
-
-
 #: The backends a limiter takes: a type checker refuses any other.
 B = TypeVar("B", Backend, Union[AsyncBackend, MemoryBackend])
 
@@ -120,9 +112,17 @@ class _Policy(Generic[B]):
             raise ConfigurationError(
                 f"local_share must be a fraction of the limit in (0, 1], got {local_share!r} "
                 "(for N processes sharing one limit, 1/N keeps their fallbacks within it)")
+        if local_share != 1 and fail_open != "local":
+            raise MisuseError(
+                f'local_share={local_share!r} scales the fallback of fail_open="local" only; '
+                f"with fail_open={fail_open!r} it would change nothing")
         self.local_share = float(local_share)
         self.backend: Any = backend
         self.fail_open = fail_open
+        if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
+                or not 0 <= log_interval < float("inf"):
+            # Checked now: a bad one would first be used during an outage.
+            raise ConfigurationError(f"log_interval must be finite seconds >= 0, got {log_interval!r}")
         self.log_interval = log_interval
         #: Checks decided by policy because the backend failed or the breaker is open.
         self.failures = 0
@@ -146,6 +146,15 @@ class _Policy(Generic[B]):
 
     def _bind(self, backend: Any) -> None:
         """Subclasses look at the backend once here."""
+
+    def _check_fixed(self, key: Any, cost: Any) -> None:
+        """A decorator's fixed key and cost are checked when it is applied,
+        not at the first call: a cost no bucket can hold is a bug in the code."""
+        if not callable(key):
+            check_key(key)
+        if not callable(cost):
+            capacity = getattr(getattr(self.backend, "config", None), "capacity", None)
+            check_cost(cost, capacity if isinstance(capacity, int) else 2**62)
 
     @property
     def config(self) -> TokenBucketConfig:
@@ -337,7 +346,7 @@ class RateLimiter(_Policy[Backend]):
 
     def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call (one round trip for Redis)."""
-        check_keys(keys)
+        keys = check_keys(keys)
         if self._gate():
             try:
                 results: List[LimitResult] = self.backend.take_many(keys, cost)
@@ -375,6 +384,8 @@ class RateLimiter(_Policy[Backend]):
         """Decorator: each call of the function (sync or async) first takes
         ``cost`` tokens for ``key`` and raises RateLimitExceeded when denied.
         ``key`` and ``cost`` may be callables of the function's arguments."""
+        self._check_fixed(key, cost)
+
         def decorate(fn: F) -> F:
             if inspect.iscoroutinefunction(fn):
                 @functools.wraps(fn)
@@ -446,7 +457,7 @@ class AsyncRateLimiter(_Policy[Union[AsyncBackend, MemoryBackend]]):
 
     async def check_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
         """One check per key in one backend call."""
-        check_keys(keys)
+        keys = check_keys(keys)
         if self._gate():
             try:
                 results: List[LimitResult] = (
@@ -485,9 +496,11 @@ class AsyncRateLimiter(_Policy[Union[AsyncBackend, MemoryBackend]]):
     def limit(self, key: KeyArg, cost: CostArg = 1) -> Callable[[F], F]:
         """Decorator for coroutine functions: each call first takes ``cost``
         tokens for ``key`` and raises RateLimitExceeded when denied."""
+        self._check_fixed(key, cost)
+
         def decorate(fn: F) -> F:
             if not inspect.iscoroutinefunction(fn):
-                raise TypeError("AsyncRateLimiter.limit decorates coroutine functions; "
+                raise MisuseError("AsyncRateLimiter.limit decorates coroutine functions; "
                                 "use RateLimiter.limit for plain functions")
 
             @functools.wraps(fn)

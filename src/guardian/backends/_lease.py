@@ -10,7 +10,7 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from .. import _impl
 from .._args import check_clock
@@ -38,6 +38,23 @@ Returns = List[Tuple[str, int, Reservation]]
 #: Time in integer nanoseconds of a monotonic clock: the core's convention,
 #: used for every lease deadline too, so one injected clock moves them all.
 Clock = Callable[[], int]
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _snapshot(d: Dict[K, V]) -> List[Tuple[K, V]]:
+    """``list(d.items())`` while other threads insert and pop. The copy
+    raised "dictionary changed size during iteration" once in a full suite
+    run (test_batched_bounded, _expire beside the refill thread's): the copy
+    can be interrupted, likely by a garbage collection whose finalizers let
+    another thread run. Rare, so try again."""
+    while True:
+        try:
+            return list(d.items())
+        except RuntimeError:
+            continue
 
 
 class LeaseTable:
@@ -342,21 +359,21 @@ class LeaseBook:
         out: Returns = []
         # Checks add entries meanwhile (other threads): copy before iterating,
         # and pop, never del.
-        for key, lease in list(self.leases.items()):
+        for key, lease in _snapshot(self.leases):
             if lease.expires <= now and not lease.busy and not lease.lock.locked():
                 if self.leases.pop(key, None) is lease:
                     self.counts["expired_leases"] += 1
                     self.take_back(key, lease, out)
-        for key, (until, _, _) in list(self.denied.items()):
+        for key, (until, _, _) in _snapshot(self.denied):
             if until <= now:
                 self.denied.pop(key, None)
-        self.low_cap = max((lease.low for lease in list(self.leases.values())), default=0)
+        self.low_cap = max((lease.low for _, lease in _snapshot(self.leases)), default=0)
         return out
 
     def everything(self) -> Returns:
         """Every lease, drained and forgotten (close, exit)."""
         out: Returns = []
-        for key, lease in list(self.leases.items()):
+        for key, lease in _snapshot(self.leases):
             if self.leases.pop(key, None) is lease:
                 self.take_back(key, lease, out)
         return out

@@ -18,7 +18,7 @@ import hiredis
 import redis.exceptions as rex
 from redis.crc import key_slot
 
-from .._args import check_cost, check_key
+from .._args import check_cost, check_key, check_keys
 from .._config import Limits, TokenBucketConfig, as_limits
 from .._errors import (
     BackendConfigError,
@@ -226,6 +226,8 @@ class RedisCommon:
         elif client_options:
             raise ConfigurationError(
                 f"client options ({', '.join(sorted(client_options))}) go to the client you pass, not here")
+        else:
+            _check_client(self.lib, client, type(self).__name__)
         self.client = client
         #: Standalone and Sentinel: our own wires, taken from the client's
         #: pool and spoken to with pre-packed commands (redis-py's generic
@@ -282,6 +284,7 @@ class RedisCommon:
     def pack_many(self, keys: Sequence[str], cost: Any) -> Tuple[int, int, bytes]:
         """take_many on one server: (cost, script calls, their packed bytes),
         one call per ``chunk`` keys, in order."""
+        keys = check_keys(keys)
         packer, size = self.packer, self.chunk
         c = packer.cost(cost)
         calls = [packer.take_keys(keys[i:i + size], c) for i in range(0, len(keys), size)]
@@ -292,6 +295,7 @@ class RedisCommon:
     ) -> Tuple[int, List[List[int]], List[Call], List[int]]:
         """take_many on a cluster: (cost, positions per call, calls, their
         slots), never two slots in one call."""
+        keys = check_keys(keys)
         packer, size = self.packer, self.chunk
         c = packer.cost(cost)
         bkeys = packer.keys(keys)
@@ -509,6 +513,22 @@ def peek_all(results: Sequence[LimitResult], limits: Any) -> LimitResult:
 def usage_all(used: Sequence[int], limits: Any) -> int:
     """Tokens in use of the limit with the fewest tokens left (as MemoryBackend)."""
     return min(zip((c.capacity - u for c, u in zip(limits, used)), used))[1]
+
+
+def _check_client(lib: ModuleType, client: Any, backend: str) -> None:
+    """A client of the other kind (sync for async) would fail every call,
+    and a fail-open limiter would then admit every check: refused now."""
+    execute = getattr(client, "execute_command", None)
+    if execute is None:
+        raise MisuseError(f"client must be a redis-py client ({lib.__name__}.Redis, RedisCluster or a "
+                          f"Sentinel master_for(...)), got {type(client).__name__}")
+    wants_async = lib.__name__.endswith("asyncio")
+    if inspect.iscoroutinefunction(execute) != wants_async:
+        raise MisuseError(
+            f"{backend} needs a {'redis.asyncio' if wants_async else 'synchronous redis'} client, got "
+            f"{type(client).__module__}.{type(client).__name__}"
+            + (" (use the Async backend for redis.asyncio clients)" if not wants_async else
+               " (use the synchronous backend with RateLimiter for redis.Redis clients)"))
 
 
 def _check_options(client: Any, options: Dict[str, Any]) -> None:

@@ -176,7 +176,10 @@ def check_prefix(prefix: Any) -> bytes:
         raise ConfigurationError(
             f"prefix must not contain braces (the hash tag is the key), got {prefix!r}"
         )
-    return prefix.encode()
+    try:
+        return prefix.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(f"prefix is not valid Unicode text: {exc}") from None
 
 
 def resp_bulk(value: bytes) -> bytes:

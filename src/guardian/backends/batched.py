@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, List, Sequence
 
+from .._args import check_keys
 from .._errors import BackendError
 from .._result import LimitResult
 from ._lease import BatchedCommon, Lease
@@ -65,7 +66,7 @@ class BatchedRedisBackend(BatchedCommon):
         return self._miss(key, cost)
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        return [self.take(key, cost) for key in keys]
+        return [self.take(key, cost) for key in check_keys(keys)]
 
     def usage(self, key: str) -> int:
         """Tokens in use in Redis (leased ones count as in use)."""

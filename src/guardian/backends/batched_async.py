@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any, List, Sequence
 
+from .._args import check_keys
 from .._errors import BackendError
 from .._result import LimitResult
 from ._lease import BatchedCommon, Lease
@@ -65,7 +66,7 @@ class AsyncBatchedRedisBackend(BatchedCommon):
         return await self._miss(key, cost)
 
     async def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
-        return [await self.take(key, cost) for key in keys]
+        return [await self.take(key, cost) for key in check_keys(keys)]
 
     async def usage(self, key: str) -> int:
         """Tokens in use in Redis (leased ones count as in use)."""

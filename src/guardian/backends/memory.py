@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import _impl
-from .._args import check_clock
-from .._config import Limits, TokenBucketConfig, as_limits
+from .._args import check_clock, check_keys
+from .._errors import MisuseError
+from .._config import MAX_LIMITS, Limits, TokenBucketConfig, as_limits
 from .._result import LimitResult
 
 __all__ = ["MemoryBackend", "LimitsResult"]
@@ -73,6 +74,8 @@ class MemoryBackend:
         config = as_limits(config)
         if clock is not None:
             clock = check_clock(clock)  # float seconds would fail on first use, deep in the core
+        if seed is not None and not isinstance(seed, bytes):
+            raise MisuseError(f"seed must be 16 bytes (os.urandom(16)), got {type(seed).__name__}")
         self.config: Any = config
         limits = tuple(config) if isinstance(config, Limits) else (config,)
         names: Sequence[Optional[str]]
@@ -137,6 +140,7 @@ class MemoryBackend:
     # --- one limit or several ------------------------------------------------
 
     def take_many(self, keys: Sequence[str], cost: int = 1) -> List[LimitResult]:
+        keys = check_keys(keys)
         if len(self.tables) > 1:
             return [self.take(k, cost) for k in list(keys)]
         limit, make = self.config.capacity, self._result
@@ -173,8 +177,14 @@ class MemoryBackend:
 
     @staticmethod
     def unlink(name: str) -> bool:
-        """Remove the named shared table (attached processes keep theirs)."""
-        return bool(_impl.unlink(name))
+        """Remove the named shared table (attached processes keep theirs),
+        and the tables "name.0", "name.1", ... that ``shared=name`` made for
+        several limits, so the name given is the name removed."""
+        removed = bool(_impl.unlink(name))
+        if len(name) <= 198:  # room for ".N" in a valid table name
+            for i in range(MAX_LIMITS):
+                removed = bool(_impl.unlink(f"{name}.{i}")) or removed
+        return removed
 
     def __repr__(self) -> str:
         where = f"shared={self.shared!r}" if self.shared else "local"

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.backoff import NoBackoff
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, MisuseError
 
 __all__ = ["client_for_url", "check_timeouts"]
 
@@ -23,8 +23,9 @@ __all__ = ["client_for_url", "check_timeouts"]
 def check_timeouts(connect_timeout: Any, timeout: Any) -> Dict[str, Any]:
     """redis-py's socket options for the two timeouts (positive seconds)."""
     for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
-            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        # inf (or None) would let a hung Redis hold a check for ever.
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ConfigurationError(f"{name} must be a positive finite number of seconds, got {value!r}")
     return {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
 
 
@@ -47,6 +48,14 @@ def client_for_url(
     and no retries hold for the connections to Sentinels, and for the
     cluster client (which still follows MOVED and ASK redirections: they
     are answers, not failures)."""
+    for raw, ours in (("socket_timeout", "timeout"), ("socket_connect_timeout", "connect_timeout")):
+        if raw in options:  # it would replace the checked one, None meaning no timeout at all
+            raise MisuseError(f"pass {ours}= (positive finite seconds), not {raw}=")
+    max_connections = options.get("max_connections")
+    if max_connections is not None and (isinstance(max_connections, bool) or not isinstance(max_connections, int)
+                                        or max_connections < 1):
+        # 0 builds a client whose every call fails with "Too many connections".
+        raise ConfigurationError(f"max_connections must be an int >= 1 (or None), got {max_connections!r}")
     options = {**check_timeouts(connect_timeout, timeout), **options}
     if not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, got {url!r}")

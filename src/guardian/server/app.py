@@ -194,6 +194,15 @@ class Worker:
                  f"{opts.bind}:{opts.http_port}" if http else "off", backend,
                  _mode(opts.fail_open, "open", "closed", "local"),
                  self.state.policy.summary())
+        self._warn_empty_policy()
+
+    def _warn_empty_policy(self) -> None:
+        # Valid (ratelimit loads it too), but an empty file or directory (a
+        # volume not mounted, a file truncated by a deploy) is rarely meant.
+        policy = self.state.policy
+        if not policy.limits and not policy.domains:
+            log.warning("guardian %s: the policy from %s limits nothing: guardian.v1 checks are refused "
+                        "(no named limit) and every Envoy request is allowed", self.who, policy.source)
 
     def _warn_open_admin(self) -> None:
         if not self.opts.admin_token and self.index == 0 and self.opts.bind not in ("127.0.0.1", "::1", "localhost"):
@@ -267,6 +276,7 @@ class Worker:
                 log.exception("guardian %s: policy reload failed, keeping the old policy", self.who)
             else:
                 log.info("guardian %s: policy reloaded: %s", self.who, self.state.policy.summary())
+                self._warn_empty_policy()
             if not self._reload_again:
                 return
 

@@ -102,7 +102,13 @@ def _fail_policy(text: str) -> FailPolicy:
 
 
 def _flag(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
+    # A typo ("ture", "enabled") must not quietly mean false.
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false (also 1/0, yes/no, on/off)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -213,8 +219,8 @@ def _check(opts: ServeOptions) -> None:
         raise OptionsError("--slots must be at least 1")
     if opts.max_table_memory < 1:
         raise OptionsError("--max-table-memory must be at least 1 (MiB)")
-    if opts.grace < 0:
-        raise OptionsError("--grace must be at least 0")
+    if not 0 <= opts.grace < float("inf"):  # nan and inf too: a stop must end
+        raise OptionsError(f"--grace must be finite seconds >= 0, got {opts.grace}")
     if opts.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise OptionsError(f"unknown log level {opts.log_level!r}")
     opts.log_level = opts.log_level.upper()

@@ -282,7 +282,10 @@ def _mapping(obj: Any, where: str, allowed: Optional[Set[str]] = None) -> Mappin
     if allowed is not None:
         unknown = sorted(str(k) for k in obj if k not in allowed)
         if unknown:
-            raise _fail(where, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+            # A few, shortened: the wrong file may be huge, or hold what should not reach a log.
+            shown = ", ".join(k if len(k) <= 40 else k[:37] + "..." for k in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise _fail(where, f"unknown key(s) {shown}{more} (allowed: {', '.join(sorted(allowed))})")
     return obj
 
 
@@ -546,7 +549,8 @@ def _documents(text: str, source: str) -> List[Any]:
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+        # One line: the error goes to an operator's log and the CLI's exit line.
+        raise PolicyError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from exc
 
 
 def parse_policy(text: str, source: str = "<string>", into: Optional[Policy] = None,
