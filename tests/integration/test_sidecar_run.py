@@ -226,3 +226,35 @@ def test_a_worker_dying_at_once_again_and_again_stops_the_run(tmp_path: Path) ->
     assert "died 5 times in a row" in log and "not restarting it, stopping" in log
     assert len(killed) <= 2 * 5 + 2
     wait_until(lambda: not _children(sup), 5, "no worker left")
+
+
+@pytest.mark.shm
+def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) on the supervisor must not leave orphan
+    workers serving the run's ports with their own table: the next run on
+    those ports would then count the limit twice."""
+    from sidecar import wait_until
+
+    s = _start_group(tmp_path, "--workers", "2")
+    sup = s.proc.pid  # type: ignore[union-attr]
+    workers = _children(sup)
+    try:
+        assert len(workers) == 2, s.log()
+        os.kill(sup, signal.SIGKILL)
+        s.proc.wait(10)  # type: ignore[union-attr]
+
+        def gone(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            except OSError:
+                return True
+
+        wait_until(lambda: all(gone(w) for w in workers), 10, "the orphaned workers to exit")
+    finally:
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except OSError:
+                pass
+        s.kill()
+    assert "the supervisor (pid %d) is gone" % sup in s.log()

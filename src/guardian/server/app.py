@@ -57,6 +57,10 @@ CLOSE_MARGIN = 0.75
 MIN_CLOSE = 0.5
 
 
+#: Seconds between a worker's checks that its supervisor is alive.
+SUPERVISOR_POLL = 0.2
+
+
 class Worker:
     def __init__(self, opts: ServeOptions, run_id: Optional[str], index: int, metrics_dir: Optional[str]) -> None:
         self.opts = opts
@@ -75,6 +79,8 @@ class Worker:
         self._reload_again = False
         self.tasks: List["asyncio.Task[Any]"] = []
         self.who = f"worker {index}" if opts.workers > 1 else "server"
+        #: The supervisor that started this worker (None: not supervised).
+        self.supervisor = os.getppid() if run_id is not None and opts.workers > 1 else None
 
     def _gauges(self) -> Dict[str, float]:
         g = self.state.buckets.gauges()
@@ -181,6 +187,8 @@ class Worker:
 
     def _start_tasks(self) -> None:
         self.tasks.append(asyncio.ensure_future(self._monitor()))
+        if self.supervisor is not None:
+            self.tasks.append(asyncio.ensure_future(self._watch_supervisor()))
         if self.store.dir is not None:
             self.tasks.append(asyncio.ensure_future(self._snapshots()))
 
@@ -279,6 +287,16 @@ class Worker:
                 self._warn_empty_policy()
             if not self._reload_again:
                 return
+
+    async def _watch_supervisor(self) -> None:
+        """A worker whose supervisor died (SIGKILL, OOM) drains and exits:
+        an orphan would keep serving the run's ports with its own table
+        beside the next run, and the limit would count twice."""
+        while os.getppid() == self.supervisor:
+            await asyncio.sleep(SUPERVISOR_POLL)
+        log.error("guardian %s: the supervisor (pid %d) is gone; draining and exiting",
+                  self.who, self.supervisor)
+        self.stop_event.set()
 
     async def _monitor(self) -> None:
         """Probes Redis; logs and reports each change of its state."""
