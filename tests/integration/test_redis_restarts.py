@@ -55,3 +55,29 @@ async def test_async_wires_stay_within_max_connections(redis_server: Server, pre
     assert all(results)
     assert backend._wires is not None and backend._wires.open <= 3
     await backend.aclose()
+
+
+async def test_async_wires_the_server_closed_while_idle_are_replaced_not_failed(own_server: Server,
+                                                                                 prefix: str) -> None:
+    """The server drops every client connection (CLIENT KILL) between
+    checks, 20 times: the event loop has seen each wire close, so the next
+    check takes a fresh one instead of failing (and going to the policy)."""
+    import asyncio
+
+    import redis
+
+    from guardian import TokenBucketConfig
+    from guardian.backends.redis_async import AsyncRedisBackend
+
+    backend = AsyncRedisBackend(TokenBucketConfig(10**6, 10**6), url=own_server.url, prefix=prefix,
+                                max_connections=4, timeout=2.0)
+    admin = redis.Redis.from_url(own_server.url)
+    try:
+        for round_ in range(20):
+            results = await asyncio.gather(*(backend.take(f"k{i}") for i in range(4)))
+            assert all(r.allowed for r in results), round_
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
+            await asyncio.sleep(0.05)  # the loop sees the connections close
+    finally:
+        admin.close()
+        await backend.aclose()

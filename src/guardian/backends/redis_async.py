@@ -149,7 +149,14 @@ class _Pool:
     async def acquire(self) -> _Wire:
         while True:
             if self.idle:
-                return self.idle.pop()
+                wire = self.idle.pop()
+                if wire.dead is None:
+                    return wire
+                # Closed by the server while idle (a restart, CLIENT KILL):
+                # the loop saw it and nothing was sent on it, so taking a
+                # fresh wire is no retry. The other idle ones go too.
+                await self.discard(wire, wire.dead)
+                continue
             if self.open < self.size:
                 self.open += 1
                 try:
@@ -190,7 +197,7 @@ class _Pool:
         self.wake()
 
     async def request(self, packed: bytes, count: int = 0) -> Any:
-        wire = self.idle.pop() if self.idle else await self.acquire()
+        wire = self.idle.pop() if self.idle and self.idle[-1].dead is None else await self.acquire()
         try:
             reply = await wire.request(packed, count)
         except BaseException as exc:  # cancelled mid-reply too
@@ -347,7 +354,7 @@ class AsyncRedisBackend(RedisCommon):
                 return self.layout.result(self.layout.one(reply), cost)
             pool = self._wires or self._pool_of()
             # _Pool.request inlined: the hot path awaits the wire's Future.
-            wire = pool.idle.pop() if pool.idle else await pool.acquire()
+            wire = pool.idle.pop() if pool.idle and pool.idle[-1].dead is None else await pool.acquire()
             try:
                 reply = await wire.request(packed)
             except BaseException as exc:
