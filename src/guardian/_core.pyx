@@ -918,6 +918,7 @@ ctypedef int (*native_take_fn)(void *table, const unsigned char *key, size_t n, 
 ctypedef int (*native_usage_fn)(void *table, const unsigned char *key, size_t n,
                                 int64_t *used) noexcept nogil
 ctypedef int (*native_params_fn)(void *table, int64_t *capacity, double *scale) noexcept nogil
+ctypedef int (*native_peek_fn)(void *table, const unsigned char *key, size_t n, Decision *d) noexcept nogil
 
 cdef struct NativeApi:
     unsigned version
@@ -925,6 +926,7 @@ cdef struct NativeApi:
     native_take_fn take
     native_usage_fn usage
     native_params_fn params
+    native_peek_fn peek
 
 
 cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
@@ -960,6 +962,21 @@ cdef int _native_usage(Table t, const unsigned char *key, size_t n, int64_t *use
     return 0
 
 
+cdef int _native_peek(Table t, const unsigned char *key, size_t n, Decision *d) noexcept nogil:
+    """``peek(key, 0)``: the bucket as it is (remaining now, ticks until
+    full), changing nothing; 0, or -1/-2/-4 as _native_take."""
+    cdef uint64_t h
+    cdef int64_t now
+    if t._native_key(key, n, &h) != 0:
+        return -2
+    if t._native_now(&now) != 0:
+        return -1
+    t._peek(h, 0, now, d)
+    if d.stuck:
+        return -4
+    return 0
+
+
 cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogil:
     capacity[0] = t.capacity
     scale[0] = t.scale
@@ -967,11 +984,12 @@ cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogi
 
 
 cdef NativeApi _NATIVE_API
-_NATIVE_API.version = 1
+_NATIVE_API.version = 2
 _NATIVE_API.decision_size = sizeof(Decision)
 _NATIVE_API.take = <native_take_fn>_native_take
 _NATIVE_API.usage = <native_usage_fn>_native_usage
 _NATIVE_API.params = <native_params_fn>_native_params
+_NATIVE_API.peek = <native_peek_fn>_native_peek
 
 
 unlink = _region.unlink

@@ -75,6 +75,7 @@ cdef extern from "_dataplane/policy.h":
         char *name
         uint32_t name_len
         int unlimited, shadow, python
+        int quota, shared
         char **replaces
         uint32_t *replaces_len
         uint32_t nreplaces
@@ -84,6 +85,7 @@ cdef extern from "_dataplane/policy.h":
         char *value
         uint32_t key_len, value_len
         int node
+        int share
     ctypedef struct g_node:
         g_edge *exact
         g_edge *wild
@@ -96,7 +98,7 @@ cdef extern from "_dataplane/policy.h":
         int root
         int python
     ctypedef struct g_policy_counts:
-        uint64_t local
+        uint64_t local, global_shadow
     ctypedef struct g_policy:
         g_table_ref *tables
         uint32_t ntables
@@ -111,6 +113,7 @@ cdef extern from "_dataplane/policy.h":
         int python_all
         int rls_python
         int response_headers
+        int shadow_mode, quota_mode
         uint32_t max_checks
         g_policy_counts counts
         const g_core_api *api
@@ -220,6 +223,8 @@ cdef class CompiledPolicy:
         p.python_all = bool(plan["python_all"])
         p.rls_python = bool(plan.get("rls_python", False))
         p.response_headers = bool(plan["response_headers"])
+        p.shadow_mode = bool(plan.get("shadow_mode", False))
+        p.quota_mode = bool(plan.get("quota_mode", False))
         p.max_checks = plan["max_checks"]
         p.tables = <g_table_ref *>calloc(max(len(self.tables), 1), sizeof(g_table_ref))
         limits, rules, nodes, domains = plan["limits"], plan["rules"], plan["nodes"], plan["domains"]
@@ -256,6 +261,8 @@ cdef class CompiledPolicy:
             p.rules[i].unlimited = r["unlimited"]
             p.rules[i].shadow = r["shadow"]
             p.rules[i].python = r["python"]
+            p.rules[i].quota = bool(r.get("quota", False))
+            p.rules[i].shared = bool(r.get("shared", False))
             reps = r["replaces"]
             p.rules[i].replaces = <char **>calloc(max(len(reps), 1), sizeof(char *))
             p.rules[i].replaces_len = <uint32_t *>calloc(max(len(reps), 1), sizeof(uint32_t))
@@ -284,23 +291,26 @@ cdef class CompiledPolicy:
         cdef g_edge *out = <g_edge *>calloc(max(len(edges), 1), sizeof(g_edge))
         if out == NULL:
             raise MemoryError()
-        for i, (key, value, node) in enumerate(edges):
+        for i, edge in enumerate(edges):
+            key, value, node = edge[0], edge[1], edge[2]
             out[i].key = _cstr(key.encode(), &out[i].key_len)
             out[i].value = _cstr(value.encode(), &out[i].value_len)
             out[i].node = node
+            out[i].share = bool(edge[3]) if len(edge) > 3 else False
             count[0] = i + 1
         return out
 
     def counts(self):
-        """(local checks, [(metric, allowed, denied, shadow_denied, unlimited)])
-        as the data plane counted them under this policy."""
+        """(local checks, [(metric, allowed, denied, shadow_denied, unlimited)],
+        requests --shadow-mode answered OK) as the data plane counted them
+        under this policy."""
         cdef uint32_t i
         rows = []
         for i in range(self.p.nrules):
             c = &self.p.rules[i].counts
             rows.append((self.metrics[i], _rd(&c.allowed), _rd(&c.denied), _rd(&c.shadow_denied),
                          _rd(&c.unlimited)))
-        return _rd(&self.p.counts.local), rows
+        return _rd(&self.p.counts.local), rows, _rd(&self.p.counts.global_shadow)
 
     def __dealloc__(self):
         if self.p != NULL and not self.installed:

@@ -37,12 +37,6 @@ def test_unknown_engine_is_refused() -> None:
     assert out.returncode == 2 and "invalid choice: 'rust'" in out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the native policy compiler (_dataplane/policy.c) predates issue 13's semantics: wildcards "
-    "inside a value, share_threshold, an unlimited rule's replaces, the zero-hit countdown (peek), "
-    "ratelimit's RateLimit-Limit format, global --shadow-mode/--quota-mode. The guard therefore "
-    "hands every call to the Python services (correct, at grpcio speed); the parity suite on "
-    "--engine native fails when the digests are updated without that work (tried: 11 failures)."))
 def test_the_native_engine_was_checked_against_the_python_services_in_this_tree() -> None:
     """The C code answers as service_rls.py / service_v1.py / policy.py do.
     When those change, the native engine sends their calls to Python (safe,

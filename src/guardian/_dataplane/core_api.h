@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define G_CORE_API_VERSION 1
+#define G_CORE_API_VERSION 2
 #define G_CORE_API_CAPSULE "guardian._core.native_api"
 
 typedef struct {
@@ -22,6 +22,8 @@ typedef struct {
 typedef int (*g_take_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
 typedef int (*g_usage_fn)(void *table, const unsigned char *key, size_t n, int64_t *used);
 typedef int (*g_params_fn)(void *table, int64_t *capacity, double *scale);
+/* peek(key, 0): remaining now and ticks until full, nothing changed */
+typedef int (*g_peek_fn)(void *table, const unsigned char *key, size_t n, g_decision *d);
 
 typedef struct {
     unsigned version;
@@ -29,6 +31,7 @@ typedef struct {
     g_take_fn take;
     g_usage_fn usage;
     g_params_fn params;
+    g_peek_fn peek;
 } g_core_api;
 
 #endif

@@ -211,30 +211,70 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
 
 /* --- Envoy RLS v3 ------------------------------------------------------- */
 
-static const g_edge *find_edge(const g_edge *edges, uint32_t n, const g_entry *e, int prefix) {
+/* policy.glob_match: each '*' of the pattern matches any run of bytes (on
+ * UTF-8 text the same runs as Python's characters: a needle that is valid
+ * UTF-8 can only be found at a character boundary). The parts are the
+ * pattern split on '*'; the first must begin the value, the last end it,
+ * and the others follow in order, each at its leftmost place. */
+static int glob_match(const char *pat, uint32_t pn, const uint8_t *v, uint32_t vn) {
+    const char *star = memchr(pat, '*', pn);
+    if (!star) return pn == vn && (pn == 0 || memcmp(pat, v, pn) == 0);
+    uint32_t fixed = 0; /* the bytes of the parts, together */
+    for (uint32_t i = 0; i < pn; i++) fixed += pat[i] != '*';
+    if (vn < fixed) return 0;
+    uint32_t first = (uint32_t)(star - pat);
+    const char *last_star = pat + pn;
+    while (last_star[-1] != '*') last_star--;
+    uint32_t last = (uint32_t)(pat + pn - last_star);
+    if (memcmp(pat, v, first) != 0 || memcmp(last_star, v + vn - last, last) != 0) return 0;
+    uint32_t pos = first, end = vn - last;
+    const char *part = star + 1;
+    while (part < last_star) { /* the middle parts, between the first '*' and the last */
+        const char *next = memchr(part, '*', (size_t)(last_star - part));
+        uint32_t len = (uint32_t)(next - part);
+        if (len) {
+            const uint8_t *at = NULL;
+            for (uint32_t i = pos; i + len <= end; i++) {
+                if (v[i] == (uint8_t)part[0] && memcmp(v + i, part, len) == 0) {
+                    at = v + i;
+                    break;
+                }
+            }
+            if (!at) return 0;
+            pos = (uint32_t)(at - v) + len;
+        }
+        part = next + 1;
+    }
+    return 1;
+}
+
+static const g_edge *find_wild(const g_edge *edges, uint32_t n, const g_entry *e) {
     for (uint32_t i = 0; i < n; i++) {
         const g_edge *x = &edges[i];
-        if (!eq(x->key, x->key_len, e->key.p, e->key.n)) continue;
-        if (prefix < 0) return x; /* key only */
-        if (prefix) {
-            if (e->value.n >= x->value_len && memcmp(x->value, e->value.p, x->value_len) == 0) return x;
-        } else if (eq(x->value, x->value_len, e->value.p, e->value.n)) {
+        if (eq(x->key, x->key_len, e->key.p, e->key.n) && glob_match(x->value, x->value_len, e->value.p, e->value.n))
             return x;
-        }
     }
     return NULL;
 }
 
-/* Domain.match: every entry matches one level (exact, then the first
- * wildcard in file order, then key only); the rule is the last level's. */
-static int match(const g_policy *p, int root, const g_entry *entries, uint32_t n) {
+static const g_edge *find_key(const g_edge *edges, uint32_t n, const g_entry *e) {
+    for (uint32_t i = 0; i < n; i++)
+        if (eq(edges[i].key, edges[i].key_len, e->key.p, e->key.n)) return &edges[i];
+    return NULL;
+}
+
+/* Domain.find: every entry matches one level (exact, then the first
+ * wildcard in file order, then key only); the rule is the last level's.
+ * ``via``, when given, receives the edge each entry took. */
+static int match(const g_policy *p, int root, const g_entry *entries, uint32_t n, const g_edge **via) {
     const g_node *node = &p->nodes[root];
     for (uint32_t i = 0; i < n; i++) {
         int64_t ex = index_find(&node->exact_ix, node->exact, node->nexact, edge_item, entries[i].key, entries[i].value);
         const g_edge *x = ex < 0 ? NULL : &node->exact[ex];
-        if (!x) x = find_edge(node->wild, node->nwild, &entries[i], 1);
-        if (!x) x = find_edge(node->any, node->nany, &entries[i], -1);
+        if (!x) x = find_wild(node->wild, node->nwild, &entries[i]);
+        if (!x) x = find_key(node->any, node->nany, &entries[i]);
         if (!x) return -1;
+        if (via) via[i] = x;
         const g_node *next = &p->nodes[x->node];
         if (i == n - 1) return next->rule;
         if (!next->nexact && !next->nwild && !next->nany) return -1;
@@ -243,11 +283,21 @@ static int match(const g_policy *p, int root, const g_entry *entries, uint32_t n
     return -1;
 }
 
-/* The bucket key: domain, then each entry's key and value, joined by 0x1f. */
-static int build_key(const g_rls_req *q, const g_descriptor *d, char *key, size_t *len) {
+#define MAX_SHARED_DEPTH 64 /* deeper descriptors of a shared rule: Python */
+
+/* The bucket key's length: domain, then each entry's key and value (a
+ * shared wildcard's pattern for its value), each after a separator. */
+static size_t key_len(const g_rls_req *q, const g_descriptor *d, const g_edge *const *via) {
     size_t n = q->domain.n;
-    for (uint32_t j = 0; j < d->count; j++) n += 2 + q->entries[d->first + j].key.n + q->entries[d->first + j].value.n;
-    if (n > MAX_KEY_BYTES) return -1; /* Python hashes such keys (sha256): it answers them */
+    for (uint32_t j = 0; j < d->count; j++) {
+        const g_entry *e = &q->entries[d->first + j];
+        n += 2 + e->key.n + (via && via[j]->share ? via[j]->value_len : e->value.n);
+    }
+    return n;
+}
+
+/* The bucket key (key_len bytes, at most MAX_KEY_BYTES: checked before). */
+static void build_key(const g_rls_req *q, const g_descriptor *d, const g_edge *const *via, char *key) {
     char *w = key;
     memcpy(w, q->domain.p, q->domain.n);
     w += q->domain.n;
@@ -257,24 +307,43 @@ static int build_key(const g_rls_req *q, const g_descriptor *d, char *key, size_
         if (e->key.n) memcpy(w, e->key.p, e->key.n);
         w += e->key.n;
         *w++ = SEP;
-        if (e->value.n) memcpy(w, e->value.p, e->value.n);
-        w += e->value.n;
+        if (via && via[j]->share) {
+            memcpy(w, via[j]->value, via[j]->value_len);
+            w += via[j]->value_len;
+        } else {
+            if (e->value.n) memcpy(w, e->value.p, e->value.n);
+            w += e->value.n;
+        }
     }
-    *len = n;
-    return 0;
 }
 
+/* Whether the descriptor's bucket key can be built here: a shared rule's
+ * path is walked again for its patterns (into via); a key longer than
+ * MAX_KEY_BYTES is Python's (it keys it by its sha256). */
+static int key_fits(const g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom,
+                    const g_rule *r, const g_edge **via) {
+    if (r->shared) {
+        if (d->count > MAX_SHARED_DEPTH) return 0;
+        match(p, dom->root, &q->entries[d->first], d->count, via);
+    }
+    return key_len(q, d, r->shared ? via : NULL) <= MAX_KEY_BYTES;
+}
+
+/* _replaced: a rule is dropped when any matched rule of the request
+ * (an unlimited one too, as in ratelimit) names it in its replaces. */
 static int replaced(const g_policy *p, const int *rules, uint32_t n, const g_rule *r) {
     if (r->name_len == 0) return 0;
     for (uint32_t i = 0; i < n; i++) {
         if (rules[i] < 0) continue;
         const g_rule *o = &p->rules[rules[i]];
-        if (o->unlimited) continue;
         for (uint32_t k = 0; k < o->nreplaces; k++)
             if (eq(o->replaces[k], o->replaces_len[k], (const uint8_t *)r->name, r->name_len)) return 1;
     }
     return 0;
 }
+
+/* Duration.FromNanoseconds(int(reset * 1e9)); reset >= 0 here */
+static int64_t reset_ns(double reset) { return (int64_t)(reset * 1e9); }
 
 static void put_status(g_buf *out, int code, const g_rule *r, uint32_t remaining, double reset) {
     size_t st = pb_begin(out, 2);
@@ -288,8 +357,7 @@ static void put_status(g_buf *out, int code, const g_rule *r, uint32_t remaining
     }
     pb_uint(out, 3, remaining);
     if (r) {
-        /* Duration.FromNanoseconds(int(reset * 1e9)); reset >= 0 here */
-        int64_t ns = (int64_t)(reset * 1e9);
+        int64_t ns = reset_ns(reset);
         size_t du = pb_begin(out, 4);
         pb_uint(out, 1, (uint64_t)(ns / 1000000000));
         pb_uint(out, 2, (uint64_t)(ns % 1000000000));
@@ -305,7 +373,82 @@ static void put_header(g_buf *out, const char *key, const char *value) {
     pb_end(out, h);
 }
 
+/* One descriptor's bucket answer: 0, or -1 when Python must decide it. */
+static int decide(g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom, g_rule *r,
+                  uint64_t hits, int *over, int64_t *remaining, double *reset) {
+    if (r->table < 0) { /* requests_per_unit: 0 blocks */
+        *over = 1;
+        *remaining = 0;
+        *reset = (double)r->window;
+        return 0;
+    }
+    const g_table_ref *t = &p->tables[r->table];
+    const g_edge *via[MAX_SHARED_DEPTH];
+    char key[MAX_KEY_BYTES];
+    if (!key_fits(p, q, d, dom, r, via)) return -1; /* checked before any take: cannot happen */
+    size_t klen = key_len(q, d, r->shared ? via : NULL);
+    build_key(q, d, r->shared ? via : NULL, key);
+    g_decision dec;
+    if (hits == 0 || hits > (uint64_t)t->capacity) {
+        /* 0 reads without taking; more than the capacity can never be allowed */
+        if (p->api->peek(t->table, (const uint8_t *)key, klen, &dec) != 0) return -1;
+        *over = hits != 0;
+    } else {
+        if (p->api->take(t->table, (const uint8_t *)key, klen, (int64_t)hits, &dec) != 0) return -1;
+        *over = !dec.allowed;
+    }
+    *remaining = dec.remaining;
+    *reset = (double)dec.reset_ticks / t->scale;
+    count(&p->counts.local);
+    return 0;
+}
+
 #define MAX_DESCRIPTORS 64
+
+typedef struct {
+    int code;
+    const g_rule *rule; /* NULL: no rule applied (none matched, replaced, unlimited) */
+    uint32_t remaining;
+    double reset;
+} g_outcome;
+
+/* _overall: OVER_LIMIT when a rule (not in quota mode) is over its limit,
+ * or when every quota-mode rule is. */
+static int overall_code(const g_policy *p, const g_outcome *o, uint32_t n) {
+    uint32_t quota = 0, quota_over = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!o[i].rule) continue;
+        if (o[i].rule->quota || p->quota_mode) {
+            quota++;
+            quota_over += o[i].code == CODE_OVER_LIMIT;
+        } else if (o[i].code == CODE_OVER_LIMIT) {
+            return CODE_OVER_LIMIT;
+        }
+    }
+    return quota && quota == quota_over ? CODE_OVER_LIMIT : CODE_OK;
+}
+
+/* _add_headers: the status closest to its limit (the last over-limit one of
+ * a rule not in quota mode wins); Reset in whole seconds, rounded up. */
+static void add_headers(const g_policy *p, g_buf *out, const g_outcome *o, uint32_t n) {
+    const g_outcome *chosen = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!o[i].rule) continue;
+        if (o[i].code == CODE_OVER_LIMIT && !(o[i].rule->quota || p->quota_mode))
+            chosen = &o[i];
+        else if (!chosen || o[i].remaining < chosen->remaining)
+            chosen = &o[i];
+    }
+    if (!chosen) return;
+    char v[32];
+    snprintf(v, sizeof v, "%u", chosen->rule->rpu);
+    put_header(out, "RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%u", chosen->remaining);
+    put_header(out, "RateLimit-Remaining", v);
+    int64_t ns = reset_ns(chosen->reset);
+    snprintf(v, sizeof v, "%lld", (long long)(ns / 1000000000 + (ns % 1000000000 > 0)));
+    put_header(out, "RateLimit-Reset", v);
+}
 
 int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
     if (p->python_all || p->rls_python || q->domain.n == 0 || q->ndescs == 0 || q->ndescs > MAX_DESCRIPTORS)
@@ -321,19 +464,22 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         if (d->count == 0 || d->has_limit) return G_HANDOFF; /* errors and overrides: Python */
         for (uint32_t j = 0; j < d->count; j++)
             if (q->entries[d->first + j].key.n == 0) return G_HANDOFF;
-        rules[i] = dom ? match(p, dom->root, &q->entries[d->first], d->count) : -1;
-        if (rules[i] >= 0 && p->rules[rules[i]].python) return G_HANDOFF;
+        rules[i] = dom ? match(p, dom->root, &q->entries[d->first], d->count, NULL) : -1;
+        if (rules[i] < 0) continue;
+        const g_rule *r = &p->rules[rules[i]];
+        if (r->python) return G_HANDOFF;
+        const g_edge *via[MAX_SHARED_DEPTH];
+        if (r->table >= 0 && !r->unlimited && !key_fits(p, q, d, dom, r, via)) return G_HANDOFF;
     }
-    /* 2. decide */
+    /* 2. decide, in order */
     uint64_t default_hits = q->hits_addend ? q->hits_addend : 1;
-    int overall = CODE_OK;
-    const g_rule *closest = NULL;
-    uint32_t closest_remaining = 0;
-    double closest_reset = 0;
-    char key[MAX_KEY_BYTES];
+    g_outcome outcomes[MAX_DESCRIPTORS];
     for (uint32_t i = 0; i < q->ndescs; i++) {
         const g_descriptor *d = &q->descs[i];
         g_rule *r = rules[i] >= 0 ? &p->rules[rules[i]] : NULL;
+        g_outcome *o = &outcomes[i];
+        o->rule = NULL;
+        o->code = CODE_OK;
         if (!r || replaced(p, rules, q->ndescs, r)) {
             put_status(out, CODE_OK, NULL, 0, 0);
             continue;
@@ -347,53 +493,32 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         int over;
         int64_t remaining;
         double reset;
-        if (r->table < 0) { /* requests_per_unit: 0 blocks */
-            over = 1;
-            remaining = 0;
-            reset = (double)r->window;
-        } else {
-            const g_table_ref *t = &p->tables[r->table];
-            size_t klen;
-            if (build_key(q, d, key, &klen) != 0) return G_HANDOFF;
-            if (hits == 0 || hits > (uint64_t)t->capacity) {
-                int64_t used;
-                if (p->api->usage(t->table, (const uint8_t *)key, klen, &used) != 0) return G_HANDOFF;
-                over = hits != 0;
-                remaining = t->capacity - used;
-                reset = (double)used * r->emission_interval;
-            } else {
-                g_decision dec;
-                if (p->api->take(t->table, (const uint8_t *)key, klen, (int64_t)hits, &dec) != 0) return G_HANDOFF;
-                over = !dec.allowed;
-                remaining = dec.remaining;
-                reset = (double)dec.reset_ticks / t->scale;
-            }
-            count(&p->counts.local);
-        }
-        if (remaining < 0 || remaining > (int64_t)UINT32_MAX) return G_HANDOFF; /* uint32 on the wire */
+        /* Only a stripe lock held past its bound (a process died holding
+         * it) or the core's tick horizon fails here; Python then decides
+         * the whole request, by the failure policy. Tokens this request
+         * took for earlier descriptors stay taken: counted twice, never
+         * escaped. */
+        if (decide(p, q, d, dom, r, hits, &over, &remaining, &reset) != 0) return G_HANDOFF;
+        if (remaining < 0) remaining = 0;
+        if (remaining > (int64_t)UNLIMITED_REMAINING) remaining = UNLIMITED_REMAINING; /* uint32 on the wire */
         if (over && r->shadow) {
             count(&r->counts.shadow_denied);
             over = 0;
         } else {
             count(over ? &r->counts.denied : &r->counts.allowed);
         }
-        put_status(out, over ? CODE_OVER_LIMIT : CODE_OK, r, (uint32_t)remaining, reset);
-        if (over) overall = CODE_OVER_LIMIT;
-        if (!closest || (uint32_t)remaining < closest_remaining) {
-            closest = r;
-            closest_remaining = (uint32_t)remaining;
-            closest_reset = reset;
-        }
+        o->code = over ? CODE_OVER_LIMIT : CODE_OK;
+        o->rule = r;
+        o->remaining = (uint32_t)remaining;
+        o->reset = reset;
+        put_status(out, o->code, r, o->remaining, reset);
     }
-    if (closest && p->response_headers) {
-        char v[96];
-        snprintf(v, sizeof v, "%u, %u;w=%u", closest->rpu, closest->rpu, closest->window);
-        put_header(out, "RateLimit-Limit", v);
-        snprintf(v, sizeof v, "%u", closest_remaining);
-        put_header(out, "RateLimit-Remaining", v);
-        snprintf(v, sizeof v, "%lld", (long long)ceil(closest_reset));
-        put_header(out, "RateLimit-Reset", v);
+    int overall = overall_code(p, outcomes, q->ndescs);
+    if (overall == CODE_OVER_LIMIT && p->shadow_mode) { /* the statuses keep saying OVER_LIMIT */
+        overall = CODE_OK;
+        count(&p->counts.global_shadow);
     }
+    if (p->response_headers) add_headers(p, out, outcomes, q->ndescs);
     /* overall_code is field 1; fields may come in any order on the wire */
     pb_uint(out, 1, (uint64_t)overall);
     return out->failed ? G_NOMEM : G_DONE;

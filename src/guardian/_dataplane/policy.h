@@ -47,6 +47,10 @@ typedef struct {
     char *name;
     uint32_t name_len;
     int unlimited, shadow, python;
+    int quota;             /* quota_mode: alone it does not make the request OVER_LIMIT */
+    /* A share_threshold wildcard on the rule's path: the bucket is keyed by
+     * that level's pattern (the path is walked again to find it). */
+    int shared;
     char **replaces;
     uint32_t *replaces_len;
     uint32_t nreplaces;
@@ -54,9 +58,10 @@ typedef struct {
 } g_rule;
 
 typedef struct {
-    char *key, *value; /* value: exact value, or a wildcard's prefix */
+    char *key, *value; /* value: the exact value, or a wildcard's whole pattern ('*' any run) */
     uint32_t key_len, value_len;
     int node;
+    int share; /* a share_threshold wildcard: every match keys one bucket by the pattern */
 } g_edge;
 
 typedef struct {
@@ -75,6 +80,7 @@ typedef struct {
 
 typedef struct {
     uint64_t local;  /* RLS takes and reads answered from a memory table */
+    uint64_t global_shadow; /* requests --shadow-mode answered OK although over a limit */
 } g_policy_counts;
 
 typedef struct g_policy {
@@ -91,6 +97,8 @@ typedef struct g_policy {
     int python_all;        /* every request to Python (e.g. a Redis backend) */
     int rls_python;        /* every ShouldRateLimit to Python */
     int response_headers;  /* --response-headers */
+    int shadow_mode;       /* --shadow-mode: an OVER_LIMIT request is answered OK */
+    int quota_mode;        /* --quota-mode: every rule is a quota_mode rule */
     uint32_t max_checks;   /* CheckLimits above this go to Python (its caps apply) */
     g_policy_counts counts;
     const g_core_api *api;

@@ -29,7 +29,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS", "MAX_SERIES",
+__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS", "NATIVE_METRICS",
+           "MAX_SERIES",
            "OVERFLOW_LIMIT"]
 
 #: (limit, result) series one worker keeps, at most; the rest count under OVERFLOW_LIMIT.
@@ -151,6 +152,15 @@ LEASE_METRICS = {
                           "Checks denied from the local denial cache, without Redis (--batched)."),
 }
 
+#: The native engine's counters (gauges key -> counter, help), read at snapshot time.
+NATIVE_METRICS = {
+    "native_answered": ("guardian_native_answered",
+                        "Calls the native engine answered in C (--engine native)."),
+    "native_handoffs": ("guardian_native_handoffs",
+                        "Calls the native engine handed to the Python services: other methods, errors, "
+                        "Redis backends, descriptor overrides, rules it does not compile (--engine native)."),
+}
+
 #: How gauges of several workers combine.
 _GAUGE_FOLD = {"backend_up": min, "breaker_open": max, "backend_config_error": max}
 
@@ -225,3 +235,6 @@ class GuardianCollector(Collector):
         for key, (name, doc) in LEASE_METRICS.items():
             if f"lease_{key}" in g:  # only with --batched
                 yield CounterMetricFamily(name, doc, value=g[f"lease_{key}"])
+        for key, (name, doc) in NATIVE_METRICS.items():
+            if key in g:  # only with --engine native
+                yield CounterMetricFamily(name, doc, value=g[key])

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 
+from .service_rls import GLOBAL_SHADOW
+
 log = logging.getLogger("guardian.server")
 
 __all__ = ["NativeServer", "native_server", "build_plan", "available"]
@@ -50,8 +52,9 @@ NATIVE_METHODS = (
 #: Fields of policy.Rule / Node / Domain the compiler knows; any other with a
 #: non-default value makes the rule (or domain) Python's.
 _RULE_FIELDS = {"path", "name", "unit", "requests_per_unit", "burst", "unlimited", "replaces",
-                "shadow_mode", "detailed_metric", "config"}
-_NODE_FIELDS = {"exact", "wildcards", "any_value", "rule", "path", "detailed"}
+                "shadow_mode", "detailed_metric", "quota_mode", "metadata", "config"}
+_NODE_FIELDS = {"exact", "wildcards", "any_value", "rule", "path", "detailed", "value", "share_threshold",
+                "value_to_metric"}
 _DOMAIN_FIELDS = {"name", "root"}
 
 
@@ -72,8 +75,8 @@ def available() -> Tuple[bool, str]:
 #: that code changes, its calls go to Python until the C side is checked
 #: again and these are updated (tests/unit/test_native_build.py says which).
 CHECKED_AGAINST = {
-    "rls": "499a81e2b44e0d22",
-    "v1": "f9cac7a46cf45af0",
+    "rls": "8e5d98e8c0acf5fa",
+    "v1": "35d3bc876b99bb85",
 }
 
 
@@ -82,15 +85,18 @@ def python_digests() -> Dict[str, str]:
     import hashlib
     import inspect
 
-    from . import policy, service_rls, service_v1, state
+    from . import buckets, policy, service_rls, service_v1, state
 
-    # how a policy comes into force (install is wrapped to compile it): both.
-    # app.py imports this module, so its reload is read as text, not imported.
-    reload: List[Any] = [state.State, _source_of("app.py", "Worker", "_reload")]
+    # How a policy comes into force (State.commit is wrapped to compile it)
+    # and how a bucket answers: both. app.py imports this module, so its
+    # reload is read as text, not imported.
+    common: List[Any] = [state.State, buckets.Bucket, _source_of("app.py", "Worker", "_reload_loop")]
     parts: Dict[str, List[Any]] = {
-        "rls": [service_rls.RateLimitService, policy.Node, policy.Domain, policy.Rule, policy._bucket, *reload],
+        # the whole service module: its helpers (_overall, _add_headers, _key...) decide too
+        "rls": [service_rls, policy.Node, policy.Domain, policy.Match, policy.Rule, policy.glob_match,
+                policy._metric_part, policy._bucket, *common],
         "v1": [service_v1.RateLimiterService.CheckLimit, service_v1.RateLimiterService.CheckLimits,
-               service_v1.RateLimiterService._bucket, *reload],
+               service_v1.RateLimiterService._bucket, str(service_v1.MAX_CHECKS), *common],
     }
     out = {}
     for name, objs in parts.items():
@@ -167,8 +173,10 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     nodes: List[Any] = []
     domains = []
 
-    def rule_of(rule: Any) -> int:
-        python = _extras(rule, _RULE_FIELDS) or rule.detailed_metric
+    def rule_of(rule: Any, shared: bool, named: bool) -> int:
+        # detailed_metric and value_to_metric name a metric per request value:
+        # Python's (the C counters are one per rule).
+        python = _extras(rule, _RULE_FIELDS) or rule.detailed_metric or named
         table = -1
         if rule.config is not None and not rule.unlimited:
             table = table_of(state.rule_buckets.get(id(rule)))
@@ -182,6 +190,8 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
             "name": rule.name,
             "unlimited": rule.unlimited,
             "shadow": rule.shadow_mode,
+            "quota": rule.quota_mode,
+            "shared": shared,
             "python": python or not 0 <= rule.requests_per_unit < 2**32,
             "replaces": list(rule.replaces),
             "metric": rule.name or rule.path,
@@ -191,19 +201,24 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     class Unsupported(Exception):
         pass
 
-    def node_of(node: Any) -> int:
+    def node_of(node: Any, shared: bool = False, named: bool = False) -> int:
+        """``shared``: a share_threshold wildcard on the way here (the bucket
+        is keyed by its pattern); ``named``: a value_to_metric level."""
         if _extras(node, _NODE_FIELDS):
             raise Unsupported
+        named = named or node.value_to_metric
         index = len(nodes)
         nodes.append(None)
-        rule = rule_of(node.rule) if node.rule is not None else -1
-        exact = [(k, v, node_of(n)) for (k, v), n in node.exact.items()]
+        rule = rule_of(node.rule, shared, named) if node.rule is not None else -1
+        exact = [(k, v, node_of(n, shared, named), False) for (k, v), n in node.exact.items()]
         wild = []
         for entry in node.wildcards:
-            if len(entry) != 3 or "*" in entry[1]:
+            if len(entry) != 3:
                 raise Unsupported
-            wild.append((entry[0], entry[1], node_of(entry[2])))
-        anyv = [(k, "", node_of(n)) for k, n in node.any_value.items()]
+            key, parts, child = entry
+            wild.append((key, "*".join(parts), node_of(child, shared or child.share_threshold, named),
+                         child.share_threshold))
+        anyv = [(k, "", node_of(n, shared, named), False) for k, n in node.any_value.items()]
         nodes[index] = (rule, exact, wild, anyv)
         return index
 
@@ -220,7 +235,10 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     return {
         "tables": tables, "limits": limits, "rules": rules, "nodes": nodes, "domains": domains,
         "python_all": bool(getattr(opts, "redis_url", None)),
-        "rls_python": not rls_checked,
+        # dynamic metadata (the request echoed, rules' metadata): Python's
+        "rls_python": not rls_checked or bool(getattr(opts, "response_dynamic_metadata", False)),
+        "shadow_mode": bool(getattr(opts, "shadow_mode", False)),
+        "quota_mode": bool(getattr(opts, "quota_mode", False)),
         "checked": {"v1": v1_checked, "rls": rls_checked},
         "response_headers": bool(getattr(opts, "response_headers", False)),
         "max_checks": int(getattr(service_v1, "MAX_CHECKS", 1024)),
@@ -310,15 +328,23 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
         self._warned: Set[str] = set()
-        # Reloads: State.install builds the buckets, then this compiles and swaps.
-        install = state.install
+        # Reloads: State.commit swaps the buckets in (install and SIGHUP's
+        # prepare-then-commit both end there), then this compiles and swaps.
+        commit = state.commit
 
-        def install_and_compile(policy: Any) -> None:
-            install(policy)
+        def commit_and_compile(prepared: Any) -> None:
+            commit(prepared)
             if self._loop is not None and not self._closed:
                 self._compile()
 
-        state.install = install_and_compile
+        state.commit = commit_and_compile
+        # Buckets a reload dropped stay reachable from the C thread until the
+        # policy that names them retires: closed (and their counters read for
+        # the last time) only then, so no check taken meanwhile goes uncounted.
+        self._retire_now = state.retire
+        self._dropped: List[Tuple[Any, Any]] = []  # (ident, bucket) dropped since the last compile
+        self._retire_after: Dict[int, List[Tuple[Any, Any]]] = {}  # id(policy) -> its dropped buckets
+        state.retire = lambda ident, old: self._dropped.append((ident, old))
         snapshot = state.stats.snapshot
 
         def snapshot_with_native() -> Dict[str, Any]:
@@ -327,6 +353,17 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             return snap
 
         state.stats.snapshot = snapshot_with_native
+        gauges = state.stats.gauges
+
+        def gauges_with_native() -> Dict[str, float]:
+            g = dict(gauges())
+            if not self._closed and self._loop is not None:
+                st = self.core.stats()
+                g["native_answered"] = float(sum(st["calls"].values()))
+                g["native_handoffs"] = float(st["handoffs"])
+            return g
+
+        state.stats.gauges = gauges_with_native
 
     # --- grpc.aio.Server's surface ----------------------------------------
 
@@ -403,6 +440,12 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                             "it (guardian.server.native.CHECKED_AGAINST): its calls are answered by Python",
                             "Envoy RLS" if part == "rls" else "guardian.v1")
         self.core.install(compiled)
+        dropped, self._dropped = self._dropped, []
+        if self._policies:
+            self._retire_after.setdefault(id(self._policies[-1]), []).extend(dropped)
+        else:
+            for ident, old in dropped:
+                self._retire_now(ident, old)
         self._policies.append(compiled)
 
     def _fold(self) -> None:
@@ -413,7 +456,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         latency = self.core.stats()["latency"] if not self._closed else {}
         keep = []
         for p in self._policies:
-            local, rows = p.counts()
+            local, rows, shadowed = p.counts()
+            rows = [*rows, (GLOBAL_SHADOW, 0, 0, shadowed, 0)]
             key = id(p)
             stats.local += local - self._seen_local.get(key, 0)
             self._seen_local[key] = local
@@ -424,6 +468,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                         stats.count(metric, result, now - then)
                 self._seen[(key, i)] = tuple(counts)
             if key in retired:
+                for ident, old in self._retire_after.pop(key, ()):
+                    self._retire_now(ident, old)
                 self._seen_local.pop(key, None)
                 for i in range(len(rows)):
                     self._seen.pop((key, i), None)

@@ -63,11 +63,17 @@ class State:
         self.rule_buckets = {k: by_ident[id(b)] for k, b in prepared.rule_buckets.items()}
         self.policy = prepared.policy
         for ident, old in self.buckets.prune(set(prepared.built)):
-            if ident[0].startswith("v1:"):  # its core counters go on in Stats
-                counts = old.backend.stats()
-                self.stats.count(ident[0][3:], "allowed", counts["allowed"])
-                self.stats.count(ident[0][3:], "denied", counts["denied"])
-            old.backend.close()
+            self.retire(ident, old)
+
+    def retire(self, ident: Ident, old: Bucket) -> None:
+        """A bucket no policy in force uses any more: its core counters go on
+        in Stats, and it is closed. (The native engine defers this until
+        its data plane thread can no longer reach the bucket.)"""
+        if ident[0].startswith("v1:"):
+            counts = old.backend.stats()
+            self.stats.count(ident[0][3:], "allowed", counts["allowed"])
+            self.stats.count(ident[0][3:], "denied", counts["denied"])
+        old.backend.close()
 
     def _needed(self, policy: Policy) -> List[Ident]:
         idents = {self.buckets.ident(f"v1:{name}", rule.config)  # type: ignore[arg-type]
