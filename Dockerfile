@@ -5,11 +5,12 @@
 # Every `guardian serve` flag is also an environment variable (guardian serve --help);
 # tests/unit/test_deploy_files.py checks the ones used here against the real parser.
 
-# --- builder: compile the C core into a wheel ----------------------------------
+# --- builder: compile the C core and the native data plane into a wheel -------
 FROM python:3.12-slim AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libnghttp2-dev \
  && rm -rf /var/lib/apt/lists/*
+ENV GUARDIAN_EXPECT_NATIVE=1
 WORKDIR /src
 COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY src ./src
@@ -19,7 +20,11 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime: the wheel and its server extra, no compiler, not root ------------
 FROM python:3.12-slim
-RUN useradd --system --uid 10001 --no-create-home guardian
+# libnghttp2 for the native engine (the default, --engine auto)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnghttp2-14 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home guardian
 COPY --from=builder /wheels /wheels
 RUN set -e; whl="$(ls /wheels/*.whl)"; pip install --no-cache-dir "${whl}[server]"; rm -rf /wheels
 COPY deploy/policy.yaml /etc/guardian/policy.yaml

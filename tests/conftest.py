@@ -23,6 +23,12 @@ sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 # two modules named conftest would shadow each other's imports).
 pytest_plugins = ["redis_fixtures"]
 
+# The sidecar suites (tests/integration/test_sidecar*.py) pin the grpcio
+# engine; their twins test_native_sidecar*.py run them again on the native
+# one (tests/helpers/native_engine.py). --engine auto, the default, is
+# tested on its own (test_native_build.py).
+os.environ.setdefault("GUARDIAN_ENGINE", "grpcio")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

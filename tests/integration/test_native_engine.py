@@ -86,7 +86,23 @@ def native(tmp_path_factory: pytest.TempPathFactory, policy: str) -> Iterator[Si
 
 
 def test_the_native_engine_serves(native: Sidecar) -> None:
-    assert "native engine is experimental" in native.log()
+    assert "serving gRPC (native engine)" in native.log()
+
+
+def test_the_default_engine_is_native_where_it_is_built(tmp_path: Path, policy: str) -> None:
+    """--engine auto (the default, here through an empty GUARDIAN_ENGINE
+    override of the suite's pin): the native engine, answering in C."""
+    s = Sidecar(tmp_path, "--config", policy, env={"GUARDIAN_ENGINE": "auto"}).start()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = pb_grpc.RateLimiterStub(ch)
+            assert stub.CheckLimit(pb.CheckLimitRequest(key="auto")).allowed
+        assert "serving gRPC (native engine)" in s.log()
+        m = s.metrics()
+        assert counter(m, "guardian_native_answered_total") >= 1
+        assert counter(m, "guardian_native_handoffs_total") == 0
+    finally:
+        s.stop()
 
 
 # --- answers identical to the grpcio engine's ----------------------------------

@@ -1,13 +1,18 @@
-"""The native engine is optional: without guardian._native, ``--engine
-native`` refuses to start with the reason, and grpcio stays the default."""
+"""The native engine is optional: ``--engine auto`` (the default) serves
+with it where guardian._native is built and with grpcio where it is not
+(saying why); ``--engine native`` without it refuses to start with the
+reason."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 from guardian.server.config import ServeOptions
 
@@ -15,20 +20,41 @@ WITHOUT_NATIVE = (
     "import socket, sys; sys.modules['guardian._native'] = None\n"  # as if never built
     "from guardian.__main__ import main\n"
     "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = str(s.getsockname()[1]); s.close()\n"
-    "sys.argv = ['guardian', 'serve', '--engine', 'native', '--grpc-port', port, '--http-port', '0']\n"
+    "sys.argv = ['guardian', 'serve', *sys.argv[1:], '--grpc-port', port, '--http-port', '0']\n"
     "sys.exit(main())\n"
 )
 
 
-def test_grpcio_is_the_default_engine() -> None:
-    assert ServeOptions().engine == "grpcio"
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "GUARDIAN_ENGINE"}
+
+
+def test_auto_is_the_default_engine() -> None:
+    assert ServeOptions().engine == "auto"
 
 
 def test_engine_native_without_the_extension_exits_2_with_the_reason() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "GUARDIAN_ENGINE"}
-    out = subprocess.run([sys.executable, "-c", WITHOUT_NATIVE], capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-c", WITHOUT_NATIVE, "--engine", "native"], capture_output=True,
+                         text=True, timeout=60, env=_env())
     assert out.returncode == 2, out.stderr
     assert "--engine native" in out.stderr and "not built" in out.stderr
+
+
+def test_the_default_engine_without_the_extension_is_grpcio_and_says_why() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WITHOUT_NATIVE], stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("serving gRPC" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stderr.readline())  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    log = "".join(lines)
+    assert "native engine is not built here" in log and "serving with grpcio" in log
+    assert "serving gRPC (grpcio engine)" in log
 
 
 def test_unknown_engine_is_refused() -> None:

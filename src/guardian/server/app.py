@@ -78,6 +78,8 @@ class Worker:
         self._reloading: "Optional[asyncio.Future[None]]" = None
         self._reload_again = False
         self.tasks: List["asyncio.Task[Any]"] = []
+        #: the gRPC engine serving (--engine auto resolves to one of them)
+        self.engine = "grpcio"
         self.who = f"worker {index}" if opts.workers > 1 else "server"
         #: The supervisor that started this worker (None: not supervised).
         self.supervisor = os.getppid() if run_id is not None and opts.workers > 1 else None
@@ -138,19 +140,23 @@ class Worker:
         return 0
 
     def _grpc_server(self) -> Any:
-        # --- native data plane hook (issue 14): --engine native swaps the server ---
-        if self.opts.engine == "native":
-            from .native import native_server
+        server: Any = None
+        if self.opts.engine != "grpcio":
+            from .native import available, native_server
 
-            server = native_server(self.opts, self.state, self.health)
-            if server is None:
-                return None
-        else:
+            ok, why = available()
+            if ok or self.opts.engine == "native":
+                server = native_server(self.opts, self.state, self.health)
+                if server is None:  # --engine native asked for, and not built here (logged)
+                    return None
+                self.engine = "native"
+            elif self.index == 0:
+                log.info("guardian: the native engine is not built here (%s); serving with grpcio", why)
+        if server is None:
             server = grpc.aio.server(options=[
                 ("grpc.so_reuseport", 1 if self.opts.workers > 1 else 0),
                 ("grpc.max_concurrent_streams", 1000),
             ])
-        # --- end hook ---
         guardian_pb2_grpc.add_RateLimiterServicer_to_server(RateLimiterService(self.state), server)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.rls, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -196,8 +202,8 @@ class Worker:
         opts = self.opts
         backend = (("batched redis" if opts.batched else "redis") if opts.redis_url
                    else ("shared memory" if opts.workers > 1 else "memory"))
-        log.info("guardian %s %s (pid %d) serving gRPC on %s%s, HTTP on %s; %s backend, fail-%s; policy: %s",
-                 __version__, self.who, os.getpid(), f"{opts.bind}:{port}",
+        log.info("guardian %s %s (pid %d) serving gRPC (%s engine) on %s%s, HTTP on %s; %s backend, fail-%s; "
+                 "policy: %s", __version__, self.who, os.getpid(), self.engine, f"{opts.bind}:{port}",
                  f" and unix:{opts.uds}" if opts.uds and self.index == 0 else "",
                  f"{opts.bind}:{opts.http_port}" if http else "off", backend,
                  _mode(opts.fail_open, "open", "closed", "local"),

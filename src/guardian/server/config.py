@@ -48,8 +48,11 @@ ENV = {
     "merge_domains": "GUARDIAN_MERGE_DOMAINS",
     "shadow_mode": "GUARDIAN_SHADOW_MODE",
     "quota_mode": "GUARDIAN_QUOTA_MODE",
-    "engine": "GUARDIAN_ENGINE",  # native data plane hook (issue 14)
+    "engine": "GUARDIAN_ENGINE",
 }
+
+#: --engine's choices.
+ENGINES = ("auto", "native", "grpcio")
 
 
 @dataclass
@@ -86,8 +89,9 @@ class ServeOptions:
     max_table_memory: int = 256
     #: Envoy responses carry dynamic_metadata (ratelimit's RESPONSE_DYNAMIC_METADATA).
     response_dynamic_metadata: bool = False
-    #: "grpcio", or "native" (experimental: guardian._native, docs/native.md). Native data plane hook.
-    engine: str = "grpcio"
+    #: "auto" (native where guardian._native is built, else grpcio), "native"
+    #: (the hot RPCs answered in C, docs/native.md), or "grpcio".
+    engine: str = "auto"
 
 
 def _fail_policy(text: str) -> FailPolicy:
@@ -170,10 +174,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "dynamic_metadata (env GUARDIAN_RESPONSE_DYNAMIC_METADATA)")
     g4.add_argument("--no-response-dynamic-metadata", dest="response_dynamic_metadata", action="store_const",
                     const=False)
-    # --- native data plane hook (issue 14) ---
-    a("--engine", choices=("grpcio", "native"),
-      help="grpcio (default), or native: the hot RPCs answered in C over libnghttp2, "
-           "experimental, see docs/native.md (env GUARDIAN_ENGINE)")
+    a("--engine", choices=ENGINES,
+      help="native: the hot RPCs answered in C over libnghttp2 (docs/native.md); grpcio: every call "
+           "by Python's grpc.aio; auto (the default): native where it is built, else grpcio "
+           "(env GUARDIAN_ENGINE)")
 
 
 def _port(text: str) -> int:
@@ -229,8 +233,9 @@ def _check(opts: ServeOptions) -> None:
         if not sep or scheme.lower() not in REDIS_SCHEMES:
             raise OptionsError(f"--redis-url must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
                                f", got {redact(opts.redis_url)!r}")
-    if opts.engine not in ("grpcio", "native"):  # native data plane hook
-        raise OptionsError(f"--engine must be grpcio or native, got {opts.engine!r}")
+    opts.engine = str(opts.engine).strip().lower()
+    if opts.engine not in ENGINES:
+        raise OptionsError(f"--engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")
     if opts.batched and not opts.redis_url:
         raise OptionsError("--batched needs --redis-url (leases are reserved from Redis)")
     if opts.admin_token_file:

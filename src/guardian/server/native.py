@@ -397,8 +397,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self.core.start()
         self._loop.add_reader(self.core.python_fd, self._on_jobs)
         self._ticker = asyncio.ensure_future(self._tick())
-        log.warning("guardian: the native engine is experimental (docs/native.md): %s answered in C, "
-                    "other calls by Python", ", ".join(m.rsplit("/", 1)[1] for m in NATIVE_METHODS))
+        log.debug("guardian: native engine: %s answered in C, other calls by Python",
+                  ", ".join(m.rsplit("/", 1)[1] for m in NATIVE_METHODS))
 
     async def stop(self, grace: Optional[float]) -> None:
         if self._closed:
