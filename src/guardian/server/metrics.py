@@ -225,3 +225,13 @@ class GuardianCollector(Collector):
         for key, (name, doc) in LEASE_METRICS.items():
             if f"lease_{key}" in g:  # only with --batched
                 yield CounterMetricFamily(name, doc, value=g[f"lease_{key}"])
+        native = sorted((k[len("native_calls:"):].rsplit(":", 1), v)
+                        for k, v in g.items() if k.startswith("native_calls:"))
+        if native:  # only with --engine native
+            calls = CounterMetricFamily("guardian_native_calls",
+                                        "RPCs of --engine native by who answered them: the C data plane "
+                                        "(native) or the Python services it handed them to (python).",
+                                        labels=["operation", "answered_by"])
+            for (op, by), n in native:
+                calls.add_metric([op, by], n)
+            yield calls
