@@ -304,5 +304,14 @@ def test_a_limit_override_is_handed_to_python(tmp_path: Path, policy: str) -> No
         assert grew[("should_rate_limit", "python")] == 1 and grew[("should_rate_limit", "native")] == 0
         assert after[("health_check", "native")] - middle[("health_check", "native")] == 1
         assert after.get(("health_check", "python"), 0) == middle.get(("health_check", "python"), 0)
+        # other methods are Python's, and one series however many paths clients make up
+        with grpc.insecure_channel(s.target) as ch:
+            pb_grpc.RateLimiterStub(ch).GetUsage(pb.GetUsageRequest(key="o"), timeout=5)
+            for i in range(3):
+                with pytest.raises(grpc.RpcError):
+                    ch.unary_unary(f"/made.up.Service{i}/Method")(b"", timeout=5)
+        last = answered_by(s)
+        assert last[("other", "python")] - after.get(("other", "python"), 0) == 4
+        assert {op for op, _ in last} == {"check_limit", "check_limits", "should_rate_limit", "health_check", "other"}
     finally:
         s.stop()

@@ -48,7 +48,8 @@ NATIVE_METHODS = (
     "/grpc.health.v1.Health/Check",
 )
 #: The operation label of guardian_native_calls_total for each of NATIVE_METHODS
-#: (guardian._native.METHODS, the latency histogram's names); other methods: their path.
+#: (guardian._native.METHODS, the latency histogram's names); any other path is
+#: "other" (a client's made-up paths must not grow the series).
 _OPERATION = dict(zip(NATIVE_METHODS, ("check_limit", "check_limits", "should_rate_limit", "health_check")))
 #: Fields of policy.Rule / Node / Domain the compiler knows; any other with a
 #: non-default value makes the rule (or domain) Python's.
@@ -315,6 +316,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self._warned: Set[str] = set()
         #: operation -> calls the C thread handed to Python (counted as they are taken)
         self._handed: Dict[str, int] = {}
+        #: operation -> calls the C thread answered, as last read (kept once it is closed)
+        self._in_c: Dict[str, int] = {}
         # Reloads: State.install builds the buckets, then this compiles and swaps.
         install = state.install
 
@@ -453,10 +456,9 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         ("native_calls:<operation>:<native|python>", summed over workers):
         the calls the C thread answered itself, and those it handed to Python.
         Live counts of this worker's server (a restarted worker starts at 0)."""
-        out: Dict[str, float] = {}
         if not self._closed:
-            for op, n in self.core.stats()["calls"].items():
-                out[f"native_calls:{op}:native"] = float(n)
+            self._in_c = dict(self.core.stats()["calls"])
+        out = {f"native_calls:{op}:native": float(n) for op, n in self._in_c.items()}
         for op, n in self._handed.items():
             out[f"native_calls:{op}:python"] = float(n)
         return out
@@ -474,7 +476,7 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         except BlockingIOError:
             pass
         for job in self.core.take_jobs():
-            op = _OPERATION.get(job[1], job[1])
+            op = _OPERATION.get(job[1], "other")
             self._handed[op] = self._handed.get(op, 0) + 1
             task = asyncio.ensure_future(self._answer(*job))
             self._tasks[job[0]] = task
