@@ -1,14 +1,18 @@
 """Whether guardian._native (the native data plane) is here: tests of it
 skip with the reason when it is not built, and fail instead when
-GUARDIAN_EXPECT_NATIVE=1 says it must be."""
+GUARDIAN_EXPECT_NATIVE=1 says it must be; and who answered a native
+sidecar's calls (answered_by)."""
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, Tuple
 
 import pytest
+
+if TYPE_CHECKING:
+    from sidecar import Sidecar
 
 
 def native_module() -> ModuleType:
@@ -33,3 +37,15 @@ def native_engine() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GUARDIAN_ENGINE", "native")
         yield
+
+
+def answered_by(sidecar: "Sidecar") -> Dict[Tuple[str, str], float]:
+    """{(operation, "native" | "python"): calls} from one /metrics scrape of a
+    native sidecar (guardian_native_calls_total): the calls its C thread
+    answered, and those it handed to the Python services."""
+    out: Dict[Tuple[str, str], float] = {}
+    for (name, labels), value in sidecar.metrics().items():
+        if name == "guardian_native_calls_total":
+            d = dict(labels)
+            out[(d["operation"], d["answered_by"])] = value
+    return out

@@ -99,8 +99,8 @@ def test_the_default_engine_is_native_where_it_is_built(tmp_path: Path, policy: 
             assert stub.CheckLimit(pb.CheckLimitRequest(key="auto")).allowed
         assert "serving gRPC (native engine)" in s.log()
         m = s.metrics()
-        assert counter(m, "guardian_native_answered_total") >= 1
-        assert counter(m, "guardian_native_handoffs_total") == 0
+        assert counter(m, "guardian_native_calls_total", operation="check_limit", answered_by="native") == 1
+        assert counter(m, "guardian_native_calls_total", operation="check_limit", answered_by="python") == 0
     finally:
         s.stop()
 

@@ -29,8 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS", "NATIVE_METRICS",
-           "MAX_SERIES",
+__all__ = ["Stats", "SnapshotStore", "GuardianCollector", "LATENCY_BUCKETS", "LEASE_METRICS", "MAX_SERIES",
            "OVERFLOW_LIMIT"]
 
 #: (limit, result) series one worker keeps, at most; the rest count under OVERFLOW_LIMIT.
@@ -152,15 +151,6 @@ LEASE_METRICS = {
                           "Checks denied from the local denial cache, without Redis (--batched)."),
 }
 
-#: The native engine's counters (gauges key -> counter, help), read at snapshot time.
-NATIVE_METRICS = {
-    "native_answered": ("guardian_native_answered",
-                        "Calls the native engine answered in C (--engine native)."),
-    "native_handoffs": ("guardian_native_handoffs",
-                        "Calls the native engine handed to the Python services: other methods, errors, "
-                        "Redis backends, descriptor overrides, rules it does not compile (--engine native)."),
-}
-
 #: How gauges of several workers combine.
 _GAUGE_FOLD = {"backend_up": min, "breaker_open": max, "backend_config_error": max}
 
@@ -235,6 +225,13 @@ class GuardianCollector(Collector):
         for key, (name, doc) in LEASE_METRICS.items():
             if f"lease_{key}" in g:  # only with --batched
                 yield CounterMetricFamily(name, doc, value=g[f"lease_{key}"])
-        for key, (name, doc) in NATIVE_METRICS.items():
-            if key in g:  # only with --engine native
-                yield CounterMetricFamily(name, doc, value=g[key])
+        native = sorted((k[len("native_calls:"):].rsplit(":", 1), v)
+                        for k, v in g.items() if k.startswith("native_calls:"))
+        if native:  # only with --engine native
+            calls = CounterMetricFamily("guardian_native_calls",
+                                        "RPCs of --engine native by who answered them: the C data plane "
+                                        "(native) or the Python services it handed them to (python).",
+                                        labels=["operation", "answered_by"])
+            for (op, by), n in native:
+                calls.add_metric([op, by], n)
+            yield calls

@@ -49,6 +49,10 @@ NATIVE_METHODS = (
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
     "/grpc.health.v1.Health/Check",
 )
+#: The operation label of guardian_native_calls_total for each of NATIVE_METHODS
+#: (guardian._native.METHODS, the latency histogram's names); any other path is
+#: "other" (a client's made-up paths must not grow the series).
+_OPERATION = dict(zip(NATIVE_METHODS, ("check_limit", "check_limits", "should_rate_limit", "health_check")))
 #: Fields of policy.Rule / Node / Domain the compiler knows; any other with a
 #: non-default value makes the rule (or domain) Python's.
 _RULE_FIELDS = {"path", "name", "unit", "requests_per_unit", "burst", "unlimited", "replaces",
@@ -328,6 +332,10 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
         self._warned: Set[str] = set()
+        #: operation -> calls the C thread handed to Python (counted as they are taken)
+        self._handed: Dict[str, int] = {}
+        #: operation -> calls the C thread answered, as last read (kept once it is closed)
+        self._in_c: Dict[str, int] = {}
         # Reloads: State.commit swaps the buckets in (install and SIGHUP's
         # prepare-then-commit both end there), then this compiles and swaps.
         commit = state.commit
@@ -350,20 +358,10 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         def snapshot_with_native() -> Dict[str, Any]:
             self._fold()
             snap: Dict[str, Any] = snapshot()
+            snap["gauges"] = {**snap.get("gauges", {}), **self._answered_by()}
             return snap
 
         state.stats.snapshot = snapshot_with_native
-        gauges = state.stats.gauges
-
-        def gauges_with_native() -> Dict[str, float]:
-            g = dict(gauges())
-            if not self._closed and self._loop is not None:
-                st = self.core.stats()
-                g["native_answered"] = float(sum(st["calls"].values()))
-                g["native_handoffs"] = float(st["handoffs"])
-            return g
-
-        state.stats.gauges = gauges_with_native
 
     # --- grpc.aio.Server's surface ----------------------------------------
 
@@ -488,6 +486,18 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                 for i, d in enumerate(delta):
                     h[i] += d
 
+    def _answered_by(self) -> Dict[str, float]:
+        """guardian_native_calls_total as gauges of the snapshot
+        ("native_calls:<operation>:<native|python>", summed over workers):
+        the calls the C thread answered itself, and those it handed to Python.
+        Live counts of this worker's server (a restarted worker starts at 0)."""
+        if not self._closed:
+            self._in_c = dict(self.core.stats()["calls"])
+        out = {f"native_calls:{op}:native": float(n) for op, n in self._in_c.items()}
+        for op, n in self._handed.items():
+            out[f"native_calls:{op}:python"] = float(n)
+        return out
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
@@ -501,6 +511,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         except BlockingIOError:
             pass
         for job in self.core.take_jobs():
+            op = _OPERATION.get(job[1], "other")
+            self._handed[op] = self._handed.get(op, 0) + 1
             task = asyncio.ensure_future(self._answer(*job))
             self._tasks[job[0]] = task
             task.add_done_callback(self._forget(job[0]))
