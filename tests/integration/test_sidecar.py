@@ -138,3 +138,31 @@ def test_flags_and_environment(tmp_path: Path) -> None:
         assert s.stop()[0] == 0
     assert ("1 named limit(s) [default: burst 2, 1 per 1s], 0 Envoy domain(s) with 0 descriptor rule(s), from "
             + str(tmp_path / "p.yaml")) in s.log()
+
+
+def test_health_watch_streams_changes_and_ends_on_sigterm(tmp_path: Path) -> None:
+    """grpc.health.v1 Watch (server-streaming): the status now, SERVICE_UNKNOWN
+    for a name the server does not know, then NOT_SERVING as the worker
+    drains, then the stream ends UNAVAILABLE (at once on the native engine;
+    after --grace on grpcio, whose server cancels open calls then)."""
+    import signal
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = Sidecar(tmp_path, "--grace", "1").start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no-such-service"), timeout=30)
+            assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            server.signal(signal.SIGTERM)
+            seen = []
+            with pytest.raises(grpc.RpcError) as ended:
+                for update in watch:
+                    seen.append(update.status)
+            assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING]
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()

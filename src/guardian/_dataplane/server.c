@@ -57,6 +57,11 @@ typedef struct g_stream {
     char *message;
     int64_t deadline_ns;
     uint64_t job;
+    /* a health Watch: the service watched, the status to send (-1: none
+     * yet), the one last sent, and whether the stream is to end */
+    char *watch;
+    size_t watch_n;
+    int watch_want, watch_sent, watch_end;
     g_conn *conn;
     struct g_stream *prev, *next; /* the connection's streams */
 } g_stream;
@@ -109,6 +114,7 @@ struct g_server {
     pthread_mutex_t hlock;
     g_health health[MAX_HEALTH];
     int nhealth;
+    uint64_t health_gen, health_seen; /* bumped by gs_set_health; the last the thread acted on */
     /* drain */
     int draining, drain_started, finished;
     uint32_t grace_ms;
@@ -217,6 +223,45 @@ static void respond_ok(g_stream *st) {
     nghttp2_submit_response(st->conn->h2, st->id, hdrs, 3, &prd);
 }
 
+/* A health Watch's body, made when nghttp2 asks for it: the latest status
+ * as one HealthCheckResponse message when it differs from the last sent
+ * (so a client that does not read holds one pending status, not a backlog),
+ * then nothing until the status changes (deferred), and at the end the
+ * trailers. */
+static ssize_t read_watch(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                          nghttp2_data_source *src, void *user) {
+    (void)user;
+    g_stream *st = src->ptr;
+    if (st->watch_want != st->watch_sent && len >= 7) {
+        int v = st->watch_want;
+        size_t n = v ? 2 : 0; /* proto3: status 0 (UNKNOWN) is the empty message */
+        buf[0] = 0;
+        buf[1] = buf[2] = buf[3] = 0;
+        buf[4] = (uint8_t)n;
+        if (n) {
+            buf[5] = 0x08; /* field 1, varint */
+            buf[6] = (uint8_t)v; /* 0..3 */
+        }
+        st->watch_sent = v;
+        return (ssize_t)(5 + n);
+    }
+    if (!st->watch_end) return NGHTTP2_ERR_DEFERRED;
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    static const nghttp2_nv gone[] = {NV("grpc-status", "14"), NV("grpc-message", "server shutting down")};
+    if (nghttp2_submit_trailer(h2, id, gone, 2) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static void respond_watch(g_stream *st) {
+    st->responded = 1;
+    static const nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                                      NV("grpc-accept-encoding", "identity")};
+    nghttp2_data_provider prd;
+    prd.source.ptr = st;
+    prd.read_callback = read_watch;
+    nghttp2_submit_response(st->conn->h2, st->id, hdrs, 3, &prd);
+}
+
 /* --- requests ------------------------------------------------------------ */
 
 static const struct {
@@ -227,7 +272,10 @@ static const struct {
     {"/guardian.v1.RateLimiter/CheckLimit", M_CHECK},
     {"/guardian.v1.RateLimiter/CheckLimits", M_CHECKS},
     {"/grpc.health.v1.Health/Check", M_HEALTH},
+    {"/grpc.health.v1.Health/Watch", M_WATCH},
 };
+
+#define SERVICE_UNKNOWN 3 /* HealthCheckResponse.ServingStatus: what Watch says of an unknown name */
 
 static int64_t parse_timeout(const uint8_t *v, size_t n) {
     /* grpc-timeout: 1-8 digits and a unit (H M S m u n) */
@@ -344,6 +392,29 @@ static void on_request(g_stream *st) {
         return;
     }
     const uint8_t *msg = b + 5;
+    if (st->method == M_WATCH) {
+        g_str name;
+        if (pb_decode_health(msg, len, &name) == PB_MALFORMED) {
+            respond_error(st, GRPC_INTERNAL, "Exception deserializing request!", 200);
+            return;
+        }
+        if (s->drain_started) {
+            respond_error(st, GRPC_UNAVAILABLE, "server shutting down", 200);
+            return;
+        }
+        st->watch = dup_n(name.p, name.n);
+        if (!st->watch) {
+            respond_error(st, GRPC_RESOURCE_EXHAUSTED, "out of memory", 200);
+            return;
+        }
+        st->watch_n = name.n;
+        int status = health_status(s, &name);
+        st->watch_want = status < 0 ? SERVICE_UNKNOWN : status;
+        st->watch_sent = -1;
+        body_release(st);
+        respond_watch(st);
+        return;
+    }
     g_policy *p = __atomic_load_n(&s->policy, __ATOMIC_ACQUIRE);
     if (!p && st->method != M_HEALTH) {
         handoff(st, b, n);
@@ -574,6 +645,7 @@ static void stream_free(g_stream *st) {
     buf_free(&st->resp);
     free(st->path);
     free(st->message);
+    free(st->watch);
     free(st);
 }
 
@@ -900,6 +972,26 @@ static void sweep(g_server *s, int64_t now) {
     }
 }
 
+/* Every Watch whose service's status changed gets it (and one that is to
+ * end, its trailers). */
+static void wake_watchers(g_server *s, int end) {
+    for (g_conn *c = s->conns; c; c = c->next) {
+        int touched = 0;
+        for (g_stream *st = c->streams; st; st = st->next) {
+            if (!st->watch) continue;
+            g_str name = {(const uint8_t *)st->watch, (uint32_t)st->watch_n};
+            int status = health_status(s, &name);
+            status = status < 0 ? SERVICE_UNKNOWN : status;
+            if (status == st->watch_want && !end) continue;
+            st->watch_want = status;
+            st->watch_end |= end;
+            nghttp2_session_resume_data(c->h2, st->id);
+            touched = 1;
+        }
+        if (touched) flush(c);
+    }
+}
+
 static void begin_drain(g_server *s) {
     s->drain_started = 1;
     s->drain_deadline = now_ns() + (int64_t)s->grace_ms * 1000000LL;
@@ -908,6 +1000,8 @@ static void begin_drain(g_server *s) {
         close(s->listeners[i]);
     }
     s->nlisteners = 0;
+    wake_watchers(s, 0); /* a last change (NOT_SERVING, as the worker drains) first */
+    wake_watchers(s, 1);
     for (g_conn *c = s->conns; c; c = c->next) {
         nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->h2),
                               NGHTTP2_NO_ERROR, NULL, 0);
@@ -944,6 +1038,11 @@ static void *loop(void *arg) {
             if (c->dead) conn_close(c);
         }
         int64_t now = now_ns();
+        uint64_t gen = __atomic_load_n(&s->health_gen, __ATOMIC_ACQUIRE);
+        if (gen != s->health_seen) {
+            s->health_seen = gen;
+            wake_watchers(s, 0);
+        }
         if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE) && !s->drain_started) begin_drain(s);
         if (now - last_sweep >= TICK_MS * 1000000LL || s->drain_started) {
             sweep(s, now);
@@ -1037,6 +1136,8 @@ void gs_set_health(g_server *s, const char *name, size_t n, int status) {
         s->nhealth++;
     }
     pthread_mutex_unlock(&s->hlock);
+    __atomic_fetch_add(&s->health_gen, 1, __ATOMIC_RELEASE);
+    wake(s->wake_fd);
 }
 
 void gs_drain(g_server *s, uint32_t grace_ms) {

@@ -73,5 +73,7 @@ typedef struct {
     uint64_t latency_ns[4];
 } gs_stats;
 void gs_read_stats(g_server *s, gs_stats *out);
-enum { M_CHECK = 0, M_CHECKS = 1, M_RLS = 2, M_HEALTH = 3, M_OTHER = 4 };
+/* M_WATCH (health Watch, server-streaming) is answered in C but not timed:
+ * a watch lasts as long as its client wants. */
+enum { M_CHECK = 0, M_CHECKS = 1, M_RLS = 2, M_HEALTH = 3, M_OTHER = 4, M_WATCH = 5 };
 #endif
