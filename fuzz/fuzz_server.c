@@ -3,7 +3,9 @@
  * through libnghttp2 into the server's callbacks, gRPC framing, the
  * decoders and the compiled policy (a fake core answers the takes), and
  * what it answers is produced and discarded. Jobs handed to "Python" are
- * answered at once, alternately with a response and with an error.
+ * answered at once, alternately with a response and with an error. The
+ * input's length (mod 4) picks one of four policies: --shadow-mode and
+ * --quota-mode each on or off (see make_policy for what they hold).
  * Build and run: see fuzz/README.md. */
 #define _GNU_SOURCE
 #include "../src/guardian/_dataplane/pb.c"
@@ -33,55 +35,98 @@ static int fake_params(void *table, int64_t *capacity, double *scale) {
     *scale = 1e9;
     return 0;
 }
-static const g_core_api API = {G_CORE_API_VERSION, sizeof(g_decision), fake_take, fake_usage, fake_params};
+static int fake_peek(void *table, const unsigned char *key, size_t n, g_decision *d) {
+    (void)table;
+    (void)key;
+    d->allowed = 1;
+    d->remaining = (int64_t)(n % 6);
+    d->retry_ticks = 0;
+    d->reset_ticks = n % 2 ? 0 : 1999999999; /* an exact second and one rounded up */
+    return n > 4096 ? -2 : 0;
+}
+static const g_core_api API = {G_CORE_API_VERSION, sizeof(g_decision), fake_take, fake_usage, fake_params,
+                               fake_peek};
 
 static char *s(const char *x) { return strdup(x); }
 
-/* default (v1) and a domain "d": k=v (5/s), k=* wildcard "w", key-only "a"
- * with a nested unlimited rule and a shadow rule, and a blocking rule. */
-static g_policy *make_policy(void) {
+static void set_replaces(g_rule *r, const char *a, const char *b) {
+    uint32_t n = b ? 2 : 1;
+    r->replaces = calloc(n, sizeof(char *));
+    r->replaces_len = calloc(n, sizeof(uint32_t));
+    r->replaces[0] = s(a);
+    r->replaces_len[0] = (uint32_t)strlen(a);
+    if (b) {
+        r->replaces[1] = s(b);
+        r->replaces_len[1] = (uint32_t)strlen(b);
+    }
+    r->nreplaces = n;
+}
+
+static g_edge edge(const char *k, const char *v, int node, int share) {
+    return (g_edge){s(k), s(v), (uint32_t)strlen(k), (uint32_t)strlen(v), node, share};
+}
+
+/* default (v1) and a domain "d" (rule i at node i + 1):
+ *   k=v -> r0 (replaces r1), k=v0..v11 (a hash index) -> nodes 1..4,
+ *   k="a*b*c" -> "q" (quota_mode), k="*x*" share_threshold -> "s" (shared),
+ *     under it b=any -> "s2" (shared: the path has the share edge),
+ *   k="w" (no star) -> r1 (shadow), k="*" -> "all" (unlimited, replaces r0 and q),
+ *   a=any -> "" (requests_per_unit 0), under it b=any -> "u" (unlimited, replaces r1).
+ * Response headers on; shadow_mode and quota_mode from ``flags``. */
+static g_policy *make_policy(int flags) {
     g_policy *p = calloc(1, sizeof *p);
     p->api = &API;
     p->max_checks = 16;
     p->response_headers = 1;
+    p->shadow_mode = flags & 1;
+    p->quota_mode = (flags >> 1) & 1;
     p->ntables = 1;
     p->tables = calloc(1, sizeof *p->tables);
     p->tables[0] = (g_table_ref){(void *)1, 5, 1e9};
     p->nlimits = 1;
     p->limits = calloc(1, sizeof *p->limits);
     p->limits[0] = (g_limit){s("default"), 7, 0};
-    p->nrules = 4;
-    p->rules = calloc(4, sizeof *p->rules);
+    enum { NRULES = 8, NNODES = NRULES + 1 };
+    p->nrules = NRULES;
+    p->rules = calloc(NRULES, sizeof *p->rules);
     p->rules[0] = (g_rule){.table = 0, .emission_interval = 0.2, .rpu = 5, .window = 1, .unit = 1, .name = s("r0"), .name_len = 2};
-    p->rules[0].replaces = calloc(1, sizeof(char *));
-    p->rules[0].replaces_len = calloc(1, sizeof(uint32_t));
-    p->rules[0].replaces[0] = s("r1");
-    p->rules[0].replaces_len[0] = 2;
-    p->rules[0].nreplaces = 1;
+    set_replaces(&p->rules[0], "r1", NULL);
     p->rules[1] = (g_rule){.table = 0, .emission_interval = 0.2, .rpu = 5, .window = 1, .unit = 1, .name = s("r1"), .name_len = 2, .shadow = 1};
     p->rules[2] = (g_rule){.table = -1, .rpu = 0, .window = 60, .unit = 2, .name = s(""), .name_len = 0};
     p->rules[3] = (g_rule){.table = -1, .unlimited = 1, .name = s("u"), .name_len = 1};
-    p->nnodes = 5;
-    p->nodes = calloc(5, sizeof *p->nodes);
-    for (int i = 0; i < 5; i++) p->nodes[i].rule = i == 0 ? -1 : i - 1;
-    /* k=v, and k=v0..k=v11 (enough exact values for a hash index) */
-    p->nodes[0].nexact = 13;
-    p->nodes[0].exact = calloc(13, sizeof(g_edge));
-    p->nodes[0].exact[0] = (g_edge){s("k"), s("v"), 1, 1, 1};
+    set_replaces(&p->rules[3], "r1", NULL);
+    p->rules[4] = (g_rule){.table = 0, .emission_interval = 0.2, .rpu = 5, .window = 1, .unit = 1, .name = s("q"), .name_len = 1, .quota = 1};
+    p->rules[5] = (g_rule){.table = 0, .emission_interval = 0.2, .rpu = 5, .window = 1, .unit = 1, .name = s("s"), .name_len = 1, .shared = 1};
+    p->rules[6] = (g_rule){.table = -1, .unlimited = 1, .name = s("all"), .name_len = 3};
+    set_replaces(&p->rules[6], "r0", "q");
+    p->rules[7] = (g_rule){.table = 0, .emission_interval = 12, .rpu = 5, .window = 60, .unit = 2, .name = s("s2"), .name_len = 2, .shared = 1};
+    p->nnodes = NNODES;
+    p->nodes = calloc(NNODES, sizeof *p->nodes);
+    for (int i = 0; i < NNODES; i++) p->nodes[i].rule = i - 1;
+    g_node *root = &p->nodes[0];
+    root->nexact = 13;
+    root->exact = calloc(13, sizeof(g_edge));
+    root->exact[0] = edge("k", "v", 1, 0);
     for (int i = 1; i < 13; i++) {
         char v[8];
         snprintf(v, sizeof v, "v%d", i - 1);
-        p->nodes[0].exact[i] = (g_edge){s("k"), s(v), 1, (uint32_t)strlen(v), 1 + i % 4};
+        root->exact[i] = edge("k", v, 1 + i % 4, 0);
     }
-    p->nodes[0].nwild = 1;
-    p->nodes[0].wild = calloc(1, sizeof(g_edge));
-    p->nodes[0].wild[0] = (g_edge){s("k"), s("w"), 1, 1, 2};
-    p->nodes[0].nany = 1;
-    p->nodes[0].any = calloc(1, sizeof(g_edge));
-    p->nodes[0].any[0] = (g_edge){s("a"), s(""), 1, 0, 3};
+    root->nwild = 4;
+    root->wild = calloc(4, sizeof(g_edge));
+    root->wild[0] = edge("k", "a*b*c", 5, 0);
+    root->wild[1] = edge("k", "*x*", 6, 1);
+    root->wild[2] = edge("k", "w", 2, 0);
+    root->wild[3] = edge("k", "*", 7, 0);
+    root->nany = 1;
+    root->any = calloc(1, sizeof(g_edge));
+    root->any[0] = edge("a", "", 3, 0);
     p->nodes[3].nany = 1;
     p->nodes[3].any = calloc(1, sizeof(g_edge));
-    p->nodes[3].any[0] = (g_edge){s("b"), s(""), 1, 0, 4};
+    p->nodes[3].any[0] = edge("b", "", 4, 0);
+    p->nodes[6].nany = 1;
+    p->nodes[6].any = calloc(1, sizeof(g_edge));
+    p->nodes[6].any[0] = edge("b", "", 8, 0);
     p->ndomains = 1;
     p->domains = calloc(1, sizeof *p->domains);
     p->domains[0] = (g_domain){s("d"), 1, 0, 0};
@@ -90,14 +135,17 @@ static g_policy *make_policy(void) {
 }
 
 static g_server *srv;
+static g_policy *policies[4];
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!srv) {
         gs_options o = {100, 1 << 16, 1 << 20, 64, 16, 50, 0};
         srv = gs_new(&o);
-        gs_swap_policy(srv, make_policy());
+        for (int i = 0; i < 4; i++) policies[i] = make_policy(i);
         gs_set_health(srv, "", 0, 1);
     }
+    /* the input's length picks the policy: --shadow-mode and --quota-mode each on or off */
+    gs_swap_policy(srv, policies[size % 4]);
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) != 0) return 0;
     /* a connection as conn_accept makes it, without the listener */

@@ -2,7 +2,7 @@
 method (and a compressed call, another method), recorded by a socket that
 answers only SETTINGS, minus the connection preface the harness adds.
 
-    python fuzz/make_seeds.py fuzz/corpus/server
+    python fuzz/make_seeds.py fuzz/corpus/server [NAME...]   (only those seeds)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import List
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -33,6 +34,19 @@ CALLS = {
     "rls_override": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
         domain="d", descriptors=[{"entries": [{"key": "k", "value": "v"}],
                                   "limit": {"requests_per_unit": 3, "unit": 1}}])),
+    # fuzz_server's policy: a*b*c (quota), *x* (share_threshold) and under it b, * (unlimited, replaces
+    # r0 and q), and an entry without a value (matched by "*")
+    "rls_wild": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", descriptors=[{"entries": [{"key": "k", "value": "aXbYbc"}]}, {"entries": [{"key": "k", "value": "fox"}]},
+                                 {"entries": [{"key": "k", "value": "xx"}, {"key": "b", "value": "1"}]},
+                                 {"entries": [{"key": "k", "value": "v"}]},
+                                 {"entries": [{"key": "k", "value": "wow"}], "hits_addend": {"value": 9}}])),
+    "rls_quota": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", descriptors=[{"entries": [{"key": "k", "value": "aXbYbc"}], "hits_addend": {"value": 9}},
+                                 {"entries": [{"key": "k", "value": "abc"}], "hits_addend": {"value": 0}},
+                                 {"entries": [{"key": "k", "value": "w"}]}])),
+    "rls_empty_value": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", descriptors=[{"entries": [{"key": "k"}]}])),
     "health": ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest(service="")),
     "other": ("/guardian.v1.RateLimiter/GetUsage", pb.GetUsageRequest(key="k")),
 }
@@ -71,13 +85,16 @@ def record(path: str, message: bytes, compression: object = None) -> bytes:
     return bytes(got[len(PREFACE):]) if got.startswith(PREFACE) else bytes(got)
 
 
-def main(out: str) -> None:
+def main(out: str, names: List[str]) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, (path, msg) in CALLS.items():
-        Path(out, name).write_bytes(record(path, msg.SerializeToString()))
+        if not names or name in names:
+            Path(out, name).write_bytes(record(path, msg.SerializeToString()))
+    if names and "gzip" not in names:
+        return
     Path(out, "gzip").write_bytes(record(CALLS["check"][0], CALLS["check"][1].SerializeToString(),
                                          grpc.Compression.Gzip))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

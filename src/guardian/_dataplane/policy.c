@@ -226,7 +226,8 @@ static int glob_match(const char *pat, uint32_t pn, const uint8_t *v, uint32_t v
     const char *last_star = pat + pn;
     while (last_star[-1] != '*') last_star--;
     uint32_t last = (uint32_t)(pat + pn - last_star);
-    if (memcmp(pat, v, first) != 0 || memcmp(last_star, v + vn - last, last) != 0) return 0;
+    /* an empty value is (NULL, 0) when the entry has none: no memcmp on it */
+    if ((first && memcmp(pat, v, first) != 0) || (last && memcmp(last_star, v + vn - last, last) != 0)) return 0;
     uint32_t pos = first, end = vn - last;
     const char *part = star + 1;
     while (part < last_star) { /* the middle parts, between the first '*' and the last */
