@@ -179,8 +179,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t half = size / 2;
     if (nghttp2_session_mem_recv(c->h2, data, half) >= 0) {
         flush(c);
+        /* health changes between the pieces: open Watch streams get them */
+        gs_set_health(srv, "", 0, 2);
+        wake_watchers(srv, 0);
+        flush(c);
         if (!c->dead) nghttp2_session_mem_recv(c->h2, data + half, size - half);
     }
+    flush(c);
+    gs_set_health(srv, "", 0, 1);
+    wake_watchers(srv, 0);
+    wake_watchers(srv, 1); /* as a drain ends every Watch */
     flush(c);
     /* answer what was handed to "Python" */
     int turn = 0;

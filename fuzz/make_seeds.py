@@ -48,6 +48,8 @@ CALLS = {
     "rls_empty_value": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
         domain="d", descriptors=[{"entries": [{"key": "k"}]}])),
     "health": ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest(service="")),
+    "watch": ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest(service="")),
+    "watch_unknown": ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest(service="nope")),
     "other": ("/guardian.v1.RateLimiter/GetUsage", pb.GetUsageRequest(key="k")),
 }
 
