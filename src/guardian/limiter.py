@@ -6,7 +6,9 @@ decided by an in-process MemoryBackend with the same config
 (``fail_open="local"``) until the backend is back; ``local_share`` (0 < f
 <= 1) scales that in-process limit to a fraction of the limit (capacity and
 refill rate), so N processes falling back together admit about f x N
-times the limit, not N times (docs/reliability.md). A circuit breaker stops
+times the limit, not N times, and ``local_shared="name"`` keeps that
+fallback in a shared-memory table, so the processes of one host that name
+it fall back to one limit between them (docs/reliability.md). A circuit breaker stops
 calling a backend that failed ``breaker_threshold`` times in a row and
 probes it again every ``breaker_cooldown`` seconds, so a dead Redis costs
 no network time per check and recovery needs no restart. Failures are
@@ -101,6 +103,7 @@ class _Policy(Generic[B]):
         breaker_threshold: Optional[int] = 3,
         breaker_cooldown: float = 1.0,
         local_share: float = 1.0,
+        local_shared: Optional[str] = None,
     ) -> None:
         self._check(backend)
         if not isinstance(fail_open, bool) and fail_open != "local":
@@ -117,6 +120,10 @@ class _Policy(Generic[B]):
                 f'local_share={local_share!r} scales the fallback of fail_open="local" only; '
                 f"with fail_open={fail_open!r} it would change nothing")
         self.local_share = float(local_share)
+        if local_shared is not None and fail_open != "local":
+            raise MisuseError(
+                f'local_shared={local_shared!r} names the shared table of fail_open="local"\'s fallback; '
+                f"with fail_open={fail_open!r} there is none")
         self.backend: Any = backend
         self.fail_open = fail_open
         if isinstance(log_interval, bool) or not isinstance(log_interval, (int, float)) \
@@ -139,6 +146,10 @@ class _Policy(Generic[B]):
         self._limit: int = backend.config.capacity
         self._local: Optional[MemoryBackend] = None
         self._local_lock = threading.Lock()
+        if local_shared is not None:
+            # Made now, not at the first failure: a bad name, or a table of
+            # that name made for another limit, is refused here, not mid-outage.
+            self._local = MemoryBackend(local_config(backend.config, self.local_share), shared=local_shared)
         self._bind(backend)
 
     def _check(self, backend: Any) -> None:

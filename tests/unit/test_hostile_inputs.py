@@ -286,3 +286,22 @@ def test_a_wrong_policy_file_is_not_echoed_into_the_log() -> None:
     assert len(message) < 400 and "\n" not in message
     with pytest.raises(PolicyError, match="unknown key"):
         parse_policy("domian: edge\n", "typo.yaml")  # a short one is still shown whole
+
+
+def test_local_shared_needs_fail_open_local_and_is_checked_when_built() -> None:
+    from guardian import MemoryBackend, MisuseError, RateLimiter, TokenBucketConfig
+    from guardian._errors import SharedTableError
+    from guardian.backends.redis import RedisBackend
+
+    backend = RedisBackend(TokenBucketConfig(10, 1), url="redis://127.0.0.1:1/0")
+    with pytest.raises(MisuseError, match="local_shared"):
+        RateLimiter(backend, fail_open=True, local_shared="x")
+    with pytest.raises(SharedTableError, match="name"):
+        RateLimiter(backend, fail_open="local", local_shared="bad/name")
+    other = MemoryBackend(TokenBucketConfig(99, 1), shared="guardian-test-fb-mismatch")
+    try:  # a table of that name made for another limit: refused now, not mid-outage
+        with pytest.raises(SharedTableError, match="holds a different limit"):
+            RateLimiter(backend, fail_open="local", local_shared="guardian-test-fb-mismatch")
+    finally:
+        other.close()
+        MemoryBackend.unlink("guardian-test-fb-mismatch")

@@ -57,7 +57,10 @@ class Bucket:
 
     __slots__ = ("config", "capacity", "backend", "limiter", "fast", "local")
 
-    def __init__(self, backend: Any, fail_open: Any) -> None:
+    def __init__(self, backend: Any, fail_open: Any, fallback: Optional[str] = None) -> None:
+        """``fallback``: the shared table that ``fail_open="local"`` decides
+        in while the backend fails (one for a run's workers, so they fall
+        back to one limit, not one each)."""
         self.config: TokenBucketConfig = backend.config
         self.capacity = self.config.capacity
         self.backend = backend
@@ -67,7 +70,8 @@ class Bucket:
         self.fast: Optional[Callable[[str, int], LimitResult]] = None
         self.limiter: Optional[AsyncRateLimiter] = None
         if not self.local:
-            self.limiter = AsyncRateLimiter(backend, fail_open=fail_open)
+            self.limiter = AsyncRateLimiter(backend, fail_open=fail_open,
+                                            local_shared=fallback if fail_open == "local" else None)
         elif getattr(backend, "can_fail", False):
             self.fast = RateLimiter(backend, fail_open=fail_open).check_limit
         else:
@@ -137,8 +141,7 @@ class Buckets:
         """The bucket ``get`` would return, built without registering it
         (safe off the event loop; ``adopt`` it on the loop)."""
         ident = self.ident(namespace, config)
-        return self._by_config.get(ident) or Bucket(self._backend(ident, config, self.opts.slots),
-                                                    self.opts.fail_open)
+        return self._by_config.get(ident) or self._bucket(ident, config, self.opts.slots)
 
     def adopt(self, buckets: Dict[Ident, Bucket]) -> None:
         """Registers built buckets (a table built twice keeps the first)."""
@@ -153,9 +156,17 @@ class Buckets:
         ident = self.ident(namespace, config)
         bucket = self._by_config.get(ident)
         if bucket is None:
-            backend = self._backend(ident, config, SMALL_SLOTS if small else self.opts.slots)
-            bucket = self._by_config[ident] = Bucket(backend, self.opts.fail_open)
+            bucket = self._by_config[ident] = self._bucket(ident, config, SMALL_SLOTS if small else self.opts.slots)
         return bucket
+
+    def _bucket(self, ident: Ident, config: TokenBucketConfig, slots: Optional[int]) -> Bucket:
+        # With several workers, fail_open="local" falls back to a table they
+        # share (removed with the run's other tables), so a Redis outage
+        # admits the limit once per sidecar, not once per worker.
+        fallback = None
+        if self.run_id is not None and self.redis_client is not None and self.opts.fail_open == "local":
+            fallback = shared_table_prefix(self.run_id) + "fb." + _tag(ident[0], config)
+        return Bucket(self._backend(ident, config, slots), self.opts.fail_open, fallback)
 
     def _backend(self, ident: Tuple[str, int, int, int], config: TokenBucketConfig, slots: Optional[int]) -> Any:
         if self.redis_client is not None:
