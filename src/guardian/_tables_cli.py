@@ -13,6 +13,7 @@ import sys
 from typing import Any, List, TextIO
 
 from . import _region
+from ._config import MAX_LIMITS
 
 __all__ = ["add_parser", "run"]
 
@@ -87,25 +88,34 @@ def list_tables(out: TextIO) -> int:
 
 
 def unlink_table(name: str, out: TextIO, err: TextIO) -> int:
+    """Removes the table ``name``, and the tables ``name.0``, ``name.1``, ...
+    that ``shared=name`` makes for several limits, so the name given to the
+    backend is the name removed."""
     try:
         _region.segment_name(name)
     except ValueError as exc:
         print(f"guardian tables: {exc}", file=err)
         return 2
-    users = [p for p in attached_pids(name) if p != os.getpid()]
-    try:
-        removed = _region.unlink(name)
-    except PermissionError:
-        print(f"guardian tables: table {name!r} belongs to another user; only its owner or root "
-              "can remove it", file=err)
-        return 1
-    if not removed:
+    names = [name] + [f"{name}.{i}" for i in range(MAX_LIMITS) if len(name) <= 198]
+    removed_any = False
+    for n in names:
+        users = [p for p in attached_pids(n) if p != os.getpid()]
+        try:
+            removed = _region.unlink(n)
+        except PermissionError:
+            print(f"guardian tables: table {n!r} belongs to another user; only its owner or root "
+                  "can remove it", file=err)
+            return 1
+        if not removed:
+            continue
+        removed_any = True
+        print(f"removed table {n!r}", file=out)
+        if users:
+            print(f"  still mapped by pid {', '.join(map(str, users))}: they keep the old table until they "
+                  "restart; new processes create a fresh one", file=out)
+    if not removed_any:
         print(f"guardian tables: no table named {name!r}", file=err)
         return 1
-    print(f"removed table {name!r}", file=out)
-    if users:
-        print(f"  still mapped by pid {', '.join(map(str, users))}: they keep the old table until they "
-              "restart; new processes create a fresh one", file=out)
     return 0
 
 

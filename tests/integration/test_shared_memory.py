@@ -569,6 +569,19 @@ def test_guardian_tables_unlink(core: ModuleType, core_env: dict, shm_name: str)
     assert bad.returncode == 2 and "shared table name must be" in bad.stderr
 
 
+def test_guardian_tables_unlink_removes_the_tables_of_several_limits(shm_name: str) -> None:
+    """shared=NAME with several limits makes NAME.0, NAME.1: --unlink NAME
+    removes them (it said "no table named NAME" and removed nothing)."""
+    from guardian import Limits
+
+    MemoryBackend(Limits.parse("10/second and 100/minute"), shared=shm_name, slots=64).close()
+    assert os.path.exists(segment_path(f"{shm_name}.0")) and os.path.exists(segment_path(f"{shm_name}.1"))
+    out = guardian("tables", "--unlink", shm_name)
+    assert out.returncode == 0, out.stderr
+    assert f"removed table '{shm_name}.0'" in out.stdout and f"removed table '{shm_name}.1'" in out.stdout
+    assert not os.path.exists(segment_path(f"{shm_name}.0")) and not os.path.exists(segment_path(f"{shm_name}.1"))
+
+
 # --- several limits on one key ------------------------------------------------
 
 
