@@ -44,8 +44,17 @@ static int fake_peek(void *table, const unsigned char *key, size_t n, g_decision
     d->reset_ticks = n % 2 ? 0 : 1999999999; /* an exact second and one rounded up */
     return n > 4096 ? -2 : 0;
 }
+static int fake_undo(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d) {
+    (void)table;
+    (void)cost;
+    (void)d;
+    volatile unsigned char x = 0;
+    for (size_t i = 0; i < n; i++) x ^= key[i]; /* the key it rebuilt: every byte readable */
+    (void)x;
+    return n == 0 || n > 4096 ? -2 : 0;
+}
 static const g_core_api API = {G_CORE_API_VERSION, sizeof(g_decision), fake_take, fake_usage, fake_params,
-                               fake_peek};
+                               fake_peek, fake_undo};
 
 static char *s(const char *x) { return strdup(x); }
 
