@@ -39,7 +39,7 @@ KEYS = ["k", "a", "é", "kk"]
 VALUES = ["a", "b", "ab", "a*", "*a", "*", "**", "a*b", "*a*", "a**b", "é*", "*é", "x*y*z", "*b*", "a*b*"]
 NAMES = ["n1", "n2", "n3"]
 #: values a request sends: the above (a literal '*' too), near-misses, empty, unicode
-REQ_VALUES = VALUES + ["", "aXb", "aa", "ba", "éé", "xyz", "xQyQz", "a*b", "aéb", "bab", "zzz"]
+REQ_VALUES = VALUES + ["f0", "f7", "f11", "f12", "", "aXb", "aa", "ba", "éé", "xyz", "xQyQz", "a*b", "aéb", "bab", "zzz"]
 _counter = itertools.count()
 
 
@@ -87,6 +87,11 @@ def descriptors(depth: int) -> Any:
             if depth < 2 and draw(st.integers(0, 2)) == 0:
                 d["descriptors"] = draw(descriptors(depth + 1))
             out.append(d)
+        if draw(st.integers(0, 3)) == 0:  # more than 8 exact values: C's hashed index of the level
+            key = draw(st.sampled_from(KEYS))
+            for i in range(12):
+                if (key, f"f{i}") not in seen:
+                    out.append({"key": key, "value": f"f{i}", "rate_limit": {"unit": "day", "requests_per_unit": 1 + i % 3}})
         return out
 
     return level()
