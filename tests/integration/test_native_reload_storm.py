@@ -28,17 +28,21 @@ pytestmark = pytest.mark.grpc
 CAPACITY = 120
 
 
-def _policy(flip: int) -> str:
+def _policy(flip: int, python_too: bool = False) -> str:
     # web.user and the limit "one" stay; "other" and "spare" change rate on
     # every flip (a table dropped, one built), "extra" comes and goes.
+    # python_too: web.user is Python's every other flip (detailed_metric).
     extra = f"  extra: {{capacity: {3 + flip}, refill_rate: 1, refill_interval: 86400}}\n" if flip % 2 else ""
-    return (f"domain: web\ndescriptors:\n  - key: user\n    rate_limit: {{unit: day, requests_per_unit: {CAPACITY}}}\n"
+    detailed = "    detailed_metric: true\n" if python_too and flip % 2 else ""
+    return (f"domain: web\ndescriptors:\n  - key: user\n{detailed}"
+            f"    rate_limit: {{unit: day, requests_per_unit: {CAPACITY}}}\n"
             f"---\ndomain: other\ndescriptors:\n  - key: x\n    rate_limit: {{unit: day, requests_per_unit: {7 + flip % 3}}}\n"
             f"---\nlimits:\n  one: {{capacity: {CAPACITY}, refill_rate: 1, refill_interval: 86400}}\n"
             f"  spare: {{capacity: {5 + flip % 4}, refill_rate: 1, refill_interval: 86400}}\n{extra}")
 
 
-def _storm(s: Sidecar, path: Path, threads: int = 8, per_thread: int = 100) -> Dict[str, int]:
+def _storm(s: Sidecar, path: Path, threads: int = 8, per_thread: int = 100,
+           python_too: bool = False) -> Dict[str, int]:
     allowed = {"rls": 0, "v1": 0, "other": 0}
     lock = threading.Lock()
     stop = threading.Event()
@@ -49,7 +53,7 @@ def _storm(s: Sidecar, path: Path, threads: int = 8, per_thread: int = 100) -> D
         while not stop.is_set():
             flip += 1
             tmp = path.with_suffix(".tmp")  # atomically: a half-written file is another policy
-            tmp.write_text(_policy(flip))
+            tmp.write_text(_policy(flip, python_too))
             os.replace(tmp, path)
             s.signal(signal.SIGHUP)
             reloads[0] += 1
@@ -106,6 +110,22 @@ def test_a_reload_storm_keeps_the_limit_and_its_counts_exact(tmp_path: Path) -> 
         by = answered_by(s)
         assert by.get(("should_rate_limit", "python"), 0) == 0 and by.get(("check_limit", "python"), 0) == 0, by
         assert "Traceback" not in s.log()
+    finally:
+        code, _ = s.stop()
+    assert code == 0, s.log()
+
+
+def test_a_rule_moving_between_c_and_python_keeps_the_limit(tmp_path: Path) -> None:
+    """web.user flips between a rule C answers and one Python answers
+    (detailed_metric) on every reload: one bucket throughout."""
+    path = tmp_path / "p.yaml"
+    write(path, _policy(0))
+    s = Sidecar(tmp_path, "--config", str(path), "--engine", "native").start()
+    try:
+        allowed = _storm(s, path, python_too=True)
+        assert allowed["rls"] == CAPACITY and allowed["v1"] == CAPACITY, allowed
+        by = answered_by(s)
+        assert by.get(("should_rate_limit", "python"), 0) > 0 and by.get(("should_rate_limit", "native"), 0) > 0, by
     finally:
         code, _ = s.stop()
     assert code == 0, s.log()

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 
+from .metrics import LATENCY_BUCKETS
 from .service_rls import GLOBAL_SHADOW
 
 log = logging.getLogger("guardian.server")
@@ -500,7 +501,9 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             if op == "health_check":
                 continue
             last = self._seen_latency.get(op)
-            current = [float(b) for b in buckets] + [total]
+            # Stats.observe's shape: a count per LATENCY_BUCKETS bound and one
+            # above them (C's array has a spare slot after those), then the sum
+            current = [float(b) for b in buckets[:len(LATENCY_BUCKETS) + 1]] + [total]
             delta = [a - b for a, b in zip(current, last)] if last else current
             self._seen_latency[op] = current
             if any(delta):
