@@ -245,7 +245,8 @@ def test_random_policies_answer_as_the_grpcio_engine(pair: Any, ex: Any) -> None
             for (k, u), (_, v) in zip(ha, hb):
                 assert u == v or (k == "RateLimit-Reset" and abs(int(u) - int(v)) <= 1), (where, ha, hb)
             handed = after.get(("should_rate_limit", "python"), 0) - before.get(("should_rate_limit", "python"), 0)
-            if _in_c(policy, req):
+            # (with workers, a scrape adds the others' last snapshots: not exact)
+            if workers == 1 and _in_c(policy, req):
                 assert handed == 0, f"handed to Python: {where}"
     if workers == 1:  # other workers' counts reach /metrics later, by their snapshots
         assert _requests(a) == _requests(b), policy
