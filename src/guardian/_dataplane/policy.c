@@ -9,7 +9,6 @@
 #include <string.h>
 
 #define MAX_KEY_BYTES 4096
-#define MAX_TAKES 1024 /* checks of one CheckLimits call answered here, at most */
 #define SEP '\x1f'
 #define UNLIMITED_REMAINING 0xffffffffu
 enum { CODE_OK = 1, CODE_OVER_LIMIT = 2 };
@@ -189,13 +188,16 @@ int policy_check(g_policy *p, const g_check_req *req, g_buf *out) {
 }
 
 int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) {
-    if (p->python_all || n > p->max_checks || n > MAX_TAKES) return G_HANDOFF;
+    if (p->python_all || n > p->max_checks) return G_HANDOFF;
     /* every check is validated before any token is taken, as in Python */
     for (uint32_t i = 0; i < n; i++) {
         int64_t cost;
         if (!route_check(p, &reqs[i], &cost)) return G_HANDOFF;
     }
-    g_decision dec[MAX_TAKES];
+    /* on the heap: a thread's stack is 128 KiB on musl, and conn_read's
+     * buffer already holds half of it */
+    g_decision *dec = malloc((n ? n : 1) * sizeof *dec);
+    if (!dec) return G_NOMEM;
     for (uint32_t i = 0; i < n; i++) {
         int64_t cost;
         const g_table_ref *t = route_check(p, &reqs[i], &cost);
@@ -210,6 +212,7 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
                 const g_table_ref *u = route_check(p, &reqs[j], &c);
                 p->api->undo(u->table, reqs[j].key.p, reqs[j].key.n, c, &dec[j]);
             }
+            free(dec);
             return G_HANDOFF;
         }
         const g_decision *d = &dec[i];
@@ -217,6 +220,7 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
                         (double)d->reset_ticks / t->scale, (uint64_t)t->capacity);
         pb_end(out, mark);
     }
+    free(dec);
     return out->failed ? G_NOMEM : G_DONE;
 }
 
