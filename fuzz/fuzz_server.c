@@ -21,7 +21,13 @@ static int fake_take(void *table, const unsigned char *key, size_t n, int64_t co
     d->remaining = d->allowed ? 5 - cost : 0;
     d->retry_ticks = d->allowed ? 0 : 1000;
     d->reset_ticks = 2000;
-    return n == 0 || n > 4096 ? -2 : 0;
+    d->slot = (ptrdiff_t)(n % 97);
+    d->before = 0;
+    d->after = cost;
+    if (n == 0 || n > 4096) return -2;
+    /* some keys meet a stuck lock: the call goes to Python after the
+     * takes before it are undone (fake_undo checks what it is given) */
+    return n % 53 == 41 ? -4 : 0;
 }
 static int fake_usage(void *table, const unsigned char *key, size_t n, int64_t *used) {
     (void)table;
@@ -44,8 +50,17 @@ static int fake_peek(void *table, const unsigned char *key, size_t n, g_decision
     d->reset_ticks = n % 2 ? 0 : 1999999999; /* an exact second and one rounded up */
     return n > 4096 ? -2 : 0;
 }
+static int fake_undo(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d) {
+    (void)table;
+    /* the decision its take answered, for the same key and cost */
+    if (d->slot != (ptrdiff_t)(n % 97) || d->after != cost || n % 53 == 41) abort();
+    volatile unsigned char x = 0;
+    for (size_t i = 0; i < n; i++) x ^= key[i]; /* the key it rebuilt: every byte readable */
+    (void)x;
+    return n == 0 || n > 4096 ? -2 : 0;
+}
 static const g_core_api API = {G_CORE_API_VERSION, sizeof(g_decision), fake_take, fake_usage, fake_params,
-                               fake_peek};
+                               fake_peek, fake_undo};
 
 static char *s(const char *x) { return strdup(x); }
 

@@ -39,6 +39,10 @@ static inline int g_cas_u(uint64_t *p, uint64_t expected, uint64_t desired) {
 static inline void g_count(uint64_t *p) {
     __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
 }
+/* Takes back a g_count (a take the native data plane undid). */
+static inline void g_uncount(uint64_t *p) {
+    __atomic_fetch_sub(p, 1, __ATOMIC_RELAXED);
+}
 static inline uint64_t g_read_count(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }

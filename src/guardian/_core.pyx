@@ -54,6 +54,7 @@ cdef extern from "_atomic.h" nogil:
     bint g_cas(int64_t *p, int64_t expected, int64_t desired)
     bint g_cas_u(uint64_t *p, uint64_t expected, uint64_t desired)
     void g_count(uint64_t *p)
+    void g_uncount(uint64_t *p)
     uint64_t g_read_count(const uint64_t *p)
 
 cdef extern from "_siphash.h" nogil:
@@ -919,6 +920,8 @@ ctypedef int (*native_usage_fn)(void *table, const unsigned char *key, size_t n,
                                 int64_t *used) noexcept nogil
 ctypedef int (*native_params_fn)(void *table, int64_t *capacity, double *scale) noexcept nogil
 ctypedef int (*native_peek_fn)(void *table, const unsigned char *key, size_t n, Decision *d) noexcept nogil
+ctypedef int (*native_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
+                               Decision *d) noexcept nogil
 
 cdef struct NativeApi:
     unsigned version
@@ -927,6 +930,7 @@ cdef struct NativeApi:
     native_usage_fn usage
     native_params_fn params
     native_peek_fn peek
+    native_undo_fn undo
 
 
 cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
@@ -977,6 +981,26 @@ cdef int _native_peek(Table t, const unsigned char *key, size_t n, Decision *d) 
     return 0
 
 
+cdef int _native_undo(Table t, const unsigned char *key, size_t n, int64_t cost,
+                      Decision *d) noexcept nogil:
+    """Takes back a take ``_native_take`` answered 0 with ``d``: its count,
+    and when it admitted, its tokens (``_undo``, as take_all undoes: exact
+    unless the bucket moved meanwhile, and then left taken, never given
+    twice). For a request the data plane began and then hands to Python,
+    which takes it all again. 0, or -2 for a bad key."""
+    cdef uint64_t h
+    cdef int64_t now
+    if t._native_key(key, n, &h) != 0:
+        return -2
+    if not d.allowed:
+        g_uncount(t.denied_p)
+        return 0
+    g_uncount(t.allowed_p)
+    if t._native_now(&now) == 0:
+        t._undo(h, cost, now, d)
+    return 0
+
+
 cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogil:
     capacity[0] = t.capacity
     scale[0] = t.scale
@@ -984,12 +1008,13 @@ cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogi
 
 
 cdef NativeApi _NATIVE_API
-_NATIVE_API.version = 2
+_NATIVE_API.version = 3
 _NATIVE_API.decision_size = sizeof(Decision)
 _NATIVE_API.take = <native_take_fn>_native_take
 _NATIVE_API.usage = <native_usage_fn>_native_usage
 _NATIVE_API.params = <native_params_fn>_native_params
 _NATIVE_API.peek = <native_peek_fn>_native_peek
+_NATIVE_API.undo = <native_undo_fn>_native_undo
 
 
 unlink = _region.unlink

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define G_CORE_API_VERSION 2
+#define G_CORE_API_VERSION 3
 #define G_CORE_API_CAPSULE "guardian._core.native_api"
 
 typedef struct {
@@ -25,6 +25,10 @@ typedef int (*g_params_fn)(void *table, int64_t *capacity, double *scale);
 /* peek(key, 0): remaining now and ticks until full, nothing changed */
 typedef int (*g_peek_fn)(void *table, const unsigned char *key, size_t n, g_decision *d);
 
+/* Takes back a take that answered 0 with d (its count; its tokens when it
+ * admitted, unless the bucket moved since: then they stay taken) */
+typedef int (*g_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
+
 typedef struct {
     unsigned version;
     unsigned decision_size;
@@ -32,6 +36,7 @@ typedef struct {
     g_usage_fn usage;
     g_params_fn params;
     g_peek_fn peek;
+    g_undo_fn undo;
 } g_core_api;
 
 #endif

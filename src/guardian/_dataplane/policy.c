@@ -194,18 +194,33 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
         int64_t cost;
         if (!route_check(p, &reqs[i], &cost)) return G_HANDOFF;
     }
+    /* on the heap: a thread's stack is 128 KiB on musl, and conn_read's
+     * buffer already holds half of it */
+    g_decision *dec = malloc((n ? n : 1) * sizeof *dec);
+    if (!dec) return G_NOMEM;
     for (uint32_t i = 0; i < n; i++) {
         int64_t cost;
         const g_table_ref *t = route_check(p, &reqs[i], &cost);
         size_t mark = pb_begin(out, 1);
-        g_decision d;
-        /* The core can refuse only past its tick horizon (decades); the
-         * checks before this one are taken, as Python's loop would have. */
-        if (p->api->take(t->table, reqs[i].key.p, reqs[i].key.n, cost, &d) != 0) return G_HANDOFF;
-        pb_check_result(out, d.allowed, (uint64_t)d.remaining, (double)d.retry_ticks / t->scale,
-                        (double)d.reset_ticks / t->scale, (uint64_t)t->capacity);
+        /* The core refuses only past its tick horizon (decades) or on a
+         * stripe lock a stopped process holds. Python then answers the
+         * whole call and takes every check again: the checks taken here
+         * before this one are taken back first, so none counts twice. */
+        if (p->api->take(t->table, reqs[i].key.p, reqs[i].key.n, cost, &dec[i]) != 0) {
+            for (uint32_t j = 0; j < i; j++) {
+                int64_t c;
+                const g_table_ref *u = route_check(p, &reqs[j], &c);
+                p->api->undo(u->table, reqs[j].key.p, reqs[j].key.n, c, &dec[j]);
+            }
+            free(dec);
+            return G_HANDOFF;
+        }
+        const g_decision *d = &dec[i];
+        pb_check_result(out, d->allowed, (uint64_t)d->remaining, (double)d->retry_ticks / t->scale,
+                        (double)d->reset_ticks / t->scale, (uint64_t)t->capacity);
         pb_end(out, mark);
     }
+    free(dec);
     return out->failed ? G_NOMEM : G_DONE;
 }
 
@@ -374,9 +389,37 @@ static void put_header(g_buf *out, const char *key, const char *value) {
     pb_end(out, h);
 }
 
+/* The descriptor's bucket key into key (MAX_KEY_BYTES): its length, or 0
+ * when it does not fit (checked before any take: cannot happen). */
+static size_t descriptor_key(const g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom,
+                             const g_rule *r, char *key) {
+    const g_edge *via[MAX_SHARED_DEPTH];
+    if (!key_fits(p, q, d, dom, r, via)) return 0; /* fills via for a shared rule */
+    build_key(q, d, r->shared ? via : NULL, key);
+    return key_len(q, d, r->shared ? via : NULL);
+}
+
+#define MAX_DESCRIPTORS 64
+
+/* What C decided for one descriptor. Counted only once every descriptor is
+ * decided: a request handed to Python part way is counted there, once. */
+enum { K_NONE, K_UNLIMITED, K_ALLOWED, K_DENIED, K_SHADOW_DENIED };
+
+typedef struct {
+    int code;
+    const g_rule *rule; /* NULL: no rule applied (none matched, replaced, unlimited) */
+    uint32_t remaining;
+    double reset;
+    int kind;
+    int local;          /* read or taken from a memory table */
+    int taken;          /* a take, undone if a later descriptor goes to Python */
+    uint64_t hits;
+    g_decision dec;
+} g_outcome;
+
 /* One descriptor's bucket answer: 0, or -1 when Python must decide it. */
 static int decide(g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom, g_rule *r,
-                  uint64_t hits, int *over, int64_t *remaining, double *reset) {
+                  uint64_t hits, int *over, int64_t *remaining, double *reset, g_outcome *o) {
     if (r->table < 0) { /* requests_per_unit: 0 blocks */
         *over = 1;
         *remaining = 0;
@@ -384,34 +427,38 @@ static int decide(g_policy *p, const g_rls_req *q, const g_descriptor *d, const 
         return 0;
     }
     const g_table_ref *t = &p->tables[r->table];
-    const g_edge *via[MAX_SHARED_DEPTH];
     char key[MAX_KEY_BYTES];
-    if (!key_fits(p, q, d, dom, r, via)) return -1; /* checked before any take: cannot happen */
-    size_t klen = key_len(q, d, r->shared ? via : NULL);
-    build_key(q, d, r->shared ? via : NULL, key);
-    g_decision dec;
+    size_t klen = descriptor_key(p, q, d, dom, r, key);
+    if (!klen) return -1;
+    g_decision *dec = &o->dec;
     if (hits == 0 || hits > (uint64_t)t->capacity) {
         /* 0 reads without taking; more than the capacity can never be allowed */
-        if (p->api->peek(t->table, (const uint8_t *)key, klen, &dec) != 0) return -1;
+        if (p->api->peek(t->table, (const uint8_t *)key, klen, dec) != 0) return -1;
         *over = hits != 0;
     } else {
-        if (p->api->take(t->table, (const uint8_t *)key, klen, (int64_t)hits, &dec) != 0) return -1;
-        *over = !dec.allowed;
+        if (p->api->take(t->table, (const uint8_t *)key, klen, (int64_t)hits, dec) != 0) return -1;
+        o->taken = 1;
+        o->hits = hits;
+        *over = !dec->allowed;
     }
-    *remaining = dec.remaining;
-    *reset = (double)dec.reset_ticks / t->scale;
-    count(&p->counts.local);
+    *remaining = dec->remaining;
+    *reset = (double)dec->reset_ticks / t->scale;
+    o->local = 1;
     return 0;
 }
 
-#define MAX_DESCRIPTORS 64
-
-typedef struct {
-    int code;
-    const g_rule *rule; /* NULL: no rule applied (none matched, replaced, unlimited) */
-    uint32_t remaining;
-    double reset;
-} g_outcome;
+/* Takes back the takes of the first n descriptors (a later one goes to
+ * Python, which decides them all again). */
+static void undo_takes(g_policy *p, const g_rls_req *q, const g_domain *dom, const int *rules,
+                       g_outcome *o, uint32_t n) {
+    char key[MAX_KEY_BYTES];
+    for (uint32_t i = 0; i < n; i++) {
+        if (!o[i].taken) continue;
+        const g_rule *r = &p->rules[rules[i]];
+        size_t klen = descriptor_key(p, q, &q->descs[i], dom, r, key);
+        p->api->undo(p->tables[r->table].table, (const uint8_t *)key, klen, (int64_t)o[i].hits, &o[i].dec);
+    }
+}
 
 /* _overall: OVER_LIMIT when a rule (not in quota mode) is over its limit,
  * or when every quota-mode rule is. */
@@ -479,7 +526,7 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         const g_descriptor *d = &q->descs[i];
         g_rule *r = rules[i] >= 0 ? &p->rules[rules[i]] : NULL;
         g_outcome *o = &outcomes[i];
-        o->rule = NULL;
+        memset(o, 0, sizeof *o);
         o->code = CODE_OK;
         if (!r || replaced(p, rules, q->ndescs, r)) {
             put_status(out, CODE_OK, NULL, 0, 0);
@@ -487,32 +534,44 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         }
         if (r->unlimited) {
             put_status(out, CODE_OK, NULL, UNLIMITED_REMAINING, 0);
-            count(&r->counts.unlimited);
+            o->kind = K_UNLIMITED;
             continue;
         }
         uint64_t hits = d->has_hits ? d->hits : default_hits;
         int over;
         int64_t remaining;
         double reset;
-        /* Only a stripe lock held past its bound (a process died holding
+        /* Only a stripe lock held past its bound (a stopped process holds
          * it) or the core's tick horizon fails here; Python then decides
-         * the whole request, by the failure policy. Tokens this request
-         * took for earlier descriptors stay taken: counted twice, never
-         * escaped. */
-        if (decide(p, q, d, dom, r, hits, &over, &remaining, &reset) != 0) return G_HANDOFF;
+         * the whole request, by the failure policy. The tokens this request
+         * took for earlier descriptors are taken back first, and nothing of
+         * it was counted yet: Python takes and counts them once. */
+        if (decide(p, q, d, dom, r, hits, &over, &remaining, &reset, o) != 0) {
+            undo_takes(p, q, dom, rules, outcomes, i);
+            return G_HANDOFF;
+        }
         if (remaining < 0) remaining = 0;
         if (remaining > (int64_t)UNLIMITED_REMAINING) remaining = UNLIMITED_REMAINING; /* uint32 on the wire */
         if (over && r->shadow) {
-            count(&r->counts.shadow_denied);
+            o->kind = K_SHADOW_DENIED;
             over = 0;
         } else {
-            count(over ? &r->counts.denied : &r->counts.allowed);
+            o->kind = over ? K_DENIED : K_ALLOWED;
         }
         o->code = over ? CODE_OVER_LIMIT : CODE_OK;
         o->rule = r;
         o->remaining = (uint32_t)remaining;
         o->reset = reset;
         put_status(out, o->code, r, o->remaining, reset);
+    }
+    for (uint32_t i = 0; i < q->ndescs; i++) {
+        g_outcome *o = &outcomes[i];
+        g_rule *r = rules[i] >= 0 ? &p->rules[rules[i]] : NULL;
+        if (o->local) count(&p->counts.local);
+        if (o->kind == K_UNLIMITED) count(&r->counts.unlimited);
+        else if (o->kind == K_ALLOWED) count(&r->counts.allowed);
+        else if (o->kind == K_DENIED) count(&r->counts.denied);
+        else if (o->kind == K_SHADOW_DENIED) count(&r->counts.shadow_denied);
     }
     int overall = overall_code(p, outcomes, q->ndescs);
     if (overall == CODE_OVER_LIMIT && p->shadow_mode) { /* the statuses keep saying OVER_LIMIT */

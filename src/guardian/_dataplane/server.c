@@ -62,6 +62,9 @@ typedef struct g_stream {
     char *watch;
     size_t watch_n;
     int watch_want, watch_sent, watch_end;
+    /* the status message being sent: a window smaller than it gets part */
+    uint8_t watch_msg[7];
+    uint8_t watch_len, watch_off;
     g_conn *conn;
     struct g_stream *prev, *next; /* the connection's streams */
 } g_stream;
@@ -232,18 +235,26 @@ static ssize_t read_watch(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t 
                           nghttp2_data_source *src, void *user) {
     (void)user;
     g_stream *st = src->ptr;
-    if (st->watch_want != st->watch_sent && len >= 7) {
+    if (st->watch_off == st->watch_len && st->watch_want != st->watch_sent) {
         int v = st->watch_want;
-        size_t n = v ? 2 : 0; /* proto3: status 0 (UNKNOWN) is the empty message */
-        buf[0] = 0;
-        buf[1] = buf[2] = buf[3] = 0;
-        buf[4] = (uint8_t)n;
-        if (n) {
-            buf[5] = 0x08; /* field 1, varint */
-            buf[6] = (uint8_t)v; /* 0..3 */
-        }
+        uint8_t n = v ? 2 : 0; /* proto3: status 0 (UNKNOWN) is the empty message */
+        uint8_t *m = st->watch_msg;
+        m[0] = m[1] = m[2] = m[3] = 0;
+        m[4] = n;
+        m[5] = 0x08; /* field 1, varint */
+        m[6] = (uint8_t)v; /* 0..3 */
+        st->watch_len = (uint8_t)(5 + n);
+        st->watch_off = 0;
         st->watch_sent = v;
-        return (ssize_t)(5 + n);
+    }
+    if (st->watch_off < st->watch_len) {
+        /* as much as the flow-control window takes (a message may span
+         * DATA frames); nghttp2 asks again when the window opens */
+        size_t k = (size_t)(st->watch_len - st->watch_off);
+        if (k > len) k = len;
+        memcpy(buf, st->watch_msg + st->watch_off, k);
+        st->watch_off = (uint8_t)(st->watch_off + k);
+        return (ssize_t)k;
     }
     if (!st->watch_end) return NGHTTP2_ERR_DEFERRED;
     *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;

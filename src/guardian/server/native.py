@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import grpc
 
+from .metrics import LATENCY_BUCKETS
 from .service_rls import GLOBAL_SHADOW
 
 log = logging.getLogger("guardian.server")
@@ -349,10 +350,12 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         # Buckets a reload dropped stay reachable from the C thread until the
         # policy that names them retires: closed (and their counters read for
         # the last time) only then, so no check taken meanwhile goes uncounted.
-        self._retire_now = state.retire
-        self._dropped: List[Tuple[Any, Any]] = []  # (ident, bucket) dropped since the last compile
-        self._retire_after: Dict[int, List[Tuple[Any, Any]]] = {}  # id(policy) -> its dropped buckets
-        state.retire = lambda ident, old: self._dropped.append((ident, old))
+        # A guardian.v1 table's counts move into Stats at once, as State.retire
+        # does (no longer listed, the table would drop out of /metrics and the
+        # counter go down meanwhile), and what it counts after, at retirement.
+        self._dropped: List[Tuple[Any, Any, Any]] = []  # (ident, bucket, counts moved) since the last compile
+        self._retire_after: Dict[int, List[Tuple[Any, Any, Any]]] = {}  # id(policy) -> its dropped buckets
+        state.retire = self._drop
         snapshot = state.stats.snapshot
 
         def snapshot_with_native() -> Dict[str, Any]:
@@ -442,9 +445,29 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         if self._policies:
             self._retire_after.setdefault(id(self._policies[-1]), []).extend(dropped)
         else:
-            for ident, old in dropped:
-                self._retire_now(ident, old)
+            for ident, old, moved in dropped:
+                self._retire(ident, old, moved)
         self._policies.append(compiled)
+
+    def _drop(self, ident: Any, old: Any) -> None:
+        """State.retire, deferred: a v1 table's counts so far go to Stats now."""
+        moved = None
+        if ident[0].startswith("v1:"):
+            moved = old.backend.stats()
+            for result in ("allowed", "denied"):
+                if moved[result]:
+                    self.state.stats.count(ident[0][3:], result, moved[result])
+        self._dropped.append((ident, old, moved))
+
+    def _retire(self, ident: Any, old: Any, moved: Any) -> None:
+        """A dropped bucket the C thread can no longer reach: what it counted
+        since it was dropped goes to Stats, and it is closed."""
+        if moved is not None:
+            now = old.backend.stats()
+            for result in ("allowed", "denied"):
+                if now[result] != moved[result]:
+                    self.state.stats.count(ident[0][3:], result, now[result] - moved[result])
+        old.backend.close()
 
     def _fold(self) -> None:
         """Adds what the C thread counted since the last fold to the worker's
@@ -466,8 +489,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                         stats.count(metric, result, now - then)
                 self._seen[(key, i)] = tuple(counts)
             if key in retired:
-                for ident, old in self._retire_after.pop(key, ()):
-                    self._retire_now(ident, old)
+                for ident, old, moved in self._retire_after.pop(key, ()):
+                    self._retire(ident, old, moved)
                 self._seen_local.pop(key, None)
                 for i in range(len(rows)):
                     self._seen.pop((key, i), None)
@@ -478,7 +501,9 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             if op == "health_check":
                 continue
             last = self._seen_latency.get(op)
-            current = [float(b) for b in buckets] + [total]
+            # Stats.observe's shape: a count per LATENCY_BUCKETS bound and one
+            # above them (C's array has a spare slot after those), then the sum
+            current = [float(b) for b in buckets[:len(LATENCY_BUCKETS) + 1]] + [total]
             delta = [a - b for a, b in zip(current, last)] if last else current
             self._seen_latency[op] = current
             if any(delta):
