@@ -526,7 +526,10 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            self._fold()
+            try:
+                self._fold()
+            except Exception:  # noqa: BLE001 - the next tick retries; a dead task would never free old policies
+                log.exception("guardian: folding the native engine's counters failed")
 
     # --- calls handed to Python --------------------------------------------
 
