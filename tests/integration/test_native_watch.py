@@ -55,11 +55,11 @@ class RawWatch:
         self.data: dict = {}
         self.ended: dict = {}
 
-    def watch(self) -> int:
+    def watch(self, *extra: tuple) -> int:
         sid: int = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, [(":method", "POST"), (":path", "/grpc.health.v1.Health/Watch"),
                                      (":scheme", "http"), (":authority", "x"), ("content-type", "application/grpc"),
-                                     ("te", "trailers")])
+                                     ("te", "trailers"), *extra])
         self.conn.send_data(sid, b"\0\0\0\0\0", end_stream=True)  # an empty HealthCheckRequest
         self.sock.sendall(self.conn.data_to_send())
         return sid
@@ -82,6 +82,8 @@ class RawWatch:
                         self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     self.ended[ev.stream_id] = dict(ev.headers)
+                elif isinstance(ev, h2.events.ResponseReceived) and any(k == b"grpc-status" for k, _ in ev.headers):
+                    self.ended[ev.stream_id] = dict(ev.headers)  # a trailers-only answer
             out = self.conn.data_to_send()
             if out:
                 self.sock.sendall(out)
@@ -150,3 +152,36 @@ def test_thousands_of_watches_and_a_reader_that_never_reads(native: Sidecar) -> 
         stuck.sock.close()
         for ch in channels:
             ch.close()
+
+
+def test_a_watch_ends_at_its_grpc_timeout(native: Sidecar) -> None:
+    """The server ends a Watch at the caller's deadline (DEADLINE_EXCEEDED),
+    as grpcio does, not only when the client gives up."""
+    raw = RawWatch(native.target, window=65535)
+    try:
+        sid = raw.watch(("grpc-timeout", "300m"))
+        raw.pump(1.5)
+        assert raw.data.get(sid, b"") == b"\0\0\0\0\x02\x08\x01"  # SERVING, then the end
+        assert raw.ended.get(sid, {}).get(b"grpc-status") == b"4", raw.ended
+    finally:
+        raw.sock.close()
+
+
+def test_open_watches_are_capped_and_other_calls_still_get_streams(native: Sidecar) -> None:
+    """A Watch holds its stream as long as the client likes: past 4,096 open
+    ones a new Watch is refused (RESOURCE_EXHAUSTED), so watches alone
+    cannot take every stream of the server."""
+    conns = [RawWatch(native.target, window=65535) for _ in range(5)]
+    try:
+        sids = [(c, c.watch()) for c in conns for _ in range(820)]  # 4,100
+        for c in conns:
+            c.pump(1.0)
+        refused = [sid for c, sid in sids if c.ended.get(sid, {}).get(b"grpc-status") == b"8"]
+        open_ = [sid for c, sid in sids if sid not in c.ended]
+        assert len(refused) == 4, (len(refused), len(open_))
+        assert len(open_) == 4096
+        with grpc.insecure_channel(native.target) as ch:
+            assert pb_grpc.RateLimiterStub(ch).CheckLimit(pb.CheckLimitRequest(key="k"), timeout=5).allowed
+    finally:
+        for c in conns:
+            c.sock.close()

@@ -23,6 +23,7 @@
 
 #define MAX_LISTENERS 4
 #define MAX_HEALTH 32
+#define MAX_WATCHES 4096 /* open health Watch streams, whole server */
 #define MAX_CHECKS 1024
 #define MAX_ENTRIES 1024
 #define MAX_HEADER_BYTES (16 * 1024)
@@ -117,6 +118,7 @@ struct g_server {
     pthread_mutex_t hlock;
     g_health health[MAX_HEALTH];
     int nhealth;
+    uint32_t nwatches; /* open health Watch streams */
     uint64_t health_gen, health_seen; /* bumped by gs_set_health; the last the thread acted on */
     /* drain */
     int draining, drain_started, finished;
@@ -231,6 +233,8 @@ static void respond_ok(g_stream *st) {
  * (so a client that does not read holds one pending status, not a backlog),
  * then nothing until the status changes (deferred), and at the end the
  * trailers. */
+enum { WATCH_DRAIN = 1, WATCH_DEADLINE = 2 }; /* why a Watch ends (watch_end) */
+
 static ssize_t read_watch(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                           nghttp2_data_source *src, void *user) {
     (void)user;
@@ -259,7 +263,9 @@ static ssize_t read_watch(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t 
     if (!st->watch_end) return NGHTTP2_ERR_DEFERRED;
     *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
     static const nghttp2_nv gone[] = {NV("grpc-status", "14"), NV("grpc-message", "server shutting down")};
-    if (nghttp2_submit_trailer(h2, id, gone, 2) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    static const nghttp2_nv late[] = {NV("grpc-status", "4"), NV("grpc-message", "Deadline Exceeded")};
+    if (nghttp2_submit_trailer(h2, id, st->watch_end == WATCH_DEADLINE ? late : gone, 2) != 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
 
@@ -413,12 +419,19 @@ static void on_request(g_stream *st) {
             respond_error(st, GRPC_UNAVAILABLE, "server shutting down", 200);
             return;
         }
+        if (s->nwatches >= MAX_WATCHES) {
+            /* a Watch holds its stream for as long as the client likes: a
+             * cap of their own keeps them from taking every stream slot */
+            respond_error(st, GRPC_RESOURCE_EXHAUSTED, "too many health watches open on this server", 200);
+            return;
+        }
         st->watch = dup_n(name.p, name.n);
         if (!st->watch) {
             respond_error(st, GRPC_RESOURCE_EXHAUSTED, "out of memory", 200);
             return;
         }
         st->watch_n = name.n;
+        s->nwatches++;
         int status = health_status(s, &name);
         st->watch_want = status < 0 ? SERVICE_UNKNOWN : status;
         st->watch_sent = -1;
@@ -656,6 +669,7 @@ static void stream_free(g_stream *st) {
     buf_free(&st->resp);
     free(st->path);
     free(st->message);
+    if (st->watch) c->srv->nwatches--;
     free(st->watch);
     free(st);
 }
@@ -962,6 +976,11 @@ static void sweep(g_server *s, int64_t now) {
                 respond_error(st, GRPC_DEADLINE_EXCEEDED, "Deadline Exceeded", 200);
                 touched = 1;
             }
+            if (st->watch && !st->watch_end && st->deadline_ns && now > st->deadline_ns) {
+                st->watch_end = WATCH_DEADLINE; /* as grpcio ends a Watch at its deadline */
+                nghttp2_session_resume_data(c->h2, st->id);
+                touched = 1;
+            }
         }
         if (s->o.keepalive_ms && !s->draining && now - c->last_active_ns > (int64_t)s->o.keepalive_ms * 1000000LL) {
             if (c->ping_outstanding) {
@@ -995,7 +1014,7 @@ static void wake_watchers(g_server *s, int end) {
             status = status < 0 ? SERVICE_UNKNOWN : status;
             if (status == st->watch_want && !end) continue;
             st->watch_want = status;
-            st->watch_end |= end;
+            if (end && !st->watch_end) st->watch_end = WATCH_DRAIN;
             nghttp2_session_resume_data(c->h2, st->id);
             touched = 1;
         }
