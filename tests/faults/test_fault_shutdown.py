@@ -82,6 +82,9 @@ def _timed(call: Any) -> float:
 
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
+    # SIGINT as in a terminal: a shell's background job (CI scripts) starts
+    # with it ignored, and Python then installs no KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from guardian import TokenBucketConfig
     from guardian.backends.batched import BatchedRedisBackend
     if sys.argv[3] == "handler":
