@@ -277,13 +277,8 @@ def _affinity(cpus: Any) -> Any:
 
 
 def start_guardian(workers: int, policy: str, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(port), "--http-port",
-                             str(free_port()), "--config", policy, "--workers", str(workers),
-                             "--engine", "grpcio",  # this table is grpcio's; --native compares both engines
-                             "--log-level", "warning"], preexec_fn=_affinity(cpus))
-    wait_port(port, proc)
-    return port, proc
+    # this table is grpcio's; --native compares both engines
+    return start_guardian_engine("grpcio", workers, policy, cpus)
 
 
 def start_floor(cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:

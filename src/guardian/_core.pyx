@@ -933,6 +933,17 @@ cdef struct NativeApi:
     native_undo_fn undo
 
 
+cdef inline int _native_at(Table t, const unsigned char *key, size_t n, uint64_t *h,
+                           int64_t *now) noexcept nogil:
+    """The key's hash and the table's clock, as every entry point starts:
+    0, -2 for a bad key length, -1 past the tick horizon."""
+    if t._native_key(key, n, h) != 0:
+        return -2
+    if t._native_now(now) != 0:
+        return -1
+    return 0
+
+
 cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
                       Decision *d) noexcept nogil:
     """One take, as check_result makes it: 0, or -1 past the tick horizon,
@@ -940,12 +951,12 @@ cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
     stripe lock stayed held past the bound (the caller hands it to Python)."""
     cdef uint64_t h
     cdef int64_t now
+    cdef int rc
     if cost < 1 or cost > t.capacity:
         return -3
-    if t._native_key(key, n, &h) != 0:
-        return -2
-    if t._native_now(&now) != 0:
-        return -1
+    rc = _native_at(t, key, n, &h, &now)
+    if rc != 0:
+        return rc
     t._take(h, cost, now, d)
     if d.stuck:
         return -4  # a stuck stripe lock: the Python path decides, by the policy
@@ -955,10 +966,9 @@ cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
 cdef int _native_usage(Table t, const unsigned char *key, size_t n, int64_t *used) noexcept nogil:
     cdef uint64_t h
     cdef int64_t now
-    if t._native_key(key, n, &h) != 0:
-        return -2
-    if t._native_now(&now) != 0:
-        return -1
+    cdef int rc = _native_at(t, key, n, &h, &now)
+    if rc != 0:
+        return rc
     cdef int64_t stuck = 0
     used[0] = t._usage(h, now, &stuck)
     if stuck:
@@ -971,10 +981,9 @@ cdef int _native_peek(Table t, const unsigned char *key, size_t n, Decision *d) 
     full), changing nothing; 0, or -1/-2/-4 as _native_take."""
     cdef uint64_t h
     cdef int64_t now
-    if t._native_key(key, n, &h) != 0:
-        return -2
-    if t._native_now(&now) != 0:
-        return -1
+    cdef int rc = _native_at(t, key, n, &h, &now)
+    if rc != 0:
+        return rc
     t._peek(h, 0, now, d)
     if d.stuck:
         return -4

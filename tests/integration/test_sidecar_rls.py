@@ -3,13 +3,12 @@ README, spoken to with Envoy's own stubs from xds-protos."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List
 
 import grpc
 import pytest
-from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as rl
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf.wrappers_pb2 import UInt64Value
+from envoy.service.ratelimit.v3 import rls_pb2
+from rls import OK, OVER, Entries, codes, descriptor, rls_caller
 from sidecar import Sidecar, write
 
 pytestmark = pytest.mark.grpc
@@ -144,18 +143,6 @@ descriptors:
     rate_limit: {unit: hour, requests_per_unit: 1, burst: 3}
 """
 
-OK = rls_pb2.RateLimitResponse.OK
-OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
-Entries = List[Tuple[str, str]]
-
-
-def descriptor(entries: Entries, hits: Optional[int] = None, limit: Optional[Tuple[int, int]] = None) -> Any:
-    d = rl.RateLimitDescriptor(entries=[rl.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries])
-    if hits is not None:
-        d.hits_addend.CopyFrom(UInt64Value(value=hits))
-    if limit is not None:
-        d.limit.requests_per_unit, d.limit.unit = limit
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -168,20 +155,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
 
 @pytest.fixture
 def ask(server: Sidecar) -> Iterator[Any]:
-    channel = grpc.insecure_channel(server.target)
-    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+    with rls_caller(server.target) as call:
+        yield call
 
-    def call(domain: str, *descriptors: Any, hits: int = 0) -> Any:
-        ds = [d if isinstance(d, rl.RateLimitDescriptor) else descriptor(d) for d in descriptors]
-        return stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain=domain, descriptors=ds, hits_addend=hits),
-                                    timeout=5)
-
-    yield call
-    channel.close()
-
-
-def codes(response: Any) -> List[int]:
-    return [s.code for s in response.statuses]
 
 
 def test_example1_exact_values(ask: Any) -> None:

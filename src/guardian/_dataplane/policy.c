@@ -333,16 +333,20 @@ static void build_key(const g_rls_req *q, const g_descriptor *d, const g_edge *c
     }
 }
 
-/* Whether the descriptor's bucket key can be built here: a shared rule's
- * path is walked again for its patterns (into via); a key longer than
- * MAX_KEY_BYTES is Python's (it keys it by its sha256). */
-static int key_fits(const g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom,
-                    const g_rule *r, const g_edge **via) {
+/* The descriptor's bucket key length, or 0 when Python must key it (longer
+ * than MAX_KEY_BYTES: Python uses its sha256; a shared rule's path deeper
+ * than MAX_SHARED_DEPTH). A shared rule's path is walked again for its
+ * patterns: *v then points at via, else it is NULL. */
+static size_t key_size(const g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom,
+                       const g_rule *r, const g_edge **via, const g_edge *const **v) {
+    *v = NULL;
     if (r->shared) {
         if (d->count > MAX_SHARED_DEPTH) return 0;
         match(p, dom->root, &q->entries[d->first], d->count, via);
+        *v = via;
     }
-    return key_len(q, d, r->shared ? via : NULL) <= MAX_KEY_BYTES;
+    size_t n = key_len(q, d, *v);
+    return n <= MAX_KEY_BYTES ? n : 0;
 }
 
 /* _replaced: a rule is dropped when any matched rule of the request
@@ -394,9 +398,10 @@ static void put_header(g_buf *out, const char *key, const char *value) {
 static size_t descriptor_key(const g_policy *p, const g_rls_req *q, const g_descriptor *d, const g_domain *dom,
                              const g_rule *r, char *key) {
     const g_edge *via[MAX_SHARED_DEPTH];
-    if (!key_fits(p, q, d, dom, r, via)) return 0; /* fills via for a shared rule */
-    build_key(q, d, r->shared ? via : NULL, key);
-    return key_len(q, d, r->shared ? via : NULL);
+    const g_edge *const *v;
+    size_t n = key_size(p, q, d, dom, r, via, &v);
+    if (n) build_key(q, d, v, key);
+    return n;
 }
 
 #define MAX_DESCRIPTORS 64
@@ -517,7 +522,8 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         const g_rule *r = &p->rules[rules[i]];
         if (r->python) return G_HANDOFF;
         const g_edge *via[MAX_SHARED_DEPTH];
-        if (r->table >= 0 && !r->unlimited && !key_fits(p, q, d, dom, r, via)) return G_HANDOFF;
+        const g_edge *const *v;
+        if (r->table >= 0 && !r->unlimited && !key_size(p, q, d, dom, r, via, &v)) return G_HANDOFF;
     }
     /* 2. decide, in order */
     uint64_t default_hits = q->hits_addend ? q->hits_addend : 1;

@@ -216,17 +216,20 @@ static void respond_error(g_stream *st, int status, const char *message, int htt
     nghttp2_submit_response(st->conn->h2, st->id, nv, n, NULL);
 }
 
-/* The response message is in st->resp (framed): headers, data, trailers. */
-static void respond_ok(g_stream *st) {
+/* A 200 response whose body (messages, then trailers) ``body`` makes. */
+static void respond_with(g_stream *st, nghttp2_data_source_read_callback body) {
     if (st->responded) return;
     st->responded = 1;
     static const nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
                                       NV("grpc-accept-encoding", "identity")};
     nghttp2_data_provider prd;
     prd.source.ptr = st;
-    prd.read_callback = read_body;
+    prd.read_callback = body;
     nghttp2_submit_response(st->conn->h2, st->id, hdrs, 3, &prd);
 }
+
+/* The response message is in st->resp (framed): headers, data, trailers. */
+static void respond_ok(g_stream *st) { respond_with(st, read_body); }
 
 /* A health Watch's body, made when nghttp2 asks for it: the latest status
  * as one HealthCheckResponse message when it differs from the last sent
@@ -269,15 +272,6 @@ static ssize_t read_watch(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t 
     return 0;
 }
 
-static void respond_watch(g_stream *st) {
-    st->responded = 1;
-    static const nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
-                                      NV("grpc-accept-encoding", "identity")};
-    nghttp2_data_provider prd;
-    prd.source.ptr = st;
-    prd.read_callback = read_watch;
-    nghttp2_submit_response(st->conn->h2, st->id, hdrs, 3, &prd);
-}
 
 /* --- requests ------------------------------------------------------------ */
 
@@ -436,7 +430,7 @@ static void on_request(g_stream *st) {
         st->watch_want = status < 0 ? SERVICE_UNKNOWN : status;
         st->watch_sent = -1;
         body_release(st);
-        respond_watch(st);
+        respond_with(st, read_watch);
         return;
     }
     g_policy *p = __atomic_load_n(&s->policy, __ATOMIC_ACQUIRE);
