@@ -39,7 +39,8 @@ def extensions():
         include_dirs=["src/guardian"],
         extra_compile_args=flags,
         define_macros=macros,
-        depends=["src/guardian/_atomic.h", "src/guardian/_siphash.h", "src/guardian/_table.h"],
+        depends=["src/guardian/_atomic.h", "src/guardian/_siphash.h", "src/guardian/_table.h",
+                 "src/guardian/_since.h"],
     )
     # Bounds and wraparound checks stay on (Cython's default): _core.pyx
     # turns them off per function, where the indexes were checked at the
@@ -89,11 +90,11 @@ def native_extensions(Extension, werror):
     print("guardian: building the native data plane (libnghttp2)")
     return [Extension(
         "guardian._native",
-        ["src/guardian/_native.pyx", f"{dp}/pb.c", f"{dp}/policy.c", f"{dp}/server.c"],
+        ["src/guardian/_native.pyx", f"{dp}/pb.c", f"{dp}/policy.c", f"{dp}/server.c", f"{dp}/lease.c"],
         include_dirs=["src/guardian"],
         extra_compile_args=flags,
         extra_link_args=["-pthread", *libs],
-        depends=[f"{dp}/{h}" for h in ("core_api.h", "pb.h", "policy.h", "server.h")],
+        depends=[f"{dp}/{h}" for h in ("core_api.h", "pb.h", "policy.h", "server.h", "lease.h")],
     )]
 # --- end native data plane ---------------------------------------------------
 

@@ -7,7 +7,7 @@ backend, and the first success closes the breaker again.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from ._errors import ConfigurationError
 
@@ -18,7 +18,7 @@ class CircuitBreaker:
     """Counts consecutive failures; no lock: a race at worst lets one more
     probe through, which is harmless."""
 
-    __slots__ = ("threshold", "cooldown", "failures", "opened", "_probe_at", "_clock")
+    __slots__ = ("threshold", "cooldown", "failures", "opened", "_probe_at", "_clock", "watch")
 
     def __init__(
         self, threshold: int = 3, cooldown: float = 1.0, clock: Callable[[], float] = time.monotonic
@@ -36,6 +36,11 @@ class CircuitBreaker:
         self.opened = 0
         self._probe_at = 0.0
         self._clock = clock
+        #: Called with True when failures start to count (0 -> 1) and False
+        #: when a success clears them: a copy of the breaker's state kept
+        #: elsewhere (guardian serve's native data plane hands every check to
+        #: Python while there are failures). Never called on the hot path.
+        self.watch: Optional[Callable[[bool], None]] = None
 
     @property
     def is_open(self) -> bool:
@@ -61,6 +66,8 @@ class CircuitBreaker:
     def failure(self) -> bool:
         """Records a failure; True when this one opened the breaker."""
         self.failures += 1
+        if self.failures == 1 and self.watch is not None:
+            self.watch(True)
         if self.failures == self.threshold:
             self.opened += 1
             self._probe_at = self._clock() + self.cooldown
@@ -70,5 +77,8 @@ class CircuitBreaker:
     def success(self) -> bool:
         """Records a success; True when it closed an open breaker."""
         was_open = self.failures >= self.threshold
+        had = self.failures
         self.failures = 0
+        if had and self.watch is not None:
+            self.watch(False)
         return was_open

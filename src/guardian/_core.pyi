@@ -21,6 +21,17 @@ class LimitResult:
     def is_allowed(self) -> bool: ...
     def __bool__(self) -> bool: ...
 
+class BucketReading:
+    """A Redis bucket read between reservations; see guardian._pycore.BucketReading."""
+
+    P: int
+    tau: int
+    ticks_per_second: int
+    capacity: int
+
+    def __init__(self, P: int, tau: int, ticks_per_second: int, capacity: int) -> None: ...
+    def since(self, allowed: bool, ahead: int, elapsed_ns: int, held: int, retry_after: float) -> LimitResult: ...
+
 class Table:
     """A GCRA slot table for one limit; see _core.pyx for the slot protocol."""
 

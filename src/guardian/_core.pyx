@@ -60,6 +60,10 @@ cdef extern from "_atomic.h" nogil:
 cdef extern from "_siphash.h" nogil:
     uint64_t g_siphash13(uint64_t k0, uint64_t k1, const unsigned char *data, size_t n)
 
+cdef extern from "_since.h" nogil:
+    int g_bucket_read(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
+                      int64_t ticks_per_second, int64_t *remaining, int64_t *lead)
+
 cdef extern from "_table.h" nogil:
     enum: G_STRIPES
     enum: G_TOMB
@@ -85,7 +89,7 @@ cdef extern from "_table.h" nogil:
 if g_pid_setup() != 0:  # pragma: no cover
     raise ImportError("guardian: pthread_atfork failed")
 
-__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+__all__ = ["Table", "LimitResult", "BucketReading", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
            "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
@@ -178,6 +182,45 @@ cdef class LimitResult:
         return (f"LimitResult(allowed={self.allowed}, remaining={self.remaining}, "
                 f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
                 f"limit={self.limit})")
+
+
+#: Bounds of BucketReading's integers: the Redis scripts' doubles hold every
+#: integer below 2^53 (MAX_TAU_TICKS keeps the buckets there), and a double
+#: division of two such integers is Python's int / int exactly.
+cdef int64_t EXACT = 9007199254740992  # 2^53
+
+
+@cython.final
+cdef class BucketReading:
+    """A Redis bucket (one limit in the scripts' ticks: ``P`` ticks a token,
+    burst ``tau`` ticks, ``ticks_per_second``) read the way the batched
+    backends report it between reservations: see ``since``."""
+
+    cdef readonly int64_t P, tau, ticks_per_second, capacity
+
+    def __init__(self, int64_t P, int64_t tau, int64_t ticks_per_second, int64_t capacity):
+        if not (1 <= P < EXACT and 0 <= tau < EXACT and 1 <= ticks_per_second < EXACT and capacity >= 1):
+            raise InvalidArgumentError(
+                f"BucketReading needs 1 <= P, ticks_per_second < 2^53, 0 <= tau < 2^53 and capacity >= 1, "
+                f"got P={P}, tau={tau}, ticks_per_second={ticks_per_second}, capacity={capacity}")
+        self.P, self.tau, self.ticks_per_second, self.capacity = P, tau, ticks_per_second, capacity
+
+    @cython.cdivision(True)
+    def since(self, allowed, int64_t ahead, int64_t elapsed_ns, int64_t held, double retry_after):
+        """The result for a bucket whose TAT lay ``ahead`` ticks ahead of
+        the server's clock ``elapsed_ns`` ago, with ``held`` of its taken
+        tokens (leased here, unspent) given back: remaining and reset_after
+        as a take reply read now would say (``retry_after`` as given)."""
+        if not -EXACT < ahead < EXACT:
+            raise InvalidArgumentError(f"ahead must be within +-2^53 ticks, got {ahead}")
+        cdef int64_t remaining, a
+        g_bucket_read(ahead, held, self.P, self.tau, elapsed_ns, self.ticks_per_second, &remaining, &a)
+        return LimitResult(allowed, remaining, retry_after, <double>a / <double>self.ticks_per_second,
+                           self.capacity)
+
+    def __repr__(self):
+        return (f"BucketReading(P={self.P}, tau={self.tau}, ticks_per_second={self.ticks_per_second}, "
+                f"capacity={self.capacity})")
 
 
 @cython.final
@@ -471,22 +514,39 @@ cdef class Table:
         when the slot holds fewer. Never inserts the key."""
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
-        cdef int64_t now = self._now(), t, new
+        cdef int64_t stuck = 0
+        cdef int64_t left = self._spend(h, c, self._now(), -1, &stuck)
+        if stuck:
+            self._stuck(stuck)
+        return left
+
+    @cython.cdivision(True)
+    cdef int64_t _spend(self, uint64_t h, int64_t c, int64_t now, int64_t floor,
+                        int64_t *stuck) noexcept nogil:
+        """spend's slot step: takes ``c`` held tokens when more than
+        ``floor`` are left after it (floor -1: whenever ``c`` are held);
+        the tokens left, or -1 (nothing taken). ``stuck``: set to the pid
+        of a stripe lock's holder past the bound (then -1, undecided)."""
+        cdef int64_t t, new, left
         cdef Py_ssize_t s
         while True:
             s = self._locate(h, &t)
             if s == CONTENDED:
                 s = self._locate_locked(h, &t)
                 if s == STUCK:
-                    self._stuck(t)
+                    stuck[0] = t
+                    return -1
             if s < 0 or t - now <= (c - 1) * self.P:
                 return -1
             new = t - c * self.P
+            left = (new - now + self.P - 1) // self.P if new > now else 0
+            if left <= floor:
+                return -1
             if new <= now:
                 new = 0  # empty: the slot may be reclaimed
             if g_cas(&self.slots_[s].tat, t, new):
                 g_count(&self.spends_)
-                return (new - now + self.P - 1) // self.P if new > now else 0
+                return left
 
     @property
     def spends(self):
@@ -922,6 +982,11 @@ ctypedef int (*native_params_fn)(void *table, int64_t *capacity, double *scale) 
 ctypedef int (*native_peek_fn)(void *table, const unsigned char *key, size_t n, Decision *d) noexcept nogil
 ctypedef int (*native_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
                                Decision *d) noexcept nogil
+ctypedef int (*native_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
+                                int64_t floor, int64_t *left) noexcept nogil
+ctypedef int (*native_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost) noexcept nogil
+ctypedef int (*native_read_fn)(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
+                               int64_t ticks_per_second, int64_t *remaining, int64_t *lead) noexcept nogil
 
 cdef struct NativeApi:
     unsigned version
@@ -931,6 +996,9 @@ cdef struct NativeApi:
     native_params_fn params
     native_peek_fn peek
     native_undo_fn undo
+    native_spend_fn spend
+    native_unspend_fn unspend
+    native_read_fn read
 
 
 cdef inline int _native_at(Table t, const unsigned char *key, size_t n, uint64_t *h,
@@ -1010,6 +1078,45 @@ cdef int _native_undo(Table t, const unsigned char *key, size_t n, int64_t cost,
     return 0
 
 
+cdef int _native_spend(Table t, const unsigned char *key, size_t n, int64_t cost, int64_t floor,
+                       int64_t *left) noexcept nogil:
+    """A lease table's spend that takes only when more than ``floor``
+    tokens stay held (the batched backends' low water: at or below it,
+    Python must see the check to refill): 0 with ``left`` the tokens left,
+    or -1 when nothing was taken; else -1/-2/-3/-4 as _native_take."""
+    cdef uint64_t h
+    cdef int64_t now, stuck = 0
+    cdef int rc
+    if cost < 1 or cost > t.capacity:
+        return -3
+    rc = _native_at(t, key, n, &h, &now)
+    if rc != 0:
+        return rc
+    left[0] = t._spend(h, cost, now, floor, &stuck)
+    if stuck:
+        return -4
+    return 0
+
+
+cdef int _native_unspend(Table t, const unsigned char *key, size_t n, int64_t cost) noexcept nogil:
+    """Gives back ``cost`` tokens a ``_native_spend`` took (for a request
+    the data plane began and then hands to Python, which spends again):
+    credited as the lease's own credit is, and the spend uncounted. 0; 1
+    when they no longer fit (the lease was refilled meanwhile: they are
+    dropped, which under-admits, never over); -1/-2/-4 as _native_take."""
+    cdef uint64_t h
+    cdef int64_t now
+    cdef Decision d
+    cdef int rc = _native_at(t, key, n, &h, &now)
+    if rc != 0:
+        return rc
+    g_uncount(&t.spends_)
+    t._decide(h, cost, now, &d)
+    if d.stuck:
+        return -4
+    return 0 if d.allowed else 1
+
+
 cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogil:
     capacity[0] = t.capacity
     scale[0] = t.scale
@@ -1017,13 +1124,16 @@ cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogi
 
 
 cdef NativeApi _NATIVE_API
-_NATIVE_API.version = 3
+_NATIVE_API.version = 4
 _NATIVE_API.decision_size = sizeof(Decision)
 _NATIVE_API.take = <native_take_fn>_native_take
 _NATIVE_API.usage = <native_usage_fn>_native_usage
 _NATIVE_API.params = <native_params_fn>_native_params
 _NATIVE_API.peek = <native_peek_fn>_native_peek
 _NATIVE_API.undo = <native_undo_fn>_native_undo
+_NATIVE_API.spend = <native_spend_fn>_native_spend
+_NATIVE_API.unspend = <native_unspend_fn>_native_unspend
+_NATIVE_API.read = <native_read_fn>g_bucket_read
 
 
 unlink = _region.unlink

@@ -15,6 +15,7 @@ NO_EXTENSIONS = os.environ.get("GUARDIAN_NO_EXTENSIONS", "") not in ("", "0") or
 )
 
 if TYPE_CHECKING:
+    from ._pycore import BucketReading as BucketReading
     from ._pycore import LimitResult as LimitResult
     from ._pycore import Table as Table
     from ._pycore import take_all as take_all
@@ -25,17 +26,17 @@ if TYPE_CHECKING:
     USING_C = False
 else:
     if NO_EXTENSIONS:
-        from ._pycore import LimitResult, Table, take_all, take_all_result, try_take_all, unlink
+        from ._pycore import BucketReading, LimitResult, Table, take_all, take_all_result, try_take_all, unlink
 
         USING_C = False
     else:
         try:
-            from ._core import LimitResult, Table, take_all, take_all_result, try_take_all, unlink
+            from ._core import BucketReading, LimitResult, Table, take_all, take_all_result, try_take_all, unlink
 
             USING_C = True
         except ImportError:  # not built: a source checkout without a compiler
-            from ._pycore import LimitResult, Table, take_all, take_all_result, try_take_all, unlink
+            from ._pycore import BucketReading, LimitResult, Table, take_all, take_all_result, try_take_all, unlink
 
             USING_C = False
 
-__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "USING_C"]
+__all__ = ["Table", "LimitResult", "BucketReading", "unlink", "take_all", "take_all_result", "try_take_all", "USING_C"]

@@ -56,15 +56,35 @@ cdef extern from "_dataplane/pb.h":
     enum: PB_MALFORMED
     enum: PB_TOO_MANY
 
+cdef extern from "_dataplane/lease.h" nogil:
+    ctypedef struct g_lease:
+        int64_t low_cap
+        int failing
+    int lease_init(g_lease *m, uint64_t k0, uint64_t k1)
+    void lease_destroy(g_lease *m)
+    int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at)
+    void lease_drop(g_lease *m, const uint8_t *key, size_t n)
+    void lease_clear(g_lease *m)
+    int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t *ahead_at)
+    uint32_t lease_count(g_lease *m)
+
+cdef extern from *:
+    void __atomic_store_n(int64_t *p, int64_t v, int order) nogil
+    void __atomic_store_int "__atomic_store_n"(int *p, int v, int order) nogil
+    enum: __ATOMIC_RELEASE
+
 cdef extern from "_dataplane/policy.h":
     ctypedef struct g_table_ref:
         void *table
         int64_t capacity
         double scale
+        g_lease *lease
+        int64_t P, tau, tps
     ctypedef struct g_limit:
         char *name
         uint32_t name_len
         int table
+        uint64_t lease_hits
     ctypedef struct g_rule_counts:
         uint64_t allowed, denied, shadow_denied, unlimited
     ctypedef struct g_rule:
@@ -98,7 +118,7 @@ cdef extern from "_dataplane/policy.h":
         int root
         int python
     ctypedef struct g_policy_counts:
-        uint64_t local, global_shadow
+        uint64_t local, remote, global_shadow
     ctypedef struct g_policy:
         g_table_ref *tables
         uint32_t ntables
@@ -199,6 +219,68 @@ cdef char *_cstr(bytes b, uint32_t *n) except? NULL:
     return p
 
 
+cdef class LeaseMirror:
+    """A copy of one batched backend's lease book for the data plane (see
+    _dataplane/lease.h): a guardian.backends._lease.LeaseObserver, given to
+    ``book.observe``, and the breaker's ``watch``. Lives as long as a
+    compiled policy naming it (the policy holds it)."""
+
+    cdef g_lease m
+    cdef bint ready
+
+    def __cinit__(self):
+        import os
+        seed = os.urandom(16)
+        if lease_init(&self.m, int.from_bytes(seed[:8], "little"), int.from_bytes(seed[8:], "little")) != 0:
+            raise MemoryError()
+        self.ready = True
+
+    def __dealloc__(self):
+        if self.ready:
+            lease_destroy(&self.m)
+            self.ready = False
+
+    def reserved(self, str key, int64_t ahead, int64_t ahead_at):
+        b = key.encode("utf-8", "surrogatepass")
+        if ahead < 0:
+            lease_drop(&self.m, b, len(b))
+        elif lease_set(&self.m, b, len(b), ahead, ahead_at) != 0:
+            # no room to grow: without an entry the key's hits would report
+            # the lease's own numbers, so they must not be answered here
+            self.failing(True)
+            raise MemoryError("guardian: the lease mirror cannot grow; lease hits go to Python")
+
+    def forgot(self, str key):
+        b = key.encode("utf-8", "surrogatepass")
+        lease_drop(&self.m, b, len(b))
+
+    def forgot_all(self):
+        lease_clear(&self.m)
+
+    def low_water(self, int64_t low_cap):
+        __atomic_store_n(&self.m.low_cap, low_cap, __ATOMIC_RELEASE)
+
+    def failing(self, bint failing):
+        """The breaker's watch: while True, every check of the backend is Python's."""
+        __atomic_store_int(&self.m.failing, 1 if failing else 0, __ATOMIC_RELEASE)
+
+    def get(self, str key):
+        """(ahead, ahead_at) of the key's reservation, or None (for tests)."""
+        cdef int64_t ahead, at
+        b = key.encode("utf-8", "surrogatepass")
+        if lease_get(&self.m, b, len(b), &ahead, &at):
+            return ahead, at
+        return None
+
+    def __len__(self):
+        return lease_count(&self.m)
+
+    @property
+    def state(self):
+        """(low_cap, failing) as the data plane reads them (for tests)."""
+        return _rd64(&self.m.low_cap), bool(_rdi(&self.m.failing))
+
+
 cdef class CompiledPolicy:
     """A plan (see guardian.server.native.build_plan) as C structs. Holds
     the Table objects the structs point to for as long as it lives."""
@@ -235,10 +317,22 @@ cdef class CompiledPolicy:
         if not (p.tables and p.limits and p.rules and p.nodes and p.domains):
             raise MemoryError()
         for i, t in enumerate(self.tables):
-            api = _api_of(t)
+            if isinstance(t, dict):  # a lease table: {"table", "mirror", "P", "tau", "tps"}
+                mirror = <LeaseMirror?>t["mirror"]
+                table = t["table"]
+                api = _api_of(table)
+                api.params(<void *>table, &cap, &scale)
+                p.tables[i].table = <void *>table
+                p.tables[i].lease = &mirror.m
+                p.tables[i].P, p.tables[i].tau, p.tables[i].tps = t["P"], t["tau"], t["tps"]
+                if not (p.tables[i].P >= 1 and p.tables[i].tps >= 1):
+                    raise ValueError("a lease table needs P >= 1 and tps >= 1")
+                scale = <double>p.tables[i].tps  # its results are in the Redis scripts' ticks
+            else:
+                api = _api_of(t)
+                api.params(<void *>t, &cap, &scale)
+                p.tables[i].table = <void *>t
             p.api = api
-            api.params(<void *>t, &cap, &scale)
-            p.tables[i].table = <void *>t
             p.tables[i].capacity = cap
             p.tables[i].scale = scale
         p.ntables = len(self.tables)
@@ -312,6 +406,18 @@ cdef class CompiledPolicy:
                          _rd(&c.unlimited)))
         return _rd(&self.p.counts.local), rows, _rd(&self.p.counts.global_shadow)
 
+    def lease_counts(self):
+        """(checks answered from leases, {guardian.v1 limit: its lease hits})
+        under this policy: Python counts a batched check as remote, and by
+        limit (a memory table's core counts its own)."""
+        cdef uint32_t i
+        hits = {}
+        for i in range(self.p.nlimits):
+            n = _rd(&self.p.limits[i].lease_hits)
+            if n:
+                hits[self.p.limits[i].name[:self.p.limits[i].name_len].decode()] = n
+        return _rd(&self.p.counts.remote), hits
+
     def __dealloc__(self):
         if self.p != NULL and not self.installed:
             policy_free(self.p)
@@ -321,8 +427,16 @@ cdef class CompiledPolicy:
 cdef inline uint64_t _rd(uint64_t *c):
     return __atomic_load_n(c, __ATOMIC_RELAXED)
 
+cdef inline int64_t _rd64(int64_t *c):
+    return __atomic_load_i64(c, __ATOMIC_RELAXED)
+
+cdef inline int _rdi(int *c):
+    return __atomic_load_int(c, __ATOMIC_RELAXED)
+
 cdef extern from *:
     uint64_t __atomic_load_n(uint64_t *p, int order) nogil
+    int64_t __atomic_load_i64 "__atomic_load_n"(int64_t *p, int order) nogil
+    int __atomic_load_int "__atomic_load_n"(int *p, int order) nogil
     enum: __ATOMIC_RELAXED
 
 

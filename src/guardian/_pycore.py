@@ -22,7 +22,7 @@ from ._args import check_cost, check_key
 from ._errors import ArgumentTypeError, BackendTimeoutError
 from ._errors import InvalidArgumentError as _InvalidArgument
 
-__all__ = ["Table", "LimitResult", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
+__all__ = ["Table", "LimitResult", "BucketReading", "unlink", "take_all", "take_all_result", "try_take_all", "siphash13",
            "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = _region.MAX_KEY_BYTES
@@ -115,6 +115,43 @@ class LimitResult:
             f"retry_after={self.retry_after:.6f}, reset_after={self.reset_after:.6f}, "
             f"limit={self.limit})"
         )
+
+
+#: See EXACT in _core.pyx.
+_EXACT = 1 << 53
+
+
+class BucketReading:
+    """A Redis bucket (one limit in the scripts' ticks: ``P`` ticks a token,
+    burst ``tau`` ticks, ``ticks_per_second``) read the way the batched
+    backends report it between reservations: see ``since``."""
+
+    __slots__ = ("P", "tau", "ticks_per_second", "capacity")
+
+    def __init__(self, P: int, tau: int, ticks_per_second: int, capacity: int) -> None:
+        if not (1 <= P < _EXACT and 0 <= tau < _EXACT and 1 <= ticks_per_second < _EXACT and capacity >= 1):
+            raise _InvalidArgument(
+                f"BucketReading needs 1 <= P, ticks_per_second < 2^53, 0 <= tau < 2^53 and capacity >= 1, "
+                f"got P={P}, tau={tau}, ticks_per_second={ticks_per_second}, capacity={capacity}")
+        self.P, self.tau, self.ticks_per_second, self.capacity = P, tau, ticks_per_second, capacity
+
+    def since(self, allowed: bool, ahead: int, elapsed_ns: int, held: int, retry_after: float) -> "LimitResult":
+        """The result for a bucket whose TAT lay ``ahead`` ticks ahead of
+        the server's clock ``elapsed_ns`` ago, with ``held`` of its taken
+        tokens (leased here, unspent) given back: remaining and reset_after
+        as a take reply read now would say (``retry_after`` as given)."""
+        if not -_EXACT < ahead < _EXACT:
+            raise _InvalidArgument(f"ahead must be within +-2^53 ticks, got {ahead}")
+        P, tps = self.P, self.ticks_per_second
+        # _since.h: a clock that went back and a negative count read as 0
+        a = ahead - max(held, 0) * P - max(elapsed_ns, 0) * tps // 1_000_000_000
+        if a < 0:
+            a = 0
+        return LimitResult(bool(allowed), (self.tau - a) // P, float(retry_after), a / tps, self.capacity)
+
+    def __repr__(self) -> str:
+        return (f"BucketReading(P={self.P}, tau={self.tau}, ticks_per_second={self.ticks_per_second}, "
+                f"capacity={self.capacity})")
 
 
 class Table:

@@ -117,6 +117,8 @@ def _instance(cls: type) -> Any:
     """One live object of a core class, so instance attributes show."""
     if cls.__name__ == "Table":
         return cls(1, 1, 1, slots=8)
+    if cls.__name__ == "BucketReading":
+        return cls(7, 70, 1_000_000, 10)
     return cls(True, 0, 0.0, 0.0, 1)
 
 

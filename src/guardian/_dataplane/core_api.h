@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define G_CORE_API_VERSION 3
+#define G_CORE_API_VERSION 4
 #define G_CORE_API_CAPSULE "guardian._core.native_api"
 
 typedef struct {
@@ -29,6 +29,17 @@ typedef int (*g_peek_fn)(void *table, const unsigned char *key, size_t n, g_deci
  * admitted, unless the bucket moved since: then they stay taken) */
 typedef int (*g_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
 
+/* A lease table (the batched backends'): takes cost held tokens only when
+ * more than floor stay held; *left the tokens left, or -1 (nothing taken) */
+typedef int (*g_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t floor,
+                          int64_t *left);
+/* Gives back what a spend took: 0, or 1 when it no longer fits (dropped) */
+typedef int (*g_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost);
+/* A Redis bucket read elapsed_ns after a reservation (_since.h): whole
+ * tokens left and the TAT's lead in ticks */
+typedef int (*g_read_fn)(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
+                         int64_t ticks_per_second, int64_t *remaining, int64_t *lead);
+
 typedef struct {
     unsigned version;
     unsigned decision_size;
@@ -37,6 +48,9 @@ typedef struct {
     g_params_fn params;
     g_peek_fn peek;
     g_undo_fn undo;
+    g_spend_fn spend;
+    g_unspend_fn unspend;
+    g_read_fn read;
 } g_core_api;
 
 #endif

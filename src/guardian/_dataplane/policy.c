@@ -1,12 +1,16 @@
 /* See policy.h. The GCRA decision itself is the core's (g_core_api.take
- * and .usage); this file only routes a request to a table and encodes what
- * the table answered, the way service_v1.py and service_rls.py do. */
+ * and .usage; a lease's spend and the reading of its Redis bucket); this
+ * file only routes a request to a table and encodes what the table
+ * answered, the way service_v1.py and service_rls.py do. */
 #include "policy.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "lease.h"
 
 #define MAX_KEY_BYTES 4096
 #define SEP '\x1f'
@@ -143,6 +147,54 @@ static int eq(const char *a, uint32_t an, const uint8_t *b, uint32_t bn) {
 
 static void count(uint64_t *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
+/* --- a take from a memory table or a lease ---------------------------- */
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic_ns(), the book's clock */
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* AsyncBatchedRedisBackend.take on a hit above the low water (its hot
+ * path), behind AsyncRateLimiter's gate: the tokens from the lease, and the
+ * bucket as the book last saw it from Redis, moved on by the time since
+ * (LeaseBook.bucket). -1 (nothing taken) for everything else: the
+ * breaker counts failures, a miss, a hit at or below the low water (a
+ * refill may start: Python's), a bad key. */
+static int lease_take(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
+                      g_decision *d) {
+    g_lease *m = t->lease;
+    if (__atomic_load_n(&m->failing, __ATOMIC_ACQUIRE)) return -1;
+    int64_t left, ahead, at;
+    int64_t low = __atomic_load_n(&m->low_cap, __ATOMIC_ACQUIRE);
+    if (p->api->spend(t->table, key, n, cost, low, &left) != 0 || left < 0) return -1;
+    memset(d, 0, sizeof *d);
+    d->allowed = 1;
+    d->remaining = left; /* no reservation of this process: the lease's own numbers */
+    if (lease_get(m, key, n, &ahead, &at))
+        p->api->read(ahead, left, t->P, t->tau, monotonic_ns() - at, t->tps, &d->remaining, &d->reset_ticks);
+    return 0;
+}
+
+/* One take of cost: 0 with *d, or nonzero when Python must answer (nothing
+ * taken, nothing counted). */
+static int ref_take(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
+                    g_decision *d) {
+    if (t->lease) return lease_take(p, t, key, n, cost, d);
+    return p->api->take(t->table, key, n, cost, d);
+}
+
+/* Takes back what ref_take took (the request goes to Python, which takes
+ * again). A lease's tokens that no longer fit are dropped: fewer admitted,
+ * never more. */
+static void ref_undo(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
+                     g_decision *d) {
+    if (t->lease)
+        p->api->unspend(t->table, key, n, cost);
+    else
+        p->api->undo(t->table, key, n, cost, d);
+}
+
 /* --- guardian.v1 ------------------------------------------------------- */
 
 static const g_limit *find_limit(const g_policy *p, g_str name) {
@@ -158,8 +210,9 @@ static const g_limit *find_limit(const g_policy *p, g_str name) {
 
 /* The table and cost of one check, or NULL when Python must answer it
  * (unknown limit, bad key or cost: Python has the error messages). */
-static const g_table_ref *route_check(const g_policy *p, const g_check_req *c, int64_t *cost) {
-    const g_limit *l = find_limit(p, c->limit);
+static const g_table_ref *route_check(const g_policy *p, const g_check_req *c, int64_t *cost, g_limit **limit) {
+    g_limit *l = (g_limit *)find_limit(p, c->limit);
+    *limit = l;
     if (!l || l->table < 0) return NULL;
     const g_table_ref *t = &p->tables[l->table];
     if (c->key.n == 0 || c->key.n > MAX_KEY_BYTES) return NULL;
@@ -169,10 +222,18 @@ static const g_table_ref *route_check(const g_policy *p, const g_check_req *c, i
     return t;
 }
 
-static int take_one(const g_policy *p, const g_table_ref *t, const g_check_req *c, int64_t cost,
+/* A lease hit, counted as service_v1 counts a check of a Redis-backed
+ * limit (a memory table's core counts its own takes). */
+static void count_lease_hit(g_policy *p, g_limit *l) {
+    count(&l->lease_hits);
+    count(&p->counts.remote);
+}
+
+static int take_one(g_policy *p, const g_table_ref *t, g_limit *l, const g_check_req *c, int64_t cost,
                     g_buf *out) {
     g_decision d;
-    if (p->api->take(t->table, c->key.p, c->key.n, cost, &d) != 0) return G_HANDOFF;
+    if (ref_take(p, t, c->key.p, c->key.n, cost, &d) != 0) return G_HANDOFF;
+    if (t->lease) count_lease_hit(p, l);
     pb_check_result(out, d.allowed, (uint64_t)d.remaining, (double)d.retry_ticks / t->scale,
                     (double)d.reset_ticks / t->scale, (uint64_t)t->capacity);
     return G_DONE;
@@ -180,10 +241,11 @@ static int take_one(const g_policy *p, const g_table_ref *t, const g_check_req *
 
 int policy_check(g_policy *p, const g_check_req *req, g_buf *out) {
     int64_t cost;
+    g_limit *l;
     if (p->python_all) return G_HANDOFF;
-    const g_table_ref *t = route_check(p, req, &cost);
+    const g_table_ref *t = route_check(p, req, &cost, &l);
     if (!t) return G_HANDOFF;
-    int rc = take_one(p, t, req, cost, out);
+    int rc = take_one(p, t, l, req, cost, out);
     return out->failed ? G_NOMEM : rc;
 }
 
@@ -192,7 +254,8 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
     /* every check is validated before any token is taken, as in Python */
     for (uint32_t i = 0; i < n; i++) {
         int64_t cost;
-        if (!route_check(p, &reqs[i], &cost)) return G_HANDOFF;
+        g_limit *l;
+        if (!route_check(p, &reqs[i], &cost, &l)) return G_HANDOFF;
     }
     /* on the heap: a thread's stack is 128 KiB on musl, and conn_read's
      * buffer already holds half of it */
@@ -200,17 +263,19 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
     if (!dec) return G_NOMEM;
     for (uint32_t i = 0; i < n; i++) {
         int64_t cost;
-        const g_table_ref *t = route_check(p, &reqs[i], &cost);
+        g_limit *l;
+        const g_table_ref *t = route_check(p, &reqs[i], &cost, &l);
         size_t mark = pb_begin(out, 1);
         /* The core refuses only past its tick horizon (decades) or on a
-         * stripe lock a stopped process holds. Python then answers the
-         * whole call and takes every check again: the checks taken here
-         * before this one are taken back first, so none counts twice. */
-        if (p->api->take(t->table, reqs[i].key.p, reqs[i].key.n, cost, &dec[i]) != 0) {
+         * stripe lock a stopped process holds; a lease, whenever its hit
+         * is not plain (see lease_take). Python then answers the whole
+         * call and takes every check again: the checks taken here before
+         * this one are taken back first, so none counts twice. */
+        if (ref_take(p, t, reqs[i].key.p, reqs[i].key.n, cost, &dec[i]) != 0) {
             for (uint32_t j = 0; j < i; j++) {
                 int64_t c;
-                const g_table_ref *u = route_check(p, &reqs[j], &c);
-                p->api->undo(u->table, reqs[j].key.p, reqs[j].key.n, c, &dec[j]);
+                const g_table_ref *u = route_check(p, &reqs[j], &c, &l);
+                ref_undo(p, u, reqs[j].key.p, reqs[j].key.n, c, &dec[j]);
             }
             free(dec);
             return G_HANDOFF;
@@ -221,6 +286,11 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
         pb_end(out, mark);
     }
     free(dec);
+    for (uint32_t i = 0; i < n; i++) { /* every check decided: count the lease hits */
+        int64_t c;
+        g_limit *l;
+        if (route_check(p, &reqs[i], &c, &l)->lease) count_lease_hit(p, l);
+    }
     return out->failed ? G_NOMEM : G_DONE;
 }
 
@@ -417,6 +487,7 @@ typedef struct {
     double reset;
     int kind;
     int local;          /* read or taken from a memory table */
+    int remote;         /* taken from a lease (Python counts a batched check as remote) */
     int taken;          /* a take, undone if a later descriptor goes to Python */
     uint64_t hits;
     g_decision dec;
@@ -437,18 +508,20 @@ static int decide(g_policy *p, const g_rls_req *q, const g_descriptor *d, const 
     if (!klen) return -1;
     g_decision *dec = &o->dec;
     if (hits == 0 || hits > (uint64_t)t->capacity) {
-        /* 0 reads without taking; more than the capacity can never be allowed */
-        if (p->api->peek(t->table, (const uint8_t *)key, klen, dec) != 0) return -1;
+        /* 0 reads without taking; more than the capacity can never be
+         * allowed. A lease's bucket is read from Redis: Python's. */
+        if (t->lease || p->api->peek(t->table, (const uint8_t *)key, klen, dec) != 0) return -1;
         *over = hits != 0;
     } else {
-        if (p->api->take(t->table, (const uint8_t *)key, klen, (int64_t)hits, dec) != 0) return -1;
+        if (ref_take(p, t, (const uint8_t *)key, klen, (int64_t)hits, dec) != 0) return -1;
         o->taken = 1;
         o->hits = hits;
         *over = !dec->allowed;
     }
     *remaining = dec->remaining;
     *reset = (double)dec->reset_ticks / t->scale;
-    o->local = 1;
+    o->local = !t->lease;
+    o->remote = t->lease != NULL;
     return 0;
 }
 
@@ -461,7 +534,7 @@ static void undo_takes(g_policy *p, const g_rls_req *q, const g_domain *dom, con
         if (!o[i].taken) continue;
         const g_rule *r = &p->rules[rules[i]];
         size_t klen = descriptor_key(p, q, &q->descs[i], dom, r, key);
-        p->api->undo(p->tables[r->table].table, (const uint8_t *)key, klen, (int64_t)o[i].hits, &o[i].dec);
+        ref_undo(p, &p->tables[r->table], (const uint8_t *)key, klen, (int64_t)o[i].hits, &o[i].dec);
     }
 }
 
@@ -574,6 +647,7 @@ int policy_rls(g_policy *p, const g_rls_req *q, g_buf *out) {
         g_outcome *o = &outcomes[i];
         g_rule *r = rules[i] >= 0 ? &p->rules[rules[i]] : NULL;
         if (o->local) count(&p->counts.local);
+        if (o->remote) count(&p->counts.remote);
         if (o->kind == K_UNLIMITED) count(&r->counts.unlimited);
         else if (o->kind == K_ALLOWED) count(&r->counts.allowed);
         else if (o->kind == K_DENIED) count(&r->counts.denied);

@@ -22,16 +22,23 @@ typedef struct {
     uint32_t mask;
 } g_index;
 
+struct g_lease;
+
 typedef struct {
     void *table; /* a guardian._core.Table (borrowed; the plan holds it), or NULL */
     int64_t capacity;
-    double scale; /* ticks per second */
+    double scale; /* ticks per second (of the Redis scripts, for a lease table) */
+    /* A batched backend's lease table: its book's mirror (lease.h) and its
+     * bucket's units in the Redis scripts' ticks; NULL: a memory table. */
+    struct g_lease *lease;
+    int64_t P, tau, tps;
 } g_table_ref;
 
 typedef struct {
     char *name;
     uint32_t name_len;
     int table; /* index into tables, or -1: Python only (e.g. Redis) */
+    uint64_t lease_hits; /* checks of a lease table answered here (a memory table's core counts its own) */
 } g_limit;
 
 /* Counters of one rule, written by the data plane thread, read by Python. */
@@ -80,6 +87,7 @@ typedef struct {
 
 typedef struct {
     uint64_t local;  /* RLS takes and reads answered from a memory table */
+    uint64_t remote; /* checks answered from a lease (Python counts a batched check as remote) */
     uint64_t global_shadow; /* requests --shadow-mode answered OK although over a limit */
 } g_policy_counts;
 

@@ -10,7 +10,7 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, TypeVar, Union
 
 from .. import _impl
 from .._args import check_clock
@@ -19,7 +19,7 @@ from .._errors import BackendError, BackendTimeoutError, BackendUnavailableError
 from .._result import LimitResult
 from ._redis_scripts import Layout, Reserved
 
-__all__ = ["LeaseBook", "LeaseTable", "Lease", "lease_size"]
+__all__ = ["LeaseBook", "LeaseTable", "Lease", "LeaseObserver", "lease_size"]
 
 #: A lease table's capacity C times its T stays at 2^61 ticks (1 ns each),
 #: far from int64 overflow; T is then months for any sane capacity.
@@ -53,6 +53,25 @@ def _snapshot(d: Dict[K, V]) -> List[Tuple[K, V]]:
     runs no Python code between its allocation and its end, so the loop
     walks a private copy: no retry needed."""
     return list(d.copy().items())
+
+
+class LeaseObserver(Protocol):
+    """Told what a lease hit's answer depends on beyond the table, as it
+    changes (guardian serve's native data plane keeps a copy to answer hits
+    without Python). Called on the book's thread, never on the hot path."""
+
+    def reserved(self, key: str, ahead: int, ahead_at: int) -> None:
+        """``key``'s reservation: its bucket's TAT lay ``ahead`` ticks ahead
+        at clock time ``ahead_at`` (ns); ``ahead`` < 0: none."""
+
+    def forgot(self, key: str) -> None:
+        """``key`` has no lease any more."""
+
+    def forgot_all(self) -> None:
+        """No key has a lease any more."""
+
+    def low_water(self, low_cap: int) -> None:
+        """A hit that leaves ``low_cap`` held tokens or fewer may start a refill."""
 
 
 class LeaseTable:
@@ -199,9 +218,32 @@ class LeaseBook:
         #: key: (clock time (ns) until which Redis' last denial is served
         #: from here, the time (ns) the tokens it needed are there, how many).
         self.denied: Dict[str, Tuple[int, int, int]] = {}
+        #: Told of every change a hit's answer depends on (observe()).
+        self.observer: Optional[LeaseObserver] = None
         self.counts = dict.fromkeys(
             ("reservations", "reserved_tokens", "redis_denials", "denial_cache_hits",
              "returned_tokens", "dropped_tokens", "expired_leases", "refill_errors"), 0)
+
+    def observe(self, observer: Optional[LeaseObserver]) -> None:
+        """Tells ``observer`` the book as it is, then every change (None: stop)."""
+        self.observer = observer
+        if observer is None:
+            return
+        observer.forgot_all()
+        for key, lease in _snapshot(self.leases):
+            if lease.ahead >= 0:
+                observer.reserved(key, lease.ahead, lease.ahead_at)
+        observer.low_water(self.low_cap)
+
+    def _forgot(self, key: str) -> None:
+        if self.observer is not None:
+            self.observer.forgot(key)
+
+    def _set_low_cap(self, low_cap: int) -> None:
+        if low_cap != self.low_cap:
+            self.low_cap = low_cap
+            if self.observer is not None:
+                self.observer.low_water(low_cap)
 
     # --- decisions without Redis ------------------------------------------
 
@@ -290,6 +332,8 @@ class LeaseBook:
         # The server read its clock after ``sent``: counting time from then
         # errs by at most the round trip, towards a shorter reset_after.
         lease.ahead, lease.ahead_at = reply.ahead_ticks, sent
+        if self.observer is not None:
+            self.observer.reserved(key, lease.ahead, sent)
         if got == 0:
             counts["redis_denials"] += 1
             # Cached until Redis' retry_after, but at most a lease lifetime:
@@ -317,7 +361,7 @@ class LeaseBook:
         lease.size = asked
         lease.low = asked // 2
         if lease.low > self.low_cap:
-            self.low_cap = lease.low
+            self._set_low_cap(lease.low)
         lease.held_at = table.held(key)
         lease.at = now
         lease.reservations.append([reply.now_us, reply.ahead_ticks, fit])
@@ -360,12 +404,13 @@ class LeaseBook:
         for key, lease in _snapshot(self.leases):
             if lease.expires <= now and not lease.busy and not lease.lock.locked():
                 if self.leases.pop(key, None) is lease:
+                    self._forgot(key)
                     self.counts["expired_leases"] += 1
                     self.take_back(key, lease, out)
         for key, (until, _, _) in _snapshot(self.denied):
             if until <= now:
                 self.denied.pop(key, None)
-        self.low_cap = max((lease.low for _, lease in _snapshot(self.leases)), default=0)
+        self._set_low_cap(max((lease.low for _, lease in _snapshot(self.leases)), default=0))
         return out
 
     def everything(self) -> Returns:
@@ -373,13 +418,15 @@ class LeaseBook:
         out: Returns = []
         for key, lease in _snapshot(self.leases):
             if self.leases.pop(key, None) is lease:
+                self._forgot(key)
                 self.take_back(key, lease, out)
         return out
 
     def forget(self, key: str) -> None:
         """After reset: the bucket is full, held tokens are void."""
         self.table.drain(key)
-        self.leases.pop(key, None)
+        if self.leases.pop(key, None) is not None:
+            self._forgot(key)
         self.denied.pop(key, None)
 
     def after_fork(self) -> None:
@@ -389,6 +436,7 @@ class LeaseBook:
         self.leases = {}
         self.denied = {}
         self.low_cap = 0
+        self.observer = None  # the parent's (its data plane is not the child's)
 
     def stats(self) -> Dict[str, int]:
         return dict(self.counts, leases=len(self.leases), denials=len(self.denied))

@@ -11,13 +11,14 @@ from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from operator import index
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 try:  # the redis extra brings hiredis; this module must import without it
     from hiredis import pack_command
 except ImportError:  # pragma: no cover - packing falls back to bulk_keys
     pack_command = None  # type: ignore[assignment]
 
+from .. import _impl
 from .._config import TokenBucketConfig
 from .._errors import ArgumentTypeError, BackendError, ConfigurationError, InvalidArgumentError
 from .._args import check_cost, check_key
@@ -29,6 +30,9 @@ __all__ = ["Script", "Layout", "Packer", "Reserved", "scripts", "malformed", "MA
 #: Largest burst tolerance C*T in ticks: TAU + cost*P must stay below 2^53,
 #: where Lua's doubles stop holding every integer.
 MAX_TAU_TICKS = 2**52
+
+#: Integers a Lua double holds exactly.
+_EXACT = 2**53
 
 SCRIPT_NAMES = ("take", "peek", "usage", "reset", "reserve", "release", "take_all")
 
@@ -73,7 +77,7 @@ class Layout:
     the scripts on a nanosecond clock to replay the shared GCRA cases.
     """
 
-    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv", "tag")
+    __slots__ = ("capacity", "P", "D", "tau", "ticks_per_second", "argv", "tag", "since")
 
     def __init__(self, config: TokenBucketConfig, clock_unit_ns: int = 1000) -> None:
         interval = Fraction(config.emission_ticks, config.ticks_per_ns * clock_unit_ns)
@@ -92,6 +96,14 @@ class Layout:
         #: The limit in a bucket's key: capacity and T in ticks (P/D us).
         self.tag = b"c%d:t%d/%d" % (self.capacity, self.P, self.D)
         self.argv: Tuple[bytes, ...] = tuple(b"%d" % v for v in (self.P, self.D, self.tau))
+        #: since(allowed, ahead, elapsed_ns, held, retry_after): a result for
+        #: a bucket whose TAT lay ``ahead`` ticks ahead of the server's clock
+        #: ``elapsed_ns`` ago, with ``held`` of its taken tokens given back:
+        #: decoding, like ``result``, of a reserve reply seen later (the
+        #: batched backends report the bucket, not the lease). The core's
+        #: BucketReading, which the native data plane calls too.
+        self.since: Callable[[bool, int, int, int, float], LimitResult] = _impl.BucketReading(
+            self.P, self.tau, self.ticks_per_second, self.capacity).since
 
     def result(self, v: Any, cost: int = 1) -> LimitResult:
         """Decodes one key's take reply ``v`` (see take.lua) for ``cost``."""
@@ -136,18 +148,6 @@ class Layout:
         tps = self.ticks_per_second
         return LimitResult(reply[0] == 1, reply[1], reply[2] / tps, reply[3] / tps, self.capacity)
 
-    def since(self, allowed: bool, ahead: int, elapsed_ns: int, held: int, retry_after: float) -> LimitResult:
-        """A result for a bucket whose TAT lay ``ahead`` ticks ahead of the
-        server's clock ``elapsed_ns`` ago, with ``held`` of its taken
-        tokens given back: decoding, like ``result``, of a reserve reply
-        seen later (the batched backends report the bucket, not the lease;
-        on their local hits, so written for speed)."""
-        P, tps = self.P, self.ticks_per_second
-        a = ahead - held * P - elapsed_ns * tps // 1_000_000_000
-        if a < 0:
-            a = 0
-        return LimitResult(allowed, (self.tau - a) // P, retry_after, a / tps, self.capacity)
-
     @staticmethod
     def count(v: Any) -> int:
         """A count of tokens in a reply (usage, release)."""
@@ -157,7 +157,10 @@ class Layout:
 
     def reserved(self, reply: Any) -> Reserved:
         """reserve.lua's reply, checked."""
-        if type(reply) is not list or len(reply) != 5 or any(type(v) is not int for v in reply):
+        # The TAT's lead is a Lua double: a genuine one is an integer within
+        # 2^53 (what BucketReading reads).
+        if type(reply) is not list or len(reply) != 5 or any(type(v) is not int for v in reply) \
+                or not -_EXACT < reply[3] < _EXACT:
             raise malformed(reply)
         return Reserved(*reply)
 

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import grpc
 
@@ -82,6 +82,7 @@ def available() -> Tuple[bool, str]:
 CHECKED_AGAINST = {
     "rls": "93de3edcc54b6b4f",
     "v1": "0e888687ee01a2b9",
+    "lease": "63e5c39257379cd9",
 }
 
 
@@ -103,6 +104,13 @@ def python_digests() -> Dict[str, str]:
         "v1": [service_v1.RateLimiterService.CheckLimit, service_v1.RateLimiterService.CheckLimits,
                service_v1.RateLimiterService._bucket, str(service_v1.MAX_CHECKS), *common],
     }
+    # A lease hit (--batched): the backend's take, the book that reports the
+    # bucket, the limiter's gate over it and the breaker behind the gate.
+    from .. import _breaker, limiter
+    from ..backends import _lease, batched_async
+
+    parts["lease"] = [batched_async.AsyncBatchedRedisBackend.take, _lease.LeaseBook, _lease.BatchedCommon.__init__,
+                      limiter.AsyncRateLimiter.check_limit, limiter._Policy._gate, _breaker.CircuitBreaker]
     out = {}
     for name, objs in parts.items():
         h = hashlib.sha256()
@@ -144,8 +152,10 @@ def _extras(obj: Any, known: Set[str]) -> bool:
     return False
 
 
-def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
-    """The policy in force as flat lists for guardian._native.CompiledPolicy."""
+def build_plan(state: Any, opts: Any, mirror_of: Optional[Callable[[Any], Any]] = None) -> Dict[str, Any]:
+    """The policy in force as flat lists for guardian._native.CompiledPolicy.
+    ``mirror_of(bucket)``: the LeaseMirror of a --batched bucket, or None
+    when its checks must stay Python's (without it, all of them do)."""
     from envoy.service.ratelimit.v3 import rls_pb2
 
     from . import service_v1
@@ -153,10 +163,35 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
     unit_enum = rls_pb2.RateLimitResponse.RateLimit.Unit
     tables: List[Any] = []
     table_index: Dict[int, int] = {}
+    current = python_digests()
+    lease_checked = current["lease"] == CHECKED_AGAINST["lease"]
+
+    def lease_of(bucket: Any) -> int:
+        """The index of a --batched bucket's lease table, or -1."""
+        backend = bucket.backend
+        book = getattr(backend, "book", None)
+        table = getattr(getattr(book, "table", None), "_table", None)
+        if mirror_of is None or not lease_checked or table is None or not hasattr(table, "_native_api"):
+            return -1
+        try:
+            table._native_api()
+        except ValueError:  # an injected clock
+            return -1
+        if id(table) not in table_index:
+            mirror = mirror_of(bucket)
+            if mirror is None:
+                return -1
+            layout = backend.redis.layout
+            table_index[id(table)] = len(tables)
+            tables.append({"table": table, "mirror": mirror, "P": layout.P, "tau": layout.tau,
+                           "tps": layout.ticks_per_second})
+        return table_index[id(table)]
 
     def table_of(bucket: Any) -> int:
         """The index of a bucket's core table, or -1 when its checks are Python's:
-        anything but an in-process core table (Redis, batched leases, the twin)."""
+        anything but an in-process core table or a lease (Redis, the twin)."""
+        if bucket is not None and getattr(bucket.backend, "book", None) is not None:
+            return lease_of(bucket)
         backend = getattr(bucket, "backend", None)
         table = getattr(backend, "table", None)
         if table is None or not hasattr(table, "_native_api") or getattr(backend, "does_io", False):
@@ -170,7 +205,6 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
             tables.append(table)
         return table_index[id(table)]
 
-    current = python_digests()
     v1_checked = current["v1"] == CHECKED_AGAINST["v1"]
     rls_checked = current["rls"] == CHECKED_AGAINST["rls"]
     limits = [(name, table_of(bucket) if v1_checked else -1) for name, (_rule, bucket) in state.limits.items()]
@@ -239,12 +273,14 @@ def build_plan(state: Any, opts: Any) -> Dict[str, Any]:
             domains.append((name, -1, True))
     return {
         "tables": tables, "limits": limits, "rules": rules, "nodes": nodes, "domains": domains,
-        "python_all": bool(getattr(opts, "redis_url", None)),
+        # Redis without leases: every check is a round trip, Python's
+        "python_all": bool(getattr(opts, "redis_url", None)) and not getattr(opts, "batched", False),
         # dynamic metadata (the request echoed, rules' metadata): Python's
         "rls_python": not rls_checked or bool(getattr(opts, "response_dynamic_metadata", False)),
         "shadow_mode": bool(getattr(opts, "shadow_mode", False)),
         "quota_mode": bool(getattr(opts, "quota_mode", False)),
-        "checked": {"v1": v1_checked, "rls": rls_checked},
+        "checked": {"v1": v1_checked, "rls": rls_checked,
+                    **({"lease": lease_checked} if getattr(opts, "batched", False) else {})},
         "response_headers": bool(getattr(opts, "response_headers", False)),
         "max_checks": int(getattr(service_v1, "MAX_CHECKS", 1024)),
     }
@@ -327,6 +363,10 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         self._tasks: Dict[int, "asyncio.Task[Any]"] = {}
         self._seen: Dict[Tuple[int, int], Tuple[int, ...]] = {}
         self._seen_local: Dict[int, int] = {}
+        #: id(policy) -> (remote, {limit: lease hits}) as last folded
+        self._seen_lease: Dict[int, Tuple[int, Dict[str, int]]] = {}
+        #: id(backend) -> (backend, its LeaseMirror): one per --batched backend, for the server's life
+        self._mirrors: Dict[int, Tuple[Any, Any]] = {}
         self._seen_latency: Dict[str, List[float]] = {}
         self._policies: List[Any] = []  # the current one and replaced ones not yet folded
         self._ticker: Optional["asyncio.Task[Any]"] = None
@@ -426,7 +466,7 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         call goes to Python: the C side must never go on with an old policy."""
         assert _native is not None
         try:
-            plan = build_plan(self.state, self.opts)
+            plan = build_plan(self.state, self.opts, self._mirror_of)
             compiled = _native.CompiledPolicy(plan)
         except Exception:  # noqa: BLE001 - any failure: Python answers everything
             log.exception("guardian: cannot compile the policy for the native engine; "
@@ -439,7 +479,7 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                 self._warned.add(part)
                 log.warning("guardian: the Python %s code changed since the native engine was checked against "
                             "it (guardian.server.native.CHECKED_AGAINST): its calls are answered by Python",
-                            "Envoy RLS" if part == "rls" else "guardian.v1")
+                            {"rls": "Envoy RLS", "v1": "guardian.v1", "lease": "batched lease"}[part])
         self.core.install(compiled)
         dropped, self._dropped = self._dropped, []
         if self._policies:
@@ -448,6 +488,24 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             for ident, old, moved in dropped:
                 self._retire(ident, old, moved)
         self._policies.append(compiled)
+
+    def _mirror_of(self, bucket: Any) -> Any:
+        """The LeaseMirror of a --batched bucket, made and attached on first use:
+        the book tells it every reservation, the breaker when failures start
+        and end (then every check of the bucket is Python's)."""
+        assert _native is not None
+        backend = bucket.backend
+        entry = self._mirrors.get(id(backend))
+        if entry is not None:
+            return entry[1]
+        mirror = _native.LeaseMirror()
+        backend.book.observe(mirror)
+        breaker = getattr(bucket.limiter, "breaker", None)
+        if breaker is not None:
+            breaker.watch = mirror.failing
+            mirror.failing(bool(breaker.failures))
+        self._mirrors[id(backend)] = (backend, mirror)
+        return mirror
 
     def _drop(self, ident: Any, old: Any) -> None:
         """State.retire, deferred: a v1 table's counts so far go to Stats now."""
@@ -482,6 +540,13 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             key = id(p)
             stats.local += local - self._seen_local.get(key, 0)
             self._seen_local[key] = local
+            remote, hits = p.lease_counts()
+            seen_remote, seen_hits = self._seen_lease.get(key, (0, {}))
+            stats.remote += remote - seen_remote
+            for limit, n in hits.items():
+                if n != seen_hits.get(limit, 0):
+                    stats.count(limit, "allowed", n - seen_hits.get(limit, 0))
+            self._seen_lease[key] = (remote, hits)
             for i, (metric, *counts) in enumerate(rows):
                 before = self._seen.get((key, i), (0, 0, 0, 0))
                 for result, now, then in zip(("allowed", "denied", "shadow_denied", "unlimited"), counts, before):
@@ -492,6 +557,7 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
                 for ident, old, moved in self._retire_after.pop(key, ()):
                     self._retire(ident, old, moved)
                 self._seen_local.pop(key, None)
+                self._seen_lease.pop(key, None)
                 for i in range(len(rows)):
                     self._seen.pop((key, i), None)
             else:

@@ -1,0 +1,146 @@
+/* See lease.h. Linear probing with backward-shift deletion (no tombstones),
+ * grown at half full and shrunk at an eighth, so the map follows the book's
+ * leases (each ends within a lease lifetime) and stays bounded whatever
+ * keys clients send. */
+#include "lease.h"
+
+#include <stdlib.h>
+
+#include "_siphash.h"
+
+#define MIN_SLOTS 64u
+
+static uint64_t hash_of(const g_lease *m, const uint8_t *key, size_t n) {
+    uint64_t h = g_siphash13(m->k0, m->k1, key, n);
+    return h ? h : 1;
+}
+
+int lease_init(g_lease *m, uint64_t k0, uint64_t k1) {
+    m->slots = calloc(MIN_SLOTS, sizeof *m->slots);
+    if (!m->slots) return -1;
+    if (pthread_mutex_init(&m->mu, NULL) != 0) {
+        free(m->slots);
+        m->slots = NULL;
+        return -1;
+    }
+    m->mask = MIN_SLOTS - 1;
+    m->used = 0;
+    m->k0 = k0;
+    m->k1 = k1;
+    m->low_cap = 0;
+    m->failing = 0;
+    return 0;
+}
+
+void lease_destroy(g_lease *m) {
+    if (!m->slots) return;
+    pthread_mutex_destroy(&m->mu);
+    free(m->slots);
+    m->slots = NULL;
+}
+
+static g_lease_entry *find(const g_lease *m, uint64_t h) {
+    for (uint32_t k = (uint32_t)h & m->mask;; k = (k + 1) & m->mask) {
+        g_lease_entry *e = &m->slots[k];
+        if (e->h == h) return e;
+        if (!e->h) return NULL;
+    }
+}
+
+static void place(g_lease_entry *slots, uint32_t mask, g_lease_entry e) {
+    uint32_t k = (uint32_t)e.h & mask;
+    while (slots[k].h) k = (k + 1) & mask;
+    slots[k] = e;
+}
+
+/* Rehashes into cap slots (a power of two above twice the entries). */
+static int resize(g_lease *m, uint32_t cap) {
+    g_lease_entry *slots = calloc(cap, sizeof *slots);
+    if (!slots) return -1;
+    for (uint32_t i = 0; i <= m->mask; i++)
+        if (m->slots[i].h) place(slots, cap - 1, m->slots[i]);
+    free(m->slots);
+    m->slots = slots;
+    m->mask = cap - 1;
+    return 0;
+}
+
+int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at) {
+    uint64_t h = hash_of(m, key, n);
+    int rc = 0;
+    pthread_mutex_lock(&m->mu);
+    g_lease_entry *e = find(m, h);
+    if (e) {
+        e->ahead = ahead;
+        e->ahead_at = ahead_at;
+    } else if ((m->used + 1) * 2 > m->mask + 1 && (m->mask + 1 > UINT32_MAX / 2 || resize(m, (m->mask + 1) * 2) != 0)) {
+        rc = -1;
+    } else {
+        g_lease_entry fresh = {h, ahead, ahead_at};
+        place(m->slots, m->mask, fresh);
+        m->used++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+static void remove_at(g_lease *m, uint32_t i) {
+    /* backward shift: move later entries of the run into the hole when
+     * their home is not between the hole and them */
+    uint32_t j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        if (!m->slots[j].h) break;
+        uint32_t home = (uint32_t)m->slots[j].h & m->mask;
+        if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    m->slots[i].h = 0;
+    m->used--;
+}
+
+void lease_drop(g_lease *m, const uint8_t *key, size_t n) {
+    uint64_t h = hash_of(m, key, n);
+    pthread_mutex_lock(&m->mu);
+    g_lease_entry *e = find(m, h);
+    if (e) {
+        remove_at(m, (uint32_t)(e - m->slots));
+        if (m->mask + 1 > MIN_SLOTS && (m->used + 1) * 8 < m->mask + 1) resize(m, (m->mask + 1) / 2);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+void lease_clear(g_lease *m) {
+    pthread_mutex_lock(&m->mu);
+    g_lease_entry *small = calloc(MIN_SLOTS, sizeof *small);
+    if (small) {
+        free(m->slots);
+        m->slots = small;
+        m->mask = MIN_SLOTS - 1;
+    } else {
+        for (uint32_t i = 0; i <= m->mask; i++) m->slots[i].h = 0;
+    }
+    m->used = 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
+int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t *ahead_at) {
+    uint64_t h = hash_of(m, key, n);
+    pthread_mutex_lock(&m->mu);
+    const g_lease_entry *e = find(m, h);
+    if (e) {
+        *ahead = e->ahead;
+        *ahead_at = e->ahead_at;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return e != NULL;
+}
+
+uint32_t lease_count(g_lease *m) {
+    pthread_mutex_lock(&m->mu);
+    uint32_t n = m->used;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
