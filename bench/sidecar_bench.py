@@ -397,14 +397,16 @@ def main() -> int:
 # --- the native data plane (issue 14): nghttpd, grpc.aio floor, both engines ----
 # Added by the native engine's work: new functions only; `--native` runs them.
 
-NATIVE_USAGE = """python bench/sidecar_bench.py --native [--seconds 3] [--pin] [--out docs/native-bench.md]
+NATIVE_USAGE = """python bench/sidecar_bench.py --native [--seconds 3] [--pin] [--batched] [--out docs/native-bench.md]
 
 One run, h2load as the generator (16 connections x 8 streams for calls/s and
 p99; 1 connection x 1 stream for p50): nghttpd answering a small static
 body (the HTTP/2 floor of this machine), the grpc.aio constant server (the
 floor of any grpcio server), guardian serve --engine grpcio and --engine
 native (1 worker; native also with 2 workers), CheckLimit and
-ShouldRateLimit; CheckLimits x100 on the native engine."""
+ShouldRateLimit; CheckLimits x100 on the native engine. --batched: both
+engines again with --redis-url --batched (a redis-server of the bench's own),
+whose calls are lease hits."""
 
 
 def start_nghttpd(body: bytes, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]", str]:
@@ -424,11 +426,12 @@ def start_nghttpd(body: bytes, cpus: Any = None) -> Tuple[int, "subprocess.Popen
     raise TimeoutError("nghttpd did not start")
 
 
-def start_guardian_engine(engine: str, workers: int, policy: str, cpus: Any = None) -> Tuple[int, "subprocess.Popen[bytes]"]:
+def start_guardian_engine(engine: str, workers: int, policy: str, cpus: Any = None,
+                          extra: Tuple[str, ...] = ()) -> Tuple[int, "subprocess.Popen[bytes]"]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "guardian", "serve", "--grpc-port", str(port), "--http-port",
                              str(free_port()), "--config", policy, "--workers", str(workers), "--engine", engine,
-                             "--log-level", "error"], preexec_fn=_affinity(cpus))
+                             "--log-level", "error", *extra], preexec_fn=_affinity(cpus))
     wait_port(port, proc)
     return port, proc
 
@@ -457,6 +460,15 @@ def h2load_url(url: str, body: bytes, seconds: float, connections: int, streams:
             "gen_cpu": (usage.ru_utime + usage.ru_stime) / (seconds + 1.0)}
 
 
+def start_redis() -> Tuple[int, "subprocess.Popen[bytes]"]:
+    """A redis-server of its own on a free port (nothing kept on disk)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return port, proc
+
+
 def native_main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(usage=NATIVE_USAGE)
     ap.add_argument("--native", action="store_true")
@@ -465,8 +477,10 @@ def native_main(argv: List[str]) -> int:
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--pin", action="store_true", help="h2load on CPU 0, the 1-process servers on CPU 1")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--batched", action="store_true",
+                    help="also both engines with --redis-url --batched (a redis-server of its own): lease hits")
     a = ap.parse_args(argv)
-    for tool in ("h2load", "nghttpd"):
+    for tool in ("h2load", "nghttpd", *(("redis-server",) if a.batched else ())):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH (Debian: nghttp2-client, nghttp2-server)")
     pin = a.pin and len(os.sched_getaffinity(0)) >= 2
@@ -511,6 +525,27 @@ def native_main(argv: List[str]) -> int:
                             port, proc, kinds)
             finally:
                 stop(proc)
+        if a.batched:
+            # Redis on its own (unpinned): the leases reserve from it now and then
+            batched_policy = Path(policy.name).with_suffix(".batched.yaml")
+            # a lease table's capacity must leave its tokens undecayed for twice
+            # a lease's life (docs/batched.md): a million a second, never denied
+            batched_policy.write_text(POLICY.replace("1000000000", "1000000"))
+            rport, redis = start_redis()
+            try:
+                for engine, workers, kinds in (("grpcio", 1, ("check", "rls")), ("native", 1, ("check", "rls")),
+                                               ("native", 2, ("check", "rls"))):
+                    port, proc = start_guardian_engine(
+                        engine, workers, str(batched_policy), one_cpu if workers == 1 else None,
+                        ("--redis-url", f"redis://127.0.0.1:{rport}/0", "--batched"))
+                    try:
+                        grpc_server(f"guardian serve --batched --engine {engine}, {workers} worker"
+                                    f"{'s' * (workers > 1)}", port, proc, kinds)
+                    finally:
+                        stop(proc)
+            finally:
+                stop(redis)
+                batched_policy.unlink()
     finally:
         os.unlink(policy.name)
     names = {"static": "GET static body", "check": "CheckLimit", "rls": "ShouldRateLimit", "batch": "CheckLimits x100"}
@@ -551,6 +586,18 @@ def native_main(argv: List[str]) -> int:
             f"per call {n1['server_cpu'] / n1['rps'] * 1e6:.1f} / {n2['server_cpu'] / n2['rps'] * 1e6:.1f} us.")
     batch = by[("guardian serve --engine native, 1 worker", "batch")]
     lines.append(f"- CheckLimits x100, native 1 worker: {batch['rps'] * 100:,.0f} checks/s.")
+    if a.batched:
+        for kind in ("check", "rls"):
+            nb = by[("guardian serve --batched --engine native, 1 worker", kind)]
+            gb = by[("guardian serve --batched --engine grpcio, 1 worker", kind)]
+            n2 = by[("guardian serve --batched --engine native, 2 workers", kind)]
+            lines.append(
+                f"- {names[kind]} --batched (lease hits), native 1 worker: {nb['rps']:,.0f} calls/s = "
+                f"{nb['rps'] / gb['rps']:.0f}x the grpcio engine's {gb['rps']:,.0f}, "
+                f"{nb['rps'] / static['rps'] * 100:.0f}% of nghttpd; p50 at 1 in flight {nb['p50_1'] * 1000:.0f} us, "
+                f"p99 at {a.connections * a.streams} in flight {nb['p99']:.2f} ms; server CPU per call "
+                f"{nb['server_cpu'] / nb['rps'] * 1e6:.1f} us (grpcio {gb['server_cpu'] / gb['rps'] * 1e6:.0f}); "
+                f"2 workers {n2['rps']:,.0f} calls/s.")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -11,6 +11,8 @@
 #include "../src/guardian/_dataplane/pb.c"
 #include "../src/guardian/_dataplane/policy.c"
 #include "../src/guardian/_dataplane/server.c"
+#include "../src/guardian/_dataplane/lease.c"
+#include "../src/guardian/_since.h"
 
 static int fake_take(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d) {
     (void)table;
@@ -59,8 +61,28 @@ static int fake_undo(void *table, const unsigned char *key, size_t n, int64_t co
     (void)x;
     return n == 0 || n > 4096 ? -2 : 0;
 }
+/* a lease table: the key's length decides what it holds (n % 9 tokens) */
+static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t floor, int64_t *left) {
+    (void)table;
+    volatile unsigned char x = 0;
+    for (size_t i = 0; i < n; i++) x ^= key[i];
+    (void)x;
+    if (n == 0 || n > 4096) return -2;
+    int64_t held = (int64_t)(n % 9);
+    *left = cost <= held && held - cost > floor ? held - cost : -1;
+    return 0;
+}
+static int fake_unspend(void *table, const unsigned char *key, size_t n, int64_t cost) {
+    (void)table;
+    (void)cost;
+    volatile unsigned char x = 0;
+    for (size_t i = 0; i < n; i++) x ^= key[i];
+    (void)x;
+    return n == 0 || n > 4096 ? -2 : 0;
+}
 static const g_core_api API = {G_CORE_API_VERSION, sizeof(g_decision), fake_take, fake_usage, fake_params,
-                               fake_peek, fake_undo};
+                               fake_peek, fake_undo, fake_spend, fake_unspend, g_bucket_read};
+static g_lease LEASE;
 
 static char *s(const char *x) { return strdup(x); }
 
@@ -95,13 +117,16 @@ static g_policy *make_policy(int flags) {
     p->response_headers = 1;
     p->shadow_mode = flags & 1;
     p->quota_mode = (flags >> 1) & 1;
-    p->ntables = 1;
-    p->tables = calloc(1, sizeof *p->tables);
+    p->ntables = 2;
+    p->tables = calloc(2, sizeof *p->tables);
     p->tables[0] = (g_table_ref){(void *)1, 5, 1e9};
-    p->nlimits = 1;
-    p->limits = calloc(1, sizeof *p->limits);
+    /* a batched backend's lease table (P 7, tau 35: capacity 5) */
+    p->tables[1] = (g_table_ref){(void *)2, 5, 1e6, &LEASE, 7, 35, 1000000};
+    p->nlimits = 2;
+    p->limits = calloc(2, sizeof *p->limits);
     p->limits[0] = (g_limit){s("default"), 7, 0};
-    enum { NRULES = 8, NNODES = NRULES + 1 };
+    p->limits[1] = (g_limit){s("lease"), 5, 1};
+    enum { NRULES = 9, NNODES = NRULES + 1 };
     p->nrules = NRULES;
     p->rules = calloc(NRULES, sizeof *p->rules);
     p->rules[0] = (g_rule){.table = 0, .emission_interval = 0.2, .rpu = 5, .window = 1, .unit = 1, .name = s("r0"), .name_len = 2};
@@ -115,6 +140,7 @@ static g_policy *make_policy(int flags) {
     p->rules[6] = (g_rule){.table = -1, .unlimited = 1, .name = s("all"), .name_len = 3};
     set_replaces(&p->rules[6], "r0", "q");
     p->rules[7] = (g_rule){.table = 0, .emission_interval = 12, .rpu = 5, .window = 60, .unit = 2, .name = s("s2"), .name_len = 2, .shared = 1};
+    p->rules[8] = (g_rule){.table = 1, .emission_interval = 7e-6, .rpu = 5, .window = 1, .unit = 1, .name = s("L"), .name_len = 1};
     p->nnodes = NNODES;
     p->nodes = calloc(NNODES, sizeof *p->nodes);
     for (int i = 0; i < NNODES; i++) p->nodes[i].rule = i - 1;
@@ -127,6 +153,9 @@ static g_policy *make_policy(int flags) {
         snprintf(v, sizeof v, "v%d", i - 1);
         root->exact[i] = edge("k", v, 1 + i % 4, 0);
     }
+    root->exact = realloc(root->exact, 14 * sizeof(g_edge));
+    root->exact[13] = edge("L", "v", 9, 0); /* a rule on the lease table */
+    root->nexact = 14;
     root->nwild = 4;
     root->wild = calloc(4, sizeof(g_edge));
     root->wild[0] = edge("k", "a*b*c", 5, 0);
@@ -156,11 +185,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!srv) {
         gs_options o = {100, 1 << 16, 1 << 20, 64, 16, 50, 0};
         srv = gs_new(&o);
+        if (lease_init(&LEASE, 1, 2) != 0) abort();
+        /* reservations of some keys (the rest report the lease's own numbers) */
+        const char *held[] = {"a", "ab", "abc", "d\x1fL\x1fv", "k1234567"};
+        for (int i = 0; i < 5; i++) lease_set(&LEASE, (const uint8_t *)held[i], strlen(held[i]), 30 - i * 7, 0);
         for (int i = 0; i < 4; i++) policies[i] = make_policy(i);
         gs_set_health(srv, "", 0, 1);
     }
     /* the input's length picks the policy: --shadow-mode and --quota-mode each on or off */
     gs_swap_policy(srv, policies[size % 4]);
+    /* the breaker counts failures, or not; the low water moves */
+    __atomic_store_n(&LEASE.failing, (int)((size >> 2) % 5 == 0), __ATOMIC_RELEASE);
+    __atomic_store_n(&LEASE.low_cap, (int64_t)((size >> 3) % 4), __ATOMIC_RELEASE);
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) != 0) return 0;
     /* a connection as conn_accept makes it, without the listener */

@@ -47,6 +47,13 @@ CALLS = {
                                  {"entries": [{"key": "k", "value": "w"}]}])),
     "rls_empty_value": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
         domain="d", descriptors=[{"entries": [{"key": "k"}]}])),
+    # the lease table (limit "lease", rule L=v): hits, a miss, a key with a reservation, an undo
+    "checks_lease": ("/guardian.v1.RateLimiter/CheckLimits", pb.CheckLimitsRequest(checks=[
+        pb.CheckLimitRequest(key="abc", limit="lease"), pb.CheckLimitRequest(key="k1234567", limit="lease", cost=2),
+        pb.CheckLimitRequest(key="u", limit="default"), pb.CheckLimitRequest(key="abcdefghi", limit="lease")])),
+    "rls_lease": ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", rls_pb2.RateLimitRequest(
+        domain="d", descriptors=[{"entries": [{"key": "L", "value": "v"}]}, {"entries": [{"key": "k", "value": "v"}]},
+                                 {"entries": [{"key": "L", "value": "v"}], "hits_addend": {"value": 0}}])),
     "health": ("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest(service="")),
     "watch": ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest(service="")),
     "watch_unknown": ("/grpc.health.v1.Health/Watch", health_pb2.HealthCheckRequest(service="nope")),

@@ -3,8 +3,8 @@
 # and runs each for SECONDS (default 600). Needs clang (with libclang-rt) and
 # libnghttp2-dev: see fuzz/README.md. New inputs go to a scratch corpus under
 # FUZZ_OUT (default /tmp/guardian-fuzz); fuzz/corpus/* stays the seed.
-#   fuzz/run.sh [SECONDS] [decode|server|glob|both|all]
-# both: decode and server at once; all: decode, server and glob at once.
+#   fuzz/run.sh [SECONDS] [decode|server|glob|lease|both|all]
+# both: decode and server at once; all: decode, server, glob and lease at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}
@@ -18,6 +18,7 @@ build() {
     # shellcheck disable=SC2046
     server) clang $san fuzz/fuzz_server.c $(pkg-config --cflags --libs libnghttp2) -o "$out/fuzz_server" ;;
     glob) clang $san fuzz/fuzz_glob.c -o "$out/fuzz_glob" ;;
+    lease) clang $san fuzz/fuzz_lease.c -o "$out/fuzz_lease" ;;
   esac
 }
 run() {
@@ -32,9 +33,9 @@ run() {
 }
 case "$which" in
   both) targets=(decode server) ;;
-  all) targets=(decode server glob) ;;
-  decode|server|glob) targets=("$which") ;;
-  *) echo "usage: $0 [SECONDS] [decode|server|glob|both|all]" >&2; exit 2 ;;
+  all) targets=(decode server glob lease) ;;
+  decode|server|glob|lease) targets=("$which") ;;
+  *) echo "usage: $0 [SECONDS] [decode|server|glob|lease|both|all]" >&2; exit 2 ;;
 esac
 for t in "${targets[@]}"; do build "$t"; done
 pids=()

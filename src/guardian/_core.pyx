@@ -1012,6 +1012,15 @@ cdef inline int _native_at(Table t, const unsigned char *key, size_t n, uint64_t
     return 0
 
 
+cdef inline int _native_cost_at(Table t, const unsigned char *key, size_t n, int64_t cost, uint64_t *h,
+                                int64_t *now) noexcept nogil:
+    """_native_at for an entry point that takes ``cost`` tokens: -3 for a
+    cost outside 1..capacity first."""
+    if cost < 1 or cost > t.capacity:
+        return -3
+    return _native_at(t, key, n, h, now)
+
+
 cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
                       Decision *d) noexcept nogil:
     """One take, as check_result makes it: 0, or -1 past the tick horizon,
@@ -1019,10 +1028,7 @@ cdef int _native_take(Table t, const unsigned char *key, size_t n, int64_t cost,
     stripe lock stayed held past the bound (the caller hands it to Python)."""
     cdef uint64_t h
     cdef int64_t now
-    cdef int rc
-    if cost < 1 or cost > t.capacity:
-        return -3
-    rc = _native_at(t, key, n, &h, &now)
+    cdef int rc = _native_cost_at(t, key, n, cost, &h, &now)
     if rc != 0:
         return rc
     t._take(h, cost, now, d)
@@ -1086,10 +1092,7 @@ cdef int _native_spend(Table t, const unsigned char *key, size_t n, int64_t cost
     or -1 when nothing was taken; else -1/-2/-3/-4 as _native_take."""
     cdef uint64_t h
     cdef int64_t now, stuck = 0
-    cdef int rc
-    if cost < 1 or cost > t.capacity:
-        return -3
-    rc = _native_at(t, key, n, &h, &now)
+    cdef int rc = _native_cost_at(t, key, n, cost, &h, &now)
     if rc != 0:
         return rc
     left[0] = t._spend(h, cost, now, floor, &stuck)

@@ -1,5 +1,6 @@
 """Envoy RLS v3 requests for the sidecar tests: descriptors from (key,
-value) pairs, and a ShouldRateLimit caller over one channel."""
+value) pairs, a ShouldRateLimit caller over one channel, and one call of
+whichever hot RPC a request message is for."""
 
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def rls_caller(target: str) -> Iterator[Callable[..., Any]]:
         yield call
     finally:
         channel.close()
+
+
+def call_any(channel: grpc.Channel, request: Any) -> Any:
+    """The answer to ``request``: a RateLimitRequest (ShouldRateLimit), a
+    guardian.v1 CheckLimitRequest (CheckLimit) or CheckLimitsRequest."""
+    from guardian.v1 import guardian_pb2 as pb
+    from guardian.v1 import guardian_pb2_grpc as pb_grpc
+
+    if isinstance(request, rls_pb2.RateLimitRequest):
+        return rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=5)
+    if isinstance(request, pb.CheckLimitRequest):
+        return pb_grpc.RateLimiterStub(channel).CheckLimit(request, timeout=5)
+    return pb_grpc.RateLimiterStub(channel).CheckLimits(request, timeout=5)
 
 
 def codes(response: Any) -> List[int]:

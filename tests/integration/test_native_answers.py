@@ -35,6 +35,7 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import json_format
 from native_engine import answered_by, native_module
+from rls import call_any
 from sidecar import Sidecar, write
 
 from guardian.v1 import guardian_pb2 as pb
@@ -162,14 +163,6 @@ class Run:
     grpcio_counts: Dict[Tuple[str, str], float] = field(default_factory=dict)
 
 
-def _call(channel: grpc.Channel, request: Any) -> Any:
-    if isinstance(request, rls_pb2.RateLimitRequest):
-        return rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=5)
-    if isinstance(request, pb.CheckLimitRequest):
-        return pb_grpc.RateLimiterStub(channel).CheckLimit(request, timeout=5)
-    return pb_grpc.RateLimiterStub(channel).CheckLimits(request, timeout=5)
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write(tmp_path_factory.mktemp("answers") / "policy.yaml", POLICY)
@@ -189,7 +182,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             for feature, req in SEQUENCE:
                 op = OPERATION[type(req)]
                 before = answered_by(b)
-                step = Step(feature, req, _call(ca, req), _call(cb, req))
+                step = Step(feature, req, call_any(ca, req), call_any(cb, req))
                 after = answered_by(b)
                 step.handed = after.get((op, "python"), 0) - before.get((op, "python"), 0)
                 step.in_c = after.get((op, "native"), 0) - before.get((op, "native"), 0)

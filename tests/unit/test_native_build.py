@@ -90,3 +90,30 @@ def test_changed_python_code_sends_its_calls_to_python(monkeypatch: "pytest.Monk
     monkeypatch.setitem(native.CHECKED_AGAINST, "rls", "0" * 16)
     plan = native.build_plan(state, state.opts)
     assert [t for _, t in plan["limits"]] == [-1] and plan["rls_python"]
+
+
+def test_batched_leases_reach_c_only_when_checked(monkeypatch: "pytest.MonkeyPatch") -> None:
+    """With --batched, a limit's lease table goes to C (with its mirror and
+    the Redis scripts' units) only when the lease code is the one checked,
+    and only when the server gives a mirror; otherwise its checks are Python's."""
+    from guardian.server import native
+    from guardian.server.config import ServeOptions
+    from guardian.server.state import State
+
+    state = State(ServeOptions(redis_url="redis://127.0.0.1:1/0", batched=True), None)
+    state.load()  # no connection is made: the backends are only built
+    monkeypatch.setattr(native, "CHECKED_AGAINST", native.python_digests())
+    mirrors = []
+    plan = native.build_plan(state, state.opts, lambda bucket: mirrors.append(bucket) or "mirror")
+    assert [t for _, t in plan["limits"]] == [0] and not plan["python_all"]
+    (table,) = plan["tables"]
+    layout = mirrors[0].backend.redis.layout
+    assert table["mirror"] == "mirror" and table["table"] is mirrors[0].backend.book.table._table
+    assert (table["P"], table["tau"], table["tps"]) == (layout.P, layout.tau, layout.ticks_per_second)
+    assert [t for _, t in native.build_plan(state, state.opts)["limits"]] == [-1]  # no mirror: Python's
+    monkeypatch.setitem(native.CHECKED_AGAINST, "lease", "0" * 16)
+    plan = native.build_plan(state, state.opts, lambda bucket: "mirror")
+    assert [t for _, t in plan["limits"]] == [-1] and plan["checked"]["lease"] is False
+    plain = State(ServeOptions(redis_url="redis://127.0.0.1:1/0"), None)
+    plain.load()
+    assert native.build_plan(plain, plain.opts, lambda bucket: "mirror")["python_all"]  # Redis without leases

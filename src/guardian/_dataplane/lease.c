@@ -6,7 +6,7 @@
 
 #include <stdlib.h>
 
-#include "_siphash.h"
+#include "../_siphash.h" /* the core's, as the core hashes keys */
 
 #define MIN_SLOTS 64u
 

@@ -6,9 +6,10 @@ It offers the part of grpc.aio.Server that guardian.server.app uses
 ``add_insecure_port``, ``start``, ``stop``), so the services register
 with it exactly as with grpcio. The C thread answers CheckLimit,
 CheckLimits, ShouldRateLimit and health Check from a compiled form of the
-policy in force; every call it does not answer itself (other methods, error
-cases, Redis backends, descriptor overrides, rules it cannot compile) comes
-here as a job and is answered by the registered Python handler on this
+policy in force, from memory tables and (with ``--batched``) from leases;
+every call it does not answer itself (other methods, error cases, Redis
+without leases, a lease's misses, low water and denials, descriptor
+overrides, rules it cannot compile) comes here as a job and is answered by the registered Python handler on this
 event loop, while the C thread keeps serving other streams. Streaming
 methods (reflection, health Watch) answer UNIMPLEMENTED.
 
