@@ -62,14 +62,14 @@ static int fake_undo(void *table, const unsigned char *key, size_t n, int64_t co
     return n == 0 || n > 4096 ? -2 : 0;
 }
 /* a lease table: the key's length decides what it holds (n % 9 tokens) */
-static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t floor, int64_t *left) {
+static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left) {
     (void)table;
     volatile unsigned char x = 0;
     for (size_t i = 0; i < n; i++) x ^= key[i];
     (void)x;
     if (n == 0 || n > 4096) return -2;
     int64_t held = (int64_t)(n % 9);
-    *left = cost <= held && held - cost > floor ? held - cost : -1;
+    *left = cost <= held ? held - cost : -1;
     return 0;
 }
 static int fake_unspend(void *table, const unsigned char *key, size_t n, int64_t cost) {

@@ -515,18 +515,16 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
         cdef int64_t stuck = 0
-        cdef int64_t left = self._spend(h, c, self._now(), -1, &stuck)
+        cdef int64_t left = self._spend(h, c, self._now(), &stuck)
         if stuck:
             self._stuck(stuck)
         return left
 
     @cython.cdivision(True)
-    cdef int64_t _spend(self, uint64_t h, int64_t c, int64_t now, int64_t floor,
-                        int64_t *stuck) noexcept nogil:
-        """spend's slot step: takes ``c`` held tokens when more than
-        ``floor`` are left after it (floor -1: whenever ``c`` are held);
-        the tokens left, or -1 (nothing taken). ``stuck``: set to the pid
-        of a stripe lock's holder past the bound (then -1, undecided)."""
+    cdef int64_t _spend(self, uint64_t h, int64_t c, int64_t now, int64_t *stuck) noexcept nogil:
+        """spend's slot step: the tokens left, or -1 (nothing taken).
+        ``stuck``: set to the pid of a stripe lock's holder past the bound
+        (then -1, undecided)."""
         cdef int64_t t, new, left
         cdef Py_ssize_t s
         while True:
@@ -540,8 +538,6 @@ cdef class Table:
                 return -1
             new = t - c * self.P
             left = (new - now + self.P - 1) // self.P if new > now else 0
-            if left <= floor:
-                return -1
             if new <= now:
                 new = 0  # empty: the slot may be reclaimed
             if g_cas(&self.slots_[s].tat, t, new):
@@ -983,7 +979,7 @@ ctypedef int (*native_peek_fn)(void *table, const unsigned char *key, size_t n, 
 ctypedef int (*native_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
                                Decision *d) noexcept nogil
 ctypedef int (*native_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
-                                int64_t floor, int64_t *left) noexcept nogil
+                                int64_t *left) noexcept nogil
 ctypedef int (*native_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost) noexcept nogil
 ctypedef int (*native_read_fn)(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
                                int64_t ticks_per_second, int64_t *remaining, int64_t *lead) noexcept nogil
@@ -1084,18 +1080,16 @@ cdef int _native_undo(Table t, const unsigned char *key, size_t n, int64_t cost,
     return 0
 
 
-cdef int _native_spend(Table t, const unsigned char *key, size_t n, int64_t cost, int64_t floor,
+cdef int _native_spend(Table t, const unsigned char *key, size_t n, int64_t cost,
                        int64_t *left) noexcept nogil:
-    """A lease table's spend that takes only when more than ``floor``
-    tokens stay held (the batched backends' low water: at or below it,
-    Python must see the check to refill): 0 with ``left`` the tokens left,
-    or -1 when nothing was taken; else -1/-2/-3/-4 as _native_take."""
+    """A lease table's spend: 0 with ``left`` the tokens left, or -1 when
+    fewer were held (nothing taken); else -1/-2/-3/-4 as _native_take."""
     cdef uint64_t h
     cdef int64_t now, stuck = 0
     cdef int rc = _native_cost_at(t, key, n, cost, &h, &now)
     if rc != 0:
         return rc
-    left[0] = t._spend(h, cost, now, floor, &stuck)
+    left[0] = t._spend(h, cost, now, &stuck)
     if stuck:
         return -4
     return 0

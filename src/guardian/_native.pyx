@@ -57,9 +57,16 @@ cdef extern from "_dataplane/pb.h":
     enum: PB_TOO_MANY
 
 cdef extern from "_dataplane/lease.h" nogil:
+    ctypedef struct g_low_hit:
+        uint8_t *key
+        uint32_t n
+        int64_t left
     ctypedef struct g_lease:
         int64_t low_cap
         int failing
+        int efd
+    enum: G_LOW_HITS
+    uint32_t lease_take_low(g_lease *m, g_low_hit *out, uint32_t max)
     int lease_init(g_lease *m, uint64_t k0, uint64_t k1)
     void lease_destroy(g_lease *m)
     int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at)
@@ -271,6 +278,30 @@ cdef class LeaseMirror:
         if lease_get(&self.m, b, len(b), &ahead, &at):
             return ahead, at
         return None
+
+    @property
+    def fd(self):
+        """Readable when hits answered in C left keys at or below the low
+        water (then ``take_low``)."""
+        return self.m.efd
+
+    def take_low(self):
+        """[(key, tokens left)] of the hits the data plane answered that left
+        their key at or below the low water, oldest first (each starts a
+        refill in Python, as its own hit would: refill_if_low)."""
+        cdef g_low_hit hits[G_LOW_HITS]
+        cdef uint32_t i, n
+        import os
+        try:
+            os.read(self.m.efd, 8)
+        except BlockingIOError:
+            pass
+        n = lease_take_low(&self.m, hits, G_LOW_HITS)
+        out = []
+        for i in range(n):
+            out.append((hits[i].key[:hits[i].n].decode("utf-8", "surrogateescape"), hits[i].left))
+            free(hits[i].key)
+        return out
 
     def __len__(self):
         return lease_count(&self.m)

@@ -149,6 +149,27 @@ def test_counters_agree(both: Any) -> None:
     assert counter(mb, "guardian_lease_local_hits_total") >= hits  # a C hit is a lease hit
 
 
+def test_hits_at_low_water_start_refills(tmp_path: Path, redis_server: Server) -> None:
+    """A hit C answers that leaves the lease at or below its low water is
+    told to Python, which refills in the background as after its own hits:
+    the lease stays ahead of a steady caller, whose checks then almost never
+    go to Python (only the first misses of a cold key do)."""
+    policy = write(tmp_path / "p.yaml", "limits:\n  default: {capacity: 1000, refill_rate: 1, refill_interval: 86400}\n")
+    s = Sidecar(tmp_path, "--config", policy, "--redis-url", _db(redis_server, 4), "--batched",
+                "--engine", "native").start()
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = pb_grpc.RateLimiterStub(ch)
+            assert all(stub.CheckLimit(v1("default", "steady"), timeout=5).allowed for _ in range(300))
+        m = s.metrics()
+        handed = answered_by(s).get(("check_limit", "python"), 0)
+        reservations = counter(m, "guardian_lease_reservations_total")
+        # Without the low-water hits told, every reservation would be a miss handed to Python.
+        assert handed <= 6 and reservations >= handed + 3, (handed, reservations)
+    finally:
+        s.stop()
+
+
 def test_two_native_workers_admit_exactly_the_bucket(tmp_path: Path, redis_server: Server) -> None:
     policy = write(tmp_path / "p.yaml", "limits:\n  default: {capacity: 300, refill_rate: 1, refill_interval: 86400}\n")
     s = Sidecar(tmp_path, "--config", policy, "--redis-url", _db(redis_server, 3), "--batched",

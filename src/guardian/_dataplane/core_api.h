@@ -29,10 +29,9 @@ typedef int (*g_peek_fn)(void *table, const unsigned char *key, size_t n, g_deci
  * admitted, unless the bucket moved since: then they stay taken) */
 typedef int (*g_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
 
-/* A lease table (the batched backends'): takes cost held tokens only when
- * more than floor stay held; *left the tokens left, or -1 (nothing taken) */
-typedef int (*g_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t floor,
-                          int64_t *left);
+/* A lease table (the batched backends'): takes cost held tokens; *left
+ * the tokens left, or -1 when fewer were held (nothing taken) */
+typedef int (*g_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left);
 /* Gives back what a spend took: 0, or 1 when it no longer fits (dropped) */
 typedef int (*g_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost);
 /* A Redis bucket read elapsed_ns after a reservation (_since.h): whole

@@ -5,6 +5,9 @@
 #include "lease.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "../_siphash.h" /* the core's, as the core hashes keys */
 
@@ -18,11 +21,14 @@ static uint64_t hash_of(const g_lease *m, const uint8_t *key, size_t n) {
 int lease_init(g_lease *m, uint64_t k0, uint64_t k1) {
     m->slots = calloc(MIN_SLOTS, sizeof *m->slots);
     if (!m->slots) return -1;
-    if (pthread_mutex_init(&m->mu, NULL) != 0) {
+    m->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (m->efd < 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
+        if (m->efd >= 0) close(m->efd);
         free(m->slots);
         m->slots = NULL;
         return -1;
     }
+    m->nlow = 0;
     m->mask = MIN_SLOTS - 1;
     m->used = 0;
     m->k0 = k0;
@@ -35,6 +41,8 @@ int lease_init(g_lease *m, uint64_t k0, uint64_t k1) {
 void lease_destroy(g_lease *m) {
     if (!m->slots) return;
     pthread_mutex_destroy(&m->mu);
+    for (uint32_t i = 0; i < m->nlow; i++) free(m->low[i].key);
+    close(m->efd);
     free(m->slots);
     m->slots = NULL;
 }
@@ -141,6 +149,36 @@ int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t 
 uint32_t lease_count(g_lease *m) {
     pthread_mutex_lock(&m->mu);
     uint32_t n = m->used;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
+void lease_low_hit(g_lease *m, const uint8_t *key, size_t n, int64_t left) {
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy) return; /* dropped: the next hit at low water tells again */
+    if (n) memcpy(copy, key, n);
+    pthread_mutex_lock(&m->mu);
+    uint32_t was = m->nlow;
+    if (was < G_LOW_HITS) {
+        m->low[was] = (g_low_hit){copy, (uint32_t)n, left};
+        m->nlow = was + 1;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&m->mu);
+    free(copy);
+    if (was == 0) {
+        uint64_t one = 1;
+        ssize_t w = write(m->efd, &one, sizeof one); /* at worst the counter is full: Python is awake anyway */
+        (void)w;
+    }
+}
+
+uint32_t lease_take_low(g_lease *m, g_low_hit *out, uint32_t max) {
+    pthread_mutex_lock(&m->mu);
+    uint32_t n = m->nlow < max ? m->nlow : max;
+    memcpy(out, m->low, n * sizeof *out);
+    memmove(m->low, m->low + n, (m->nlow - n) * sizeof *out);
+    m->nlow -= n;
     pthread_mutex_unlock(&m->mu);
     return n;
 }

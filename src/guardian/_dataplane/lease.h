@@ -21,6 +21,15 @@ typedef struct {
     int64_t ahead, ahead_at;
 } g_lease_entry;
 
+/* A hit the data plane answered that left its key at or below the low water. */
+typedef struct {
+    uint8_t *key;
+    uint32_t n;
+    int64_t left;
+} g_low_hit;
+
+#define G_LOW_HITS 256 /* pending at most; more are dropped (the next hit tells again) */
+
 typedef struct g_lease {
     pthread_mutex_t mu;
     g_lease_entry *slots;
@@ -28,9 +37,14 @@ typedef struct g_lease {
     uint64_t k0, k1;
     int64_t low_cap; /* atomic */
     int failing;     /* atomic: the limiter's breaker counts failures */
+    /* low-water hits for Python (it starts the refills), and the eventfd
+     * that wakes its loop when the first one arrives */
+    g_low_hit low[G_LOW_HITS];
+    uint32_t nlow;
+    int efd;
 } g_lease;
 
-/* 0, or -1 out of memory */
+/* 0, or -1 out of memory (or no eventfd) */
 int lease_init(g_lease *m, uint64_t k0, uint64_t k1);
 void lease_destroy(g_lease *m);
 /* The key's reservation: 0, or -1 out of memory (the entry is then absent,
@@ -41,4 +55,10 @@ void lease_clear(g_lease *m);
 /* 1 with the key's reservation, 0 when it has none */
 int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t *ahead_at);
 uint32_t lease_count(g_lease *m);
+/* A hit that left ``left`` tokens at or below the low water: queued for
+ * Python, whose loop is woken by efd when the queue was empty. */
+void lease_low_hit(g_lease *m, const uint8_t *key, size_t n, int64_t left);
+/* Moves the queued low-water hits to out (at most max); their count. The
+ * caller frees each key. */
+uint32_t lease_take_low(g_lease *m, g_low_hit *out, uint32_t max);
 #endif

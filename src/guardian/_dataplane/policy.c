@@ -155,19 +155,19 @@ static int64_t monotonic_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* AsyncBatchedRedisBackend.take on a hit above the low water (its hot
- * path), behind AsyncRateLimiter's gate: the tokens from the lease, and the
- * bucket as the book last saw it from Redis, moved on by the time since
- * (LeaseBook.bucket). -1 (nothing taken) for everything else: the
- * breaker counts failures, a miss, a hit at or below the low water (a
- * refill may start: Python's), a bad key. */
+/* AsyncBatchedRedisBackend.take on a hit, behind AsyncRateLimiter's gate:
+ * the tokens from the lease, and the bucket as the book last saw it from
+ * Redis, moved on by the time since (LeaseBook.bucket). A hit that leaves
+ * the lease at or below the low water is told to Python, which starts the
+ * refill (refill_if_low) as its own hit would. -1 (nothing taken) for
+ * everything else: the breaker counts failures, a miss, a bad key. */
 static int lease_take(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
                       g_decision *d) {
     g_lease *m = t->lease;
     if (__atomic_load_n(&m->failing, __ATOMIC_ACQUIRE)) return -1;
     int64_t left, ahead, at;
-    int64_t low = __atomic_load_n(&m->low_cap, __ATOMIC_ACQUIRE);
-    if (p->api->spend(t->table, key, n, cost, low, &left) != 0 || left < 0) return -1;
+    if (p->api->spend(t->table, key, n, cost, &left) != 0 || left < 0) return -1;
+    if (left <= __atomic_load_n(&m->low_cap, __ATOMIC_ACQUIRE)) lease_low_hit(m, key, n, left);
     memset(d, 0, sizeof *d);
     d->allowed = 1;
     d->remaining = left; /* no reservation of this process: the lease's own numbers */

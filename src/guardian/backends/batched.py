@@ -50,7 +50,7 @@ class BatchedRedisBackend(BatchedCommon):
         if left > self._low_cap:  # the hot path: one C call, one compare
             return True
         if left >= 0:
-            self._low(key, left)
+            self.refill_if_low(key, left)
             return True
         return (self._miss(key, cost)).allowed
 
@@ -58,7 +58,7 @@ class BatchedRedisBackend(BatchedCommon):
         left = self._spend(key, cost)
         if left >= 0:
             if left <= self._low_cap:
-                self._low(key, left)
+                self.refill_if_low(key, left)
             lease = self._leases.get(key)  # book.hit, inlined
             if lease is not None and lease.ahead >= 0:
                 return self._since(True, lease.ahead, self._now() - lease.ahead_at, left, 0.0)
@@ -83,8 +83,11 @@ class BatchedRedisBackend(BatchedCommon):
 
     # --- misses and refills -----------------------------------------------
 
-    def _low(self, key: str, left: int) -> None:
-        """A hit that may have taken the lease to its low water."""
+    def refill_if_low(self, key: str, left: int) -> None:
+        """After a hit that left ``left`` held tokens: a background refill
+        when that is at or below the lease's low water (and none is in
+        flight). For hits answered elsewhere too (guardian serve's native
+        data plane tells it of those)."""
         if self.book.wants_refill(key, left) is not None:
             self._refiller.submit(key)
 

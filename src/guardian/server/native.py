@@ -83,7 +83,7 @@ def available() -> Tuple[bool, str]:
 CHECKED_AGAINST = {
     "rls": "93de3edcc54b6b4f",
     "v1": "0e888687ee01a2b9",
-    "lease": "63e5c39257379cd9",
+    "lease": "0a88ce1d39bc6fce",
 }
 
 
@@ -110,7 +110,8 @@ def python_digests() -> Dict[str, str]:
     from .. import _breaker, limiter
     from ..backends import _lease, batched_async
 
-    parts["lease"] = [batched_async.AsyncBatchedRedisBackend.take, _lease.LeaseBook, _lease.BatchedCommon.__init__,
+    parts["lease"] = [batched_async.AsyncBatchedRedisBackend.take, batched_async.AsyncBatchedRedisBackend.refill_if_low,
+                      _lease.LeaseBook, _lease.BatchedCommon.__init__,
                       limiter.AsyncRateLimiter.check_limit, limiter._Policy._gate, _breaker.CircuitBreaker]
     out = {}
     for name, objs in parts.items():
@@ -450,6 +451,8 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
             await asyncio.sleep(0.02)
         assert self._loop is not None
         self._loop.remove_reader(self.core.python_fd)
+        for _, mirror in self._mirrors.values():
+            self._loop.remove_reader(mirror.fd)
         if self._ticker is not None:
             self._ticker.cancel()
         tasks = list(self._tasks.values())
@@ -505,8 +508,20 @@ class NativeServer(grpc.aio.Server):  # type: ignore[misc]
         if breaker is not None:
             breaker.watch = mirror.failing
             mirror.failing(bool(breaker.failures))
+        assert self._loop is not None
+        self._loop.add_reader(mirror.fd, self._low_hits, backend, mirror)
         self._mirrors[id(backend)] = (backend, mirror)
         return mirror
+
+    @staticmethod
+    def _low_hits(backend: Any, mirror: Any) -> None:
+        """Hits C answered that left their lease at or below its low water:
+        the refills Python's own hits would have started."""
+        for key, left in mirror.take_low():
+            try:
+                backend.refill_if_low(key, left)
+            except Exception:  # noqa: BLE001 - one key's refill must not stop the others'
+                log.exception("guardian: starting a lease refill failed")
 
     def _drop(self, ident: Any, old: Any) -> None:
         """State.retire, deferred: a v1 table's counts so far go to Stats now."""
