@@ -113,9 +113,11 @@ def test_async_takes_all_or_nothing(deployment: Tuple[str, Any], prefix: str) ->
     url, _ = deployment
 
     async def main() -> None:
-        b = AsyncRedisBackend("3/hour and 5/day", url=url, prefix=prefix)
+        # connect_timeout: a cluster client's first calls connect to every
+        # node; on a loaded 2-core machine 0.25 s was seen to expire
+        b = AsyncRedisBackend("3/hour and 5/day", url=url, prefix=prefix, connect_timeout=2.0)
         # Two clients at once on one key: exactly the hour's 3.
-        other = AsyncRedisBackend(Limits.parse("3/hour and 5/day"), url=url, prefix=prefix)
+        other = AsyncRedisBackend(Limits.parse("3/hour and 5/day"), url=url, prefix=prefix, connect_timeout=2.0)
         # One check first on each: concurrent first checks on a fresh
         # asyncio cluster client (no slot map yet, so redis-py's client
         # serves them) can fail with "Connection closed by server" inside
@@ -203,7 +205,8 @@ def test_the_async_facade_with_limits(redis_server: Any, prefix: str) -> None:
         RateLimiter(AsyncRedisBackend("3/hour and 5/day", url=redis_server.url))
 
     async def main() -> None:
-        limiter = AsyncRateLimiter(AsyncRedisBackend("3/hour and 5/day", url=redis_server.url, prefix=prefix),
+        limiter = AsyncRateLimiter(AsyncRedisBackend("3/hour and 5/day", url=redis_server.url, prefix=prefix,
+                                                    connect_timeout=2.0),
                                    fail_open="local")
         assert [await limiter.try_acquire("k") for _ in range(4)] == [True, True, True, False]
         assert await limiter.get_usage("k") == 3
