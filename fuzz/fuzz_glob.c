@@ -8,6 +8,7 @@
  * Build and run: see fuzz/README.md. */
 #include "../src/guardian/_dataplane/pb.c"
 #include "../src/guardian/_dataplane/policy.c"
+#include "../src/guardian/_dataplane/lease.c"
 
 /* The reference: does p[i..] match v[j..]? Plain recursion on the first
  * pattern byte ('*': empty, or one value byte and the same '*' again),

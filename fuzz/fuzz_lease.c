@@ -1,6 +1,7 @@
 /* libFuzzer harness: the lease mirror's map (_dataplane/lease.c) against a
  * plain array. Each input byte pair is an operation on one of 4096 keys
- * (set, drop, get, and now and then clear), so runs of collisions, growth,
+ * (set, drop, get, a hit's lookup with its low-water notice, and now and
+ * then clear), so runs of collisions, growth,
  * shrinking and backward-shift deletions all happen; every get and the
  * count must agree with the array. The hash seed is fixed per run, so an
  * input replays. Build and run: see fuzz/README.md. */
@@ -13,6 +14,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int64_t want[KEYS];
+    static uint8_t told[KEYS]; /* a low-water hit was told since the key's last set */
     static g_lease m;
     if (lease_init(&m, 3, 4) != 0) abort();
     memset(want, 0xff, sizeof want); /* -1: absent */
@@ -29,9 +31,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         switch (op) {
         case 0:
         case 1:
-            if (lease_set(&m, (const uint8_t *)key, n, (int64_t)i, (int64_t)k) != 0) abort();
+            if (lease_set(&m, (const uint8_t *)key, n, (int64_t)i, (int64_t)k, 2) != 0) abort();
             live += want[k] < 0;
             want[k] = (int64_t)i;
+            told[k] = 0;
             break;
         case 2:
             lease_drop(&m, (const uint8_t *)key, n);
@@ -46,7 +49,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             break;
         }
-        int found = lease_get(&m, (const uint8_t *)key, n, &ahead, &at);
+        int tell = 0, left = data[i + 1] & 3;
+        int found = op == 3 ? lease_hit(&m, (const uint8_t *)key, n, left, &ahead, &at, &tell)
+                            : lease_get(&m, (const uint8_t *)key, n, &ahead, &at);
+        if (op == 3) { /* told once per set, at or below the entry's low (2); without one, the book's (0) */
+            int expect = want[k] >= 0 ? left <= 2 && !told[k] : left <= 0;
+            if (tell != expect) abort();
+            if (want[k] >= 0 && tell) told[k] = 1;
+        }
         if (found != (want[k] >= 0) || (found && (ahead != want[k] || at != (int64_t)k))) abort();
         if (lease_count(&m) != live) abort();
     }

@@ -62,7 +62,7 @@ static int fake_undo(void *table, const unsigned char *key, size_t n, int64_t co
     return n == 0 || n > 4096 ? -2 : 0;
 }
 /* a lease table: the key's length decides what it holds (n % 9 tokens) */
-static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left) {
+static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left, g_decision *d) {
     (void)table;
     volatile unsigned char x = 0;
     for (size_t i = 0; i < n; i++) x ^= key[i];
@@ -70,11 +70,14 @@ static int fake_spend(void *table, const unsigned char *key, size_t n, int64_t c
     if (n == 0 || n > 4096) return -2;
     int64_t held = (int64_t)(n % 9);
     *left = cost <= held ? held - cost : -1;
+    d->slot = (ptrdiff_t)(n % 89);
+    d->after = *left;
     return 0;
 }
-static int fake_unspend(void *table, const unsigned char *key, size_t n, int64_t cost) {
+static int fake_unspend(void *table, const unsigned char *key, size_t n, g_decision *d) {
     (void)table;
-    (void)cost;
+    /* only a spend that took: what it recorded, for the same key */
+    if (d->slot != (ptrdiff_t)(n % 89) || d->after < 0) abort();
     volatile unsigned char x = 0;
     for (size_t i = 0; i < n; i++) x ^= key[i];
     (void)x;
@@ -188,7 +191,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (lease_init(&LEASE, 1, 2) != 0) abort();
         /* reservations of some keys (the rest report the lease's own numbers) */
         const char *held[] = {"a", "ab", "abc", "d\x1fL\x1fv", "k1234567"};
-        for (int i = 0; i < 5; i++) lease_set(&LEASE, (const uint8_t *)held[i], strlen(held[i]), 30 - i * 7, 0);
+        for (int i = 0; i < 5; i++) lease_set(&LEASE, (const uint8_t *)held[i], strlen(held[i]), 30 - i * 7, 0, i % 3);
         for (int i = 0; i < 4; i++) policies[i] = make_policy(i);
         gs_set_health(srv, "", 0, 1);
     }

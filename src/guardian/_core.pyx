@@ -515,16 +515,18 @@ cdef class Table:
         cdef uint64_t h = self._hash(key)
         cdef int64_t c = self._cost(cost)
         cdef int64_t stuck = 0
-        cdef int64_t left = self._spend(h, c, self._now(), &stuck)
+        cdef Decision d
+        cdef int64_t left = self._spend(h, c, self._now(), &stuck, &d)
         if stuck:
             self._stuck(stuck)
         return left
 
     @cython.cdivision(True)
-    cdef int64_t _spend(self, uint64_t h, int64_t c, int64_t now, int64_t *stuck) noexcept nogil:
+    cdef int64_t _spend(self, uint64_t h, int64_t c, int64_t now, int64_t *stuck, Decision *d) noexcept nogil:
         """spend's slot step: the tokens left, or -1 (nothing taken).
         ``stuck``: set to the pid of a stripe lock's holder past the bound
-        (then -1, undecided)."""
+        (then -1, undecided). ``d``: the spend's write (slot, TAT before and
+        after), for an exact undo."""
         cdef int64_t t, new, left
         cdef Py_ssize_t s
         while True:
@@ -542,6 +544,7 @@ cdef class Table:
                 new = 0  # empty: the slot may be reclaimed
             if g_cas(&self.slots_[s].tat, t, new):
                 g_count(&self.spends_)
+                d.slot, d.before, d.after = s, t, new
                 return left
 
     @property
@@ -979,8 +982,8 @@ ctypedef int (*native_peek_fn)(void *table, const unsigned char *key, size_t n, 
 ctypedef int (*native_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
                                Decision *d) noexcept nogil
 ctypedef int (*native_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost,
-                                int64_t *left) noexcept nogil
-ctypedef int (*native_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost) noexcept nogil
+                                int64_t *left, Decision *d) noexcept nogil
+ctypedef int (*native_unspend_fn)(void *table, const unsigned char *key, size_t n, Decision *d) noexcept nogil
 ctypedef int (*native_read_fn)(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
                                int64_t ticks_per_second, int64_t *remaining, int64_t *lead) noexcept nogil
 
@@ -1081,37 +1084,37 @@ cdef int _native_undo(Table t, const unsigned char *key, size_t n, int64_t cost,
 
 
 cdef int _native_spend(Table t, const unsigned char *key, size_t n, int64_t cost,
-                       int64_t *left) noexcept nogil:
+                       int64_t *left, Decision *d) noexcept nogil:
     """A lease table's spend: 0 with ``left`` the tokens left, or -1 when
-    fewer were held (nothing taken); else -1/-2/-3/-4 as _native_take."""
+    fewer were held (nothing taken); else -1/-2/-3/-4 as _native_take.
+    ``d`` records what a spend wrote (for _native_unspend)."""
     cdef uint64_t h
     cdef int64_t now, stuck = 0
     cdef int rc = _native_cost_at(t, key, n, cost, &h, &now)
     if rc != 0:
         return rc
-    left[0] = t._spend(h, cost, now, &stuck)
+    left[0] = t._spend(h, cost, now, &stuck, d)
     if stuck:
         return -4
     return 0
 
 
-cdef int _native_unspend(Table t, const unsigned char *key, size_t n, int64_t cost) noexcept nogil:
-    """Gives back ``cost`` tokens a ``_native_spend`` took (for a request
-    the data plane began and then hands to Python, which spends again):
-    credited as the lease's own credit is, and the spend uncounted. 0; 1
-    when they no longer fit (the lease was refilled meanwhile: they are
-    dropped, which under-admits, never over); -1/-2/-4 as _native_take."""
+cdef int _native_unspend(Table t, const unsigned char *key, size_t n, Decision *d) noexcept nogil:
+    """Gives back a spend ``_native_spend`` recorded in ``d`` (for a request
+    the data plane began and then hands to Python, which spends again), and
+    uncounts it: only when the key's slot still holds exactly what that
+    spend wrote. Anything since (another spend, a refill, a drain by reset
+    or expiry, a reclaim) and the tokens are dropped instead: fewer
+    admitted, never more (a drained lease must not get void tokens back).
+    0, or 1 when dropped, or -2 for a bad key."""
     cdef uint64_t h
-    cdef int64_t now
-    cdef Decision d
-    cdef int rc = _native_at(t, key, n, &h, &now)
-    if rc != 0:
-        return rc
+    cdef int64_t tat
+    if t._native_key(key, n, &h) != 0:
+        return -2
     g_uncount(&t.spends_)
-    t._decide(h, cost, now, &d)
-    if d.stuck:
-        return -4
-    return 0 if d.allowed else 1
+    if t._locate(h, &tat) == d.slot and tat == d.after and g_cas(&t.slots_[d.slot].tat, d.after, d.before):
+        return 0
+    return 1
 
 
 cdef int _native_params(Table t, int64_t *capacity, double *scale) noexcept nogil:

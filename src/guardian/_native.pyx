@@ -23,6 +23,9 @@ cdef extern from "_dataplane/core_api.h":
         unsigned version
         unsigned decision_size
         int (*params)(void *table, int64_t *capacity, double *scale) nogil
+        int (*spend)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left,
+                     g_decision *d) nogil
+        int (*unspend)(void *table, const unsigned char *key, size_t n, g_decision *d) nogil
     enum: G_CORE_API_VERSION
 
 cdef extern from "_dataplane/pb.h":
@@ -64,12 +67,13 @@ cdef extern from "_dataplane/lease.h" nogil:
     ctypedef struct g_lease:
         int64_t low_cap
         int failing
+        int broken
         int efd
     enum: G_LOW_HITS
     uint32_t lease_take_low(g_lease *m, g_low_hit *out, uint32_t max)
     int lease_init(g_lease *m, uint64_t k0, uint64_t k1)
     void lease_destroy(g_lease *m)
-    int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at)
+    int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at, int64_t low)
     void lease_drop(g_lease *m, const uint8_t *key, size_t n)
     void lease_clear(g_lease *m)
     int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t *ahead_at)
@@ -216,6 +220,21 @@ cdef const g_core_api *_api_of(object table) except NULL:
     return api
 
 
+def _spend_then_unspend(table, str key, int64_t cost, between):
+    """For tests: the data plane's spend of ``cost`` from a lease table,
+    ``between()``, then its undo (what a request C began and handed to
+    Python does): (tokens left after the spend, the undo's code: 0 given
+    back, 1 dropped)."""
+    cdef const g_core_api *api = _api_of(table)
+    cdef g_decision d
+    cdef int64_t left
+    b = key.encode()
+    if api.spend(<void *>table, b, len(b), cost, &left, &d) != 0 or left < 0:
+        raise ValueError("nothing spent")
+    between()
+    return left, api.unspend(<void *>table, b, len(b), &d)
+
+
 cdef char *_cstr(bytes b, uint32_t *n) except? NULL:
     cdef char *p = <char *>malloc(len(b) + 1)
     if p == NULL:
@@ -247,15 +266,16 @@ cdef class LeaseMirror:
             lease_destroy(&self.m)
             self.ready = False
 
-    def reserved(self, str key, int64_t ahead, int64_t ahead_at):
+    def reserved(self, str key, int64_t ahead, int64_t ahead_at, int64_t low):
         b = key.encode("utf-8", "surrogatepass")
         if ahead < 0:
             lease_drop(&self.m, b, len(b))
-        elif lease_set(&self.m, b, len(b), ahead, ahead_at) != 0:
-            # no room to grow: without an entry the key's hits would report
-            # the lease's own numbers, so they must not be answered here
-            self.failing(True)
-            raise MemoryError("guardian: the lease mirror cannot grow; lease hits go to Python")
+        elif lease_set(&self.m, b, len(b), ahead, ahead_at, low) != 0:
+            # No room to grow: without its entry the key's hits would report
+            # the lease's own numbers, so from now on every hit is Python's.
+            # Not raised: the book is crediting a reservation Redis granted.
+            lease_drop(&self.m, b, len(b))
+            __atomic_store_int(&self.m.broken, 1, __ATOMIC_RELEASE)
 
     def forgot(self, str key):
         b = key.encode("utf-8", "surrogatepass")
@@ -308,8 +328,9 @@ cdef class LeaseMirror:
 
     @property
     def state(self):
-        """(low_cap, failing) as the data plane reads them (for tests)."""
-        return _rd64(&self.m.low_cap), bool(_rdi(&self.m.failing))
+        """(low_cap, failing) as the data plane reads them (failing: the
+        breaker counts failures, or a reservation could not be copied)."""
+        return _rd64(&self.m.low_cap), bool(_rdi(&self.m.failing) or _rdi(&self.m.broken))
 
 
 cdef class CompiledPolicy:

@@ -207,6 +207,10 @@ def test_while_the_breaker_counts_failures_python_decides(tmp_path: Path) -> Non
             with grpc.insecure_channel(s.target) as ch:
                 stub = pb_grpc.RateLimiterStub(ch)
                 lease = [stub.CheckLimit(v1("default", "held"), timeout=5).allowed for _ in range(60)]
+                # the key's lease holds tokens now (else the denials below would prove nothing)
+                assert counter(s.metrics(), "guardian_lease_reserved_tokens_total") > 60
+                if engine == "native":
+                    assert answered_by(s).get(("check_limit", "native"), 0) >= 40
                 redis.kill()
                 # other keys miss, each a failed Redis call: the breaker opens after 3
                 misses = [stub.CheckLimit(v1("default", f"miss{i}"), timeout=5).allowed for i in range(4)]

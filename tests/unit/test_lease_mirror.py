@@ -27,8 +27,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: List[Tuple[Any, ...]] = []
 
-    def reserved(self, key: str, ahead: int, ahead_at: int) -> None:
-        self.calls.append(("reserved", key, ahead, ahead_at))
+    def reserved(self, key: str, ahead: int, ahead_at: int, low: int) -> None:
+        self.calls.append(("reserved", key, ahead, ahead_at, low))
 
     def forgot(self, key: str) -> None:
         self.calls.append(("forgot", key))
@@ -53,15 +53,15 @@ def test_the_book_tells_its_observer_every_change() -> None:
     seen = Recorder()
     b.observe(seen)
     # what the book holds already, then its low water
-    assert seen.calls == [("forgot_all",), ("reserved", "old", 40_000, NOW[0] - 5), ("low_water", 4)]
+    assert seen.calls == [("forgot_all",), ("reserved", "old", 40_000, NOW[0] - 5, 4), ("low_water", 4)]
     seen.calls.clear()
     lease = b.lease("k")
     assert seen.calls == []  # a lease without a reservation: nothing to copy
     b.granted("k", lease, 20, 1, Reserved(20, 72, 0, 140_000, 2), NOW[0])
-    assert seen.calls == [("reserved", "k", 140_000, NOW[0]), ("low_water", 10)]
+    assert seen.calls == [("low_water", 10), ("reserved", "k", 140_000, NOW[0], 10)]
     seen.calls.clear()
     b.granted("k", lease, 20, 1, Reserved(0, 0, 5, 150_000, 3), NOW[0])  # a denial is a reservation too
-    assert seen.calls == [("reserved", "k", 150_000, NOW[0])]
+    assert seen.calls == [("reserved", "k", 150_000, NOW[0], 10)]
     seen.calls.clear()
     b.forget("k")  # reset
     assert seen.calls == [("forgot", "k")]
@@ -99,18 +99,18 @@ native = pytest.importorskip("guardian._native") if not _impl.NO_EXTENSIONS else
 def test_mirror_copies_and_stays_bounded() -> None:
     assert native is not None
     m = native.LeaseMirror()
-    m.reserved("a", 5, 7)
-    m.reserved("a", 6, 8)  # replaced
-    m.reserved("é\udcff", 1, 2)  # any str a Python caller can hold
+    m.reserved("a", 5, 7, 0)
+    m.reserved("a", 6, 8, 0)  # replaced
+    m.reserved("é\udcff", 1, 2, 0)  # any str a Python caller can hold
     assert m.get("a") == (6, 8) and m.get("é\udcff") == (1, 2) and m.get("b") is None
-    m.reserved("a", -1, 9)  # no reservation any more
+    m.reserved("a", -1, 9, 0)  # no reservation any more
     assert m.get("a") is None and len(m) == 1
     m.low_water(17)
     m.failing(True)
     assert m.state == (17, True)
     keys = [f"k{i}" for i in range(200_000)]
     for i, k in enumerate(keys):
-        m.reserved(k, i, i)
+        m.reserved(k, i, i, 0)
     assert len(m) == 200_001
     random.Random(1).shuffle(keys)
     for k in keys[:150_000]:
@@ -159,3 +159,54 @@ def test_reserve_replies_beyond_what_lua_holds_are_malformed() -> None:
     assert layout.reserved([1, 2, 0, 2**53 - 1, 5]).ahead_ticks == 2**53 - 1
     with pytest.raises(BackendError):
         layout.reserved([1, 2, 0, 2**53, 5])
+
+
+@pytest.mark.skipif(native is None, reason="the native data plane is not built")
+def test_an_undone_spend_never_gives_a_drained_lease_tokens_back() -> None:
+    """A request C began and then hands to Python gives back what it spent,
+    but only to the slot as the spend left it: after a drain (a reset, an
+    expiry), a refill or another spend the tokens are dropped (fewer
+    admitted, never more: a reset bucket in Redis plus void tokens here
+    would admit more than the limit)."""
+    from guardian.backends._lease import LeaseTable
+
+    assert native is not None
+    t = LeaseTable(100, None, 64, None)
+    table = t._table
+    t.credit("k", 10)
+    assert native._spend_then_unspend(table, "k", 3, lambda: None) == (7, 0)
+    assert t.held("k") == 10  # given back exactly
+    assert native._spend_then_unspend(table, "k", 3, lambda: t.drain("k")) == (7, 1)
+    assert t.held("k") == 0  # a reset drained it: nothing comes back
+    t.credit("k", 10)
+    assert native._spend_then_unspend(table, "k", 3, lambda: t.drain("k") and t.credit("k", 5)) == (7, 1)
+    assert t.held("k") == 5  # drained and refilled since: still nothing of the old lease
+    assert native._spend_then_unspend(table, "k", 2, lambda: t.spend("k", 1)) == (3, 1)
+    assert t.held("k") == 2  # another spend since: dropped, not double-given
+    spends = t.spends
+    native._spend_then_unspend(table, "k", 1, lambda: None)
+    assert t.spends == spends  # an undone spend is not a check served from the lease
+
+
+def test_a_reservation_claims_the_tokens_of_the_check_that_asked() -> None:
+    """The miss that reserved tokens takes its own out of the grant: never
+    credited, so no other thread (or the native data plane) can spend them
+    before it does; the lease's demand still counts them."""
+    b = book()
+    lease = b.lease("k")
+    assert b.granted("k", lease, 8, 1, Reserved(8, 92, 0, 80_000, 1), NOW[0], claim=3) == 0
+    assert b.table.held("k") == 5 and lease.held_at == 8 and lease.reservations[-1][2] == 5
+    assert b.claimed(Reserved(8, 92, 0, 80_000, 1), 3) and not b.claimed(Reserved(2, 92, 0, 80_000, 1), 3)
+    other = b.lease("j")
+    assert b.granted("j", other, 2, 2, Reserved(2, 92, 0, 80_000, 1), NOW[0], claim=3) == 0
+    assert b.table.held("j") == 2  # fewer granted than the claim: all credited, the check spends as before
+
+
+def test_a_lease_dropped_mid_reservation_is_not_copied() -> None:
+    b = book()
+    seen = Recorder()
+    b.observe(seen)
+    lease = b.lease("k")
+    b.leases.pop("k")  # an expiry scan while the reservation was in flight
+    b.granted("k", lease, 4, 1, Reserved(4, 96, 0, 40_000, 1), NOW[0])
+    assert [c for c in seen.calls if c[0] == "reserved"] == []

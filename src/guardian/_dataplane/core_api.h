@@ -30,10 +30,13 @@ typedef int (*g_peek_fn)(void *table, const unsigned char *key, size_t n, g_deci
 typedef int (*g_undo_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, g_decision *d);
 
 /* A lease table (the batched backends'): takes cost held tokens; *left
- * the tokens left, or -1 when fewer were held (nothing taken) */
-typedef int (*g_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left);
-/* Gives back what a spend took: 0, or 1 when it no longer fits (dropped) */
-typedef int (*g_unspend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost);
+ * the tokens left, or -1 when fewer were held (nothing taken); d records
+ * the write, for unspend */
+typedef int (*g_spend_fn)(void *table, const unsigned char *key, size_t n, int64_t cost, int64_t *left,
+                          g_decision *d);
+/* Gives back the spend d recorded when the slot still holds exactly what it
+ * wrote: 0; else 1 (the tokens are dropped: never given to a drained lease) */
+typedef int (*g_unspend_fn)(void *table, const unsigned char *key, size_t n, g_decision *d);
 /* A Redis bucket read elapsed_ns after a reservation (_since.h): whole
  * tokens left and the TAT's lead in ticks */
 typedef int (*g_read_fn)(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,

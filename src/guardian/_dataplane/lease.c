@@ -35,6 +35,7 @@ int lease_init(g_lease *m, uint64_t k0, uint64_t k1) {
     m->k1 = k1;
     m->low_cap = 0;
     m->failing = 0;
+    m->broken = 0;
     return 0;
 }
 
@@ -73,7 +74,7 @@ static int resize(g_lease *m, uint32_t cap) {
     return 0;
 }
 
-int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at) {
+int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t ahead_at, int64_t low) {
     uint64_t h = hash_of(m, key, n);
     int rc = 0;
     pthread_mutex_lock(&m->mu);
@@ -81,10 +82,13 @@ int lease_set(g_lease *m, const uint8_t *key, size_t n, int64_t ahead, int64_t a
     if (e) {
         e->ahead = ahead;
         e->ahead_at = ahead_at;
-    } else if ((m->used + 1) * 2 > m->mask + 1 && (m->mask + 1 > UINT32_MAX / 2 || resize(m, (m->mask + 1) * 2) != 0)) {
+        e->low = low;
+        e->told = 0;
+    } else if ((uint64_t)(m->used + 1) * 2 > (uint64_t)m->mask + 1 &&
+               (m->mask + 1 > UINT32_MAX / 2 || resize(m, (m->mask + 1) * 2) != 0)) {
         rc = -1;
     } else {
-        g_lease_entry fresh = {h, ahead, ahead_at};
+        g_lease_entry fresh = {h, ahead, ahead_at, low, 0};
         place(m->slots, m->mask, fresh);
         m->used++;
     }
@@ -141,6 +145,23 @@ int lease_get(g_lease *m, const uint8_t *key, size_t n, int64_t *ahead, int64_t 
     if (e) {
         *ahead = e->ahead;
         *ahead_at = e->ahead_at;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return e != NULL;
+}
+
+int lease_hit(g_lease *m, const uint8_t *key, size_t n, int64_t left, int64_t *ahead, int64_t *ahead_at,
+              int *tell) {
+    uint64_t h = hash_of(m, key, n);
+    pthread_mutex_lock(&m->mu);
+    g_lease_entry *e = find(m, h);
+    if (e) {
+        *ahead = e->ahead;
+        *ahead_at = e->ahead_at;
+        *tell = left <= e->low && !e->told;
+        e->told |= *tell;
+    } else {
+        *tell = left <= __atomic_load_n(&m->low_cap, __ATOMIC_ACQUIRE);
     }
     pthread_mutex_unlock(&m->mu);
     return e != NULL;

@@ -158,21 +158,24 @@ static int64_t monotonic_ns(void) {
 /* AsyncBatchedRedisBackend.take on a hit, behind AsyncRateLimiter's gate:
  * the tokens from the lease, and the bucket as the book last saw it from
  * Redis, moved on by the time since (LeaseBook.bucket). A hit that leaves
- * the lease at or below the low water is told to Python, which starts the
- * refill (refill_if_low) as its own hit would. -1 (nothing taken) for
- * everything else: the breaker counts failures, a miss, a bad key. */
+ * the lease at or below its low water is told to Python (once per
+ * reservation), which starts the refill (refill_if_low) as its own hit
+ * would. -1 (nothing taken) for
+ * everything else: the breaker counts failures, a miss, a bad key, a
+ * mirror that could not copy a reservation. */
 static int lease_take(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
                       g_decision *d) {
     g_lease *m = t->lease;
-    if (__atomic_load_n(&m->failing, __ATOMIC_ACQUIRE)) return -1;
+    if (__atomic_load_n(&m->failing, __ATOMIC_ACQUIRE) || __atomic_load_n(&m->broken, __ATOMIC_ACQUIRE)) return -1;
     int64_t left, ahead, at;
-    if (p->api->spend(t->table, key, n, cost, &left) != 0 || left < 0) return -1;
-    if (left <= __atomic_load_n(&m->low_cap, __ATOMIC_ACQUIRE)) lease_low_hit(m, key, n, left);
+    int tell;
     memset(d, 0, sizeof *d);
+    if (p->api->spend(t->table, key, n, cost, &left, d) != 0 || left < 0) return -1;
     d->allowed = 1;
     d->remaining = left; /* no reservation of this process: the lease's own numbers */
-    if (lease_get(m, key, n, &ahead, &at))
+    if (lease_hit(m, key, n, left, &ahead, &at, &tell))
         p->api->read(ahead, left, t->P, t->tau, monotonic_ns() - at, t->tps, &d->remaining, &d->reset_ticks);
+    if (tell) lease_low_hit(m, key, n, left);
     return 0;
 }
 
@@ -185,12 +188,12 @@ static int ref_take(const g_policy *p, const g_table_ref *t, const uint8_t *key,
 }
 
 /* Takes back what ref_take took (the request goes to Python, which takes
- * again). A lease's tokens that no longer fit are dropped: fewer admitted,
- * never more. */
+ * again). A lease's tokens come back only when its slot is as the spend
+ * left it; else they are dropped: fewer admitted, never more. */
 static void ref_undo(const g_policy *p, const g_table_ref *t, const uint8_t *key, size_t n, int64_t cost,
                      g_decision *d) {
     if (t->lease)
-        p->api->unspend(t->table, key, n, cost);
+        p->api->unspend(t->table, key, n, d);
     else
         p->api->undo(t->table, key, n, cost, d);
 }
@@ -267,8 +270,8 @@ int policy_checks(g_policy *p, const g_check_req *reqs, uint32_t n, g_buf *out) 
         const g_table_ref *t = route_check(p, &reqs[i], &cost, &l);
         size_t mark = pb_begin(out, 1);
         /* The core refuses only past its tick horizon (decades) or on a
-         * stripe lock a stopped process holds; a lease, whenever its hit
-         * is not plain (see lease_take). Python then answers the whole
+         * stripe lock a stopped process holds; a lease, on a miss or while
+         * its breaker counts failures (see lease_take). Python then answers the whole
          * call and takes every check again: the checks taken here before
          * this one are taken back first, so none counts twice. */
         if (ref_take(p, t, reqs[i].key.p, reqs[i].key.n, cost, &dec[i]) != 0) {

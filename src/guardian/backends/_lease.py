@@ -60,9 +60,10 @@ class LeaseObserver(Protocol):
     changes (guardian serve's native data plane keeps a copy to answer hits
     without Python). Called on the book's thread, never on the hot path."""
 
-    def reserved(self, key: str, ahead: int, ahead_at: int) -> None:
+    def reserved(self, key: str, ahead: int, ahead_at: int, low: int) -> None:
         """``key``'s reservation: its bucket's TAT lay ``ahead`` ticks ahead
-        at clock time ``ahead_at`` (ns); ``ahead`` < 0: none."""
+        at clock time ``ahead_at`` (ns), and a hit that leaves ``low`` held
+        tokens or fewer may start a refill; ``ahead`` < 0: none."""
 
     def forgot(self, key: str) -> None:
         """``key`` has no lease any more."""
@@ -232,8 +233,15 @@ class LeaseBook:
         observer.forgot_all()
         for key, lease in _snapshot(self.leases):
             if lease.ahead >= 0:
-                observer.reserved(key, lease.ahead, lease.ahead_at)
+                observer.reserved(key, lease.ahead, lease.ahead_at, lease.low)
         observer.low_water(self.low_cap)
+
+    def _tell(self, key: str, lease: Lease) -> None:
+        """The observer, of a reservation just credited (not of a lease an
+        expiry scan dropped while its reservation was in flight: the book
+        then knows none for the key)."""
+        if self.observer is not None and self.leases.get(key) is lease:
+            self.observer.reserved(key, lease.ahead, lease.ahead_at, lease.low)
 
     def _forgot(self, key: str) -> None:
         if self.observer is not None:
@@ -320,9 +328,15 @@ class LeaseBook:
         return lease_size(lease.held_at - held, elapsed, self.refresh, lease.size,
                           self.max_lease, cost - held if held > 0 else cost)
 
-    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved, sent: int) -> int:
+    def granted(self, key: str, lease: Lease, asked: int, needed: int, reply: Reserved, sent: int,
+                claim: int = 0) -> int:
         """Credits a reserve reply (to a request sent at clock time ``sent``)
-        to the table; the tokens that did not fit (to give back at once)."""
+        to the table; the tokens that did not fit (to give back at once).
+        ``claim``: the tokens of the check that asked, taken out of the grant
+        when it holds them (claimed(reply, claim) says so) instead of being
+        credited and then spent: in between, another thread (or guardian
+        serve's native data plane) could spend them, and the check that
+        reserved them would be denied."""
         got = reply.granted
         counts = self.counts
         lease.missed = 0
@@ -332,8 +346,6 @@ class LeaseBook:
         # The server read its clock after ``sent``: counting time from then
         # errs by at most the round trip, towards a shorter reset_after.
         lease.ahead, lease.ahead_at = reply.ahead_ticks, sent
-        if self.observer is not None:
-            self.observer.reserved(key, lease.ahead, sent)
         if got == 0:
             counts["redis_denials"] += 1
             # Cached until Redis' retry_after, but at most a lease lifetime:
@@ -348,25 +360,33 @@ class LeaseBook:
             cap = int(min(self.refresh, self.capacity * self.config.emission_interval / 2) * _NS)
             lease.window = max(wait, min(wait << lease.streak, cap))
             self.denied[key] = (min(now + lease.window, now + self._lifetime_ns), now + wait, needed)
+            self._tell(key, lease)
             return 0
         lease.streak = 0
         self.denied.pop(key, None)
         counts["reserved_tokens"] += got
         table = self.table
-        fit = got
-        if not table.credit(key, fit):  # held + got > C: another process refilled too
-            fit = min(got, self.capacity - table.held(key))
+        taken = claim if self.claimed(reply, claim) else 0
+        fit = got - taken
+        if fit and not table.credit(key, fit):  # held + got > C: another process refilled too
+            fit = min(got - taken, self.capacity - table.held(key))
             if fit <= 0 or not table.credit(key, fit):
                 fit = 0
         lease.size = asked
         lease.low = asked // 2
         if lease.low > self.low_cap:
             self._set_low_cap(lease.low)
-        lease.held_at = table.held(key)
+        lease.held_at = table.held(key) + taken  # the claimed tokens count as spent since (demand)
         lease.at = now
         lease.reservations.append([reply.now_us, reply.ahead_ticks, fit])
         del lease.reservations[:-_KEEP]
-        return got - fit
+        self._tell(key, lease)  # after the credit: a hit elsewhere sees the new lead with the new tokens
+        return got - taken - fit
+
+    @staticmethod
+    def claimed(reply: Reserved, claim: int) -> bool:
+        """Whether granted() took a check's ``claim`` tokens out of ``reply``."""
+        return 0 < claim <= reply.granted
 
     def decided(self, key: str, cost: int, left: int, reply: Reserved) -> LimitResult:
         """The answer after a reservation: a hit when the tokens are now

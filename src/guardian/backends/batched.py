@@ -105,11 +105,16 @@ class BatchedRedisBackend(BatchedCommon):
                 return book.hit(key, left)
             if lease.failed != failed:  # the reservation we waited for failed: so do we, at once
                 raise lease.shared_failure()
-            reply = self._reserve(key, lease, cost)
-            return book.decided(key, cost, self._spend(key, cost) if reply.granted else -1, reply)
+            reply = self._reserve(key, lease, cost, claim=cost)
+            if book.claimed(reply, cost):  # the check's tokens came out of the grant itself
+                left = max(book.table.held(key), 0)
+            else:
+                left = self._spend(key, cost) if reply.granted else -1
+            return book.decided(key, cost, left, reply)
 
-    def _reserve(self, key: str, lease: Lease, cost: int) -> Reserved:
-        """One reservation, with the key's lease lock held."""
+    def _reserve(self, key: str, lease: Lease, cost: int, claim: int = 0) -> Reserved:
+        """One reservation, with the key's lease lock held (``claim``: see
+        LeaseBook.granted)."""
         needed = self.book.needed(key, cost)
         n = self.book.size(lease, self.book.table.held(key), cost)
         sent = self.book.now()
@@ -119,7 +124,7 @@ class BatchedRedisBackend(BatchedCommon):
             lease.failed += 1
             lease.error = exc
             raise
-        spill = self.book.granted(key, lease, n, needed, reply, sent)
+        spill = self.book.granted(key, lease, n, needed, reply, sent, claim)
         self._low_cap = self.book.low_cap
         if spill:
             self._release(key, spill, (reply.now_us, reply.ahead_ticks))

@@ -83,7 +83,7 @@ def available() -> Tuple[bool, str]:
 CHECKED_AGAINST = {
     "rls": "93de3edcc54b6b4f",
     "v1": "0e888687ee01a2b9",
-    "lease": "0a88ce1d39bc6fce",
+    "lease": "83ae6e83f5effe72",
 }
 
 
