@@ -526,14 +526,21 @@ def native_main(argv: List[str]) -> int:
             grpc_server("grpc.aio, constant answer", port, proc, ("check", "rls"))
         finally:
             stop(proc)
-        for engine, workers, kinds in (("grpcio", 1, ("check", "rls")), ("native", 1, ("check", "rls", "batch")),
-                                       ("native", 2, ("check", "rls"))):
-            port, proc = start_guardian_engine(engine, workers, policy.name, one_cpu if workers == 1 else None)
-            try:
-                grpc_server(f"guardian serve --engine {engine}, {workers} worker{'s' * (workers > 1)}",
-                            port, proc, kinds)
-            finally:
-                stop(proc)
+        def engines(mode: str, policy_path: str, extra: Tuple[str, ...] = ()) -> None:
+            """Both engines (native also with 2 workers) on one backend; ``mode``
+            goes into the labels ("" or "--batched ")."""
+            for engine, workers, kinds in (("grpcio", 1, ("check", "rls")),
+                                           ("native", 1, ("check", "rls") + (("batch",) if not mode else ())),
+                                           ("native", 2, ("check", "rls"))):
+                port, proc = start_guardian_engine(engine, workers, policy_path,
+                                                   one_cpu if workers == 1 else None, extra)
+                try:
+                    grpc_server(f"guardian serve {mode}--engine {engine}, {workers} worker{'s' * (workers > 1)}",
+                                port, proc, kinds)
+                finally:
+                    stop(proc)
+
+        engines("", policy.name)
         if a.batched:
             # Redis on its own (unpinned): the leases reserve from it now and then
             batched_policy = Path(policy.name).with_suffix(".batched.yaml")
@@ -542,16 +549,7 @@ def native_main(argv: List[str]) -> int:
             batched_policy.write_text(POLICY.replace("1000000000", "1000000"))
             rport, redis = start_redis()
             try:
-                for engine, workers, kinds in (("grpcio", 1, ("check", "rls")), ("native", 1, ("check", "rls")),
-                                               ("native", 2, ("check", "rls"))):
-                    port, proc = start_guardian_engine(
-                        engine, workers, str(batched_policy), one_cpu if workers == 1 else None,
-                        ("--redis-url", f"redis://127.0.0.1:{rport}/0", "--batched"))
-                    try:
-                        grpc_server(f"guardian serve --batched --engine {engine}, {workers} worker"
-                                    f"{'s' * (workers > 1)}", port, proc, kinds)
-                    finally:
-                        stop(proc)
+                engines("--batched ", str(batched_policy), ("--redis-url", f"redis://127.0.0.1:{rport}/0", "--batched"))
             finally:
                 stop(redis)
                 batched_policy.unlink()
@@ -562,7 +560,7 @@ def native_main(argv: List[str]) -> int:
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = [
         f"Command: `python bench/sidecar_bench.py --native --seconds {a.seconds:g} --connections {a.connections} "
-        f"--streams {a.streams}{' --pin' if pin else ''}`",
+        f"--streams {a.streams}{' --pin' if pin else ''}{' --batched' if a.batched else ''}`",
         "",
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; `uptime` at the end: {uptime}. "
         f"Generator: h2load, 1 thread, {a.connections} connections x {a.streams} streams (calls/s, p99) and "
@@ -578,35 +576,25 @@ def native_main(argv: List[str]) -> int:
                      f"| {r['server_cpu'] / r['rps'] * 1e6:.1f} |")
     static = by[("nghttpd, static body", "static")]
     lines.append("")
-    for kind in ("check", "rls"):
-        n1 = by[("guardian serve --engine native, 1 worker", kind)]
-        n2 = by[("guardian serve --engine native, 2 workers", kind)]
-        aio = by[("grpc.aio, constant answer", kind)]
-        grpcio = by[("guardian serve --engine grpcio, 1 worker", kind)]
-        lines.append(
-            f"- {names[kind]}, native 1 worker: {n1['rps']:,.0f} calls/s (target >= 100,000) = "
-            f"{n1['rps'] / static['rps'] * 100:.0f}% of nghttpd (target >= 30%), "
-            f"{n1['rps'] / aio['rps']:.0f}x the grpc.aio floor (target >= 30x), "
-            f"{n1['rps'] / grpcio['rps']:.0f}x the grpcio engine; p50 at 1 in flight "
-            f"{n1['p50_1'] * 1000:.0f} us (target <= 100), p99 at {a.connections * a.streams} in flight "
-            f"{n1['p99']:.2f} ms (target <= 5); 2 workers / 1: {n2['rps'] / n1['rps']:.2f}x (target >= 1.6x), "
-            f"with h2load using {n1['gen_cpu']:.2f} / {n2['gen_cpu']:.2f} cores of the machine's "
-            f"{os.cpu_count()} and the servers {n1['server_cpu']:.2f} / {n2['server_cpu']:.2f}; server CPU "
-            f"per call {n1['server_cpu'] / n1['rps'] * 1e6:.1f} / {n2['server_cpu'] / n2['rps'] * 1e6:.1f} us.")
-    batch = by[("guardian serve --engine native, 1 worker", "batch")]
-    lines.append(f"- CheckLimits x100, native 1 worker: {batch['rps'] * 100:,.0f} checks/s.")
-    if a.batched:
+    for mode in ("", "--batched ") if a.batched else ("",):
         for kind in ("check", "rls"):
-            nb = by[("guardian serve --batched --engine native, 1 worker", kind)]
-            gb = by[("guardian serve --batched --engine grpcio, 1 worker", kind)]
-            n2 = by[("guardian serve --batched --engine native, 2 workers", kind)]
+            n1 = by[(f"guardian serve {mode}--engine native, 1 worker", kind)]
+            n2 = by[(f"guardian serve {mode}--engine native, 2 workers", kind)]
+            aio = by[("grpc.aio, constant answer", kind)]
+            grpcio = by[(f"guardian serve {mode}--engine grpcio, 1 worker", kind)]
             lines.append(
-                f"- {names[kind]} --batched (lease hits), native 1 worker: {nb['rps']:,.0f} calls/s = "
-                f"{nb['rps'] / gb['rps']:.0f}x the grpcio engine's {gb['rps']:,.0f}, "
-                f"{nb['rps'] / static['rps'] * 100:.0f}% of nghttpd; p50 at 1 in flight {nb['p50_1'] * 1000:.0f} us, "
-                f"p99 at {a.connections * a.streams} in flight {nb['p99']:.2f} ms; server CPU per call "
-                f"{nb['server_cpu'] / nb['rps'] * 1e6:.1f} us (grpcio {gb['server_cpu'] / gb['rps'] * 1e6:.0f}); "
-                f"2 workers {n2['rps']:,.0f} calls/s.")
+                f"- {names[kind]}{' --batched (lease hits)' if mode else ''}, native 1 worker: {n1['rps']:,.0f} "
+                f"calls/s (target >= 100,000) = {n1['rps'] / static['rps'] * 100:.0f}% of nghttpd (target >= 30%), "
+                f"{n1['rps'] / aio['rps']:.0f}x the grpc.aio floor (target >= 30x), "
+                f"{n1['rps'] / grpcio['rps']:.0f}x the grpcio engine; p50 at 1 in flight "
+                f"{n1['p50_1'] * 1000:.0f} us (target <= 100), p99 at {a.connections * a.streams} in flight "
+                f"{n1['p99']:.2f} ms (target <= 5); 2 workers / 1: {n2['rps'] / n1['rps']:.2f}x (target >= 1.6x), "
+                f"with h2load using {n1['gen_cpu']:.2f} / {n2['gen_cpu']:.2f} cores of the machine's "
+                f"{os.cpu_count()} and the servers {n1['server_cpu']:.2f} / {n2['server_cpu']:.2f}; server CPU "
+                f"per call {n1['server_cpu'] / n1['rps'] * 1e6:.1f} / {n2['server_cpu'] / n2['rps'] * 1e6:.1f} us.")
+        if not mode:
+            batch = by[("guardian serve --engine native, 1 worker", "batch")]
+            lines.append(f"- CheckLimits x100, native 1 worker: {batch['rps'] * 100:,.0f} checks/s.")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

@@ -77,8 +77,8 @@ class CircuitBreaker:
     def success(self) -> bool:
         """Records a success; True when it closed an open breaker."""
         was_open = self.failures >= self.threshold
-        had = self.failures
-        self.failures = 0
-        if had and self.watch is not None:
-            self.watch(False)
+        if self.failures:
+            self.failures = 0
+            if self.watch is not None:
+                self.watch(False)
         return was_open

@@ -205,7 +205,6 @@ cdef class BucketReading:
                 f"got P={P}, tau={tau}, ticks_per_second={ticks_per_second}, capacity={capacity}")
         self.P, self.tau, self.ticks_per_second, self.capacity = P, tau, ticks_per_second, capacity
 
-    @cython.cdivision(True)
     def since(self, allowed, int64_t ahead, int64_t elapsed_ns, int64_t held, double retry_after):
         """The result for a bucket whose TAT lay ``ahead`` ticks ahead of
         the server's clock ``elapsed_ns`` ago, with ``held`` of its taken

@@ -369,22 +369,19 @@ cdef class CompiledPolicy:
         if not (p.tables and p.limits and p.rules and p.nodes and p.domains):
             raise MemoryError()
         for i, t in enumerate(self.tables):
-            if isinstance(t, dict):  # a lease table: {"table", "mirror", "P", "tau", "tps"}
+            # a memory table, or a lease table: {"table", "mirror", "P", "tau", "tps"}
+            table = t["table"] if isinstance(t, dict) else t
+            api = _api_of(table)
+            api.params(<void *>table, &cap, &scale)
+            if isinstance(t, dict):
                 mirror = <LeaseMirror?>t["mirror"]
-                table = t["table"]
-                api = _api_of(table)
-                api.params(<void *>table, &cap, &scale)
-                p.tables[i].table = <void *>table
                 p.tables[i].lease = &mirror.m
                 p.tables[i].P, p.tables[i].tau, p.tables[i].tps = t["P"], t["tau"], t["tps"]
                 if not (p.tables[i].P >= 1 and p.tables[i].tps >= 1):
                     raise ValueError("a lease table needs P >= 1 and tps >= 1")
                 scale = <double>p.tables[i].tps  # its results are in the Redis scripts' ticks
-            else:
-                api = _api_of(t)
-                api.params(<void *>t, &cap, &scale)
-                p.tables[i].table = <void *>t
             p.api = api
+            p.tables[i].table = <void *>table
             p.tables[i].capacity = cap
             p.tables[i].scale = scale
         p.ntables = len(self.tables)

@@ -10,22 +10,17 @@
 #define GUARDIAN_SINCE_H
 #include <stdint.h>
 
-static inline int64_t g_bucket_lead(int64_t ahead, int64_t held, int64_t P, int64_t elapsed_ns,
-                                    int64_t ticks_per_second) {
+/* The bucket's whole tokens left, floor((tau - lead) / P) as Python's //,
+ * and its lead (reset_after = lead / ticks per second). */
+static inline int g_bucket_read(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
+                                int64_t ticks_per_second, int64_t *remaining, int64_t *lead) {
     if (held < 0) held = 0;
     if (elapsed_ns < 0) elapsed_ns = 0;
     __int128 a = (__int128)ahead - (__int128)held * P - ((__int128)elapsed_ns * ticks_per_second) / 1000000000;
-    return a < 0 ? 0 : (int64_t)a; /* a <= ahead here */
-}
-
-/* The bucket's whole tokens left and its lead (reset_after = lead / ticks
- * per second): *remaining is floor((tau - lead) / P), as Python's //. */
-static inline int g_bucket_read(int64_t ahead, int64_t held, int64_t P, int64_t tau, int64_t elapsed_ns,
-                                int64_t ticks_per_second, int64_t *remaining, int64_t *lead) {
-    int64_t a = g_bucket_lead(ahead, held, P, elapsed_ns, ticks_per_second);
-    int64_t x = tau - a, q = x / P;
-    *remaining = (x % P != 0 && x < 0) ? q - 1 : q;
-    *lead = a;
+    int64_t x = a < 0 ? 0 : (int64_t)a; /* a <= ahead here */
+    int64_t y = tau - x, q = y / P;
+    *remaining = (y % P != 0 && y < 0) ? q - 1 : q;
+    *lead = x;
     return 0;
 }
 #endif

@@ -83,7 +83,7 @@ def available() -> Tuple[bool, str]:
 CHECKED_AGAINST = {
     "rls": "93de3edcc54b6b4f",
     "v1": "0e888687ee01a2b9",
-    "lease": "83ae6e83f5effe72",
+    "lease": "b8efccc28b34885c",
 }
 
 
@@ -111,7 +111,7 @@ def python_digests() -> Dict[str, str]:
     from ..backends import _lease, batched_async
 
     parts["lease"] = [batched_async.AsyncBatchedRedisBackend.take, batched_async.AsyncBatchedRedisBackend.refill_if_low,
-                      _lease.LeaseBook, _lease.BatchedCommon.__init__,
+                      _lease.LeaseBook, _lease.LeaseTable, _lease.BatchedCommon.__init__,
                       limiter.AsyncRateLimiter.check_limit, limiter._Policy._gate, _breaker.CircuitBreaker]
     out = {}
     for name, objs in parts.items():
@@ -168,44 +168,36 @@ def build_plan(state: Any, opts: Any, mirror_of: Optional[Callable[[Any], Any]] 
     current = python_digests()
     lease_checked = current["lease"] == CHECKED_AGAINST["lease"]
 
-    def lease_of(bucket: Any) -> int:
-        """The index of a --batched bucket's lease table, or -1."""
-        backend = bucket.backend
-        book = getattr(backend, "book", None)
-        table = getattr(getattr(book, "table", None), "_table", None)
-        if mirror_of is None or not lease_checked or table is None or not hasattr(table, "_native_api"):
+    def index_of(table: Any, entry: Any) -> int:
+        """The index of a core table the C thread can use (``entry`` is what
+        the plan lists for it), or -1: the twin, or an injected clock that
+        only Python can read."""
+        if table is None or not hasattr(table, "_native_api"):
             return -1
         try:
             table._native_api()
-        except ValueError:  # an injected clock
+        except ValueError:
             return -1
         if id(table) not in table_index:
-            mirror = mirror_of(bucket)
-            if mirror is None:
-                return -1
-            layout = backend.redis.layout
             table_index[id(table)] = len(tables)
-            tables.append({"table": table, "mirror": mirror, "P": layout.P, "tau": layout.tau,
-                           "tps": layout.ticks_per_second})
+            tables.append(entry(table))
         return table_index[id(table)]
 
     def table_of(bucket: Any) -> int:
         """The index of a bucket's core table, or -1 when its checks are Python's:
         anything but an in-process core table or a lease (Redis, the twin)."""
-        if bucket is not None and getattr(bucket.backend, "book", None) is not None:
-            return lease_of(bucket)
-        backend = getattr(bucket, "backend", None)
-        table = getattr(backend, "table", None)
-        if table is None or not hasattr(table, "_native_api") or getattr(backend, "does_io", False):
+        backend: Any = getattr(bucket, "backend", None)
+        book = getattr(backend, "book", None)
+        if book is not None:  # --batched: its lease table, given a mirror and the checked lease code
+            if mirror_of is None or not lease_checked:
+                return -1
+            mirror, layout = mirror_of, backend.redis.layout
+            return index_of(getattr(book.table, "_table", None), lambda table: {
+                "table": table, "mirror": mirror(bucket), "P": layout.P, "tau": layout.tau,
+                "tps": layout.ticks_per_second})
+        if getattr(backend, "does_io", False):
             return -1
-        try:
-            table._native_api()
-        except ValueError:  # an injected clock: only Python can read it
-            return -1
-        if id(table) not in table_index:
-            table_index[id(table)] = len(tables)
-            tables.append(table)
-        return table_index[id(table)]
+        return index_of(getattr(backend, "table", None), lambda table: table)
 
     v1_checked = current["v1"] == CHECKED_AGAINST["v1"]
     rls_checked = current["rls"] == CHECKED_AGAINST["rls"]
